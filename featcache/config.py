@@ -25,8 +25,12 @@ __all__ = [
     "resolve_under",
 ]
 
-ENV = {"data": "FEATCACHE_DATA", "cache": "FEATCACHE_CACHE", "checkpoints": "FEATCACHE_CHECKPOINTS",
-       "config": "FEATCACHE_CONFIG"}  # fmt: skip
+ENV = {
+    "data": "FEATCACHE_DATA",
+    "cache": "FEATCACHE_CACHE",
+    "checkpoints": "FEATCACHE_CHECKPOINTS",
+    "config": "FEATCACHE_CONFIG",
+}
 DEFAULTS = {"data": "./data", "cache": "./cache", "checkpoints": "./checkpoints", "config": "./configs"}
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")
 
@@ -84,8 +88,14 @@ class TransformSpec:
     std: tuple[float, float, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "resize": self.resize, "crop": self.crop,
-                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
+        return {
+            "name": self.name,
+            "resize": self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 @dataclass(frozen=True)
@@ -169,8 +179,13 @@ class Registry:
     def _add_native(self, doc: dict, path: Path) -> None:
         for name, entry in (doc.get("checkpoints") or {}).items():
             where = f"{path}: checkpoints.{name}"
-            self._add_checkpoint(str(name), _need(entry, "arch", where), _need(entry, "path", where), where,
-                                 bool(entry.get("ema", False)))  # fmt: skip
+            self._add_checkpoint(
+                str(name),
+                _need(entry, "arch", where),
+                _need(entry, "path", where),
+                where,
+                bool(entry.get("ema", False)),
+            )
         for name, members in (doc.get("sets") or {}).items():
             if not isinstance(members, list) or not members:
                 raise ConfigError(f"{path}: sets.{name} must be a non-empty list of checkpoint names")
@@ -237,10 +252,13 @@ class Registry:
             where = f"{path}: transforms.{name}"
             try:
                 self.transforms[name] = TransformSpec(
-                    name=name, resize=int(t["resize"]), crop=int(t["crop"]),
+                    name=name,
+                    resize=int(t["resize"]),
+                    crop=int(t["crop"]),
                     interpolation=str(t.get("interpolation", "bilinear")),
-                    mean=tuple(float(v) for v in t["mean"]), std=tuple(float(v) for v in t["std"]),
-                )  # fmt: skip
+                    mean=tuple(float(v) for v in t["mean"]),
+                    std=tuple(float(v) for v in t["std"]),
+                )
             except (KeyError, TypeError, ValueError) as e:
                 raise ConfigError(f"{where}: needs resize, crop, mean, std ({e})") from None
         self._dataset_entries: dict[str, dict] = dict(doc.get("datasets") or {})
@@ -280,10 +298,16 @@ class Registry:
             root = resolve_under(self.paths.data, entry.get("root", name), f"{where}: root")
         splits = tuple(_need(entry, "splits", where, list))
         return DatasetSpec(
-            name=name, format=_need(entry, "format", where), root=root, splits=splits,
-            train_split=entry.get("train_split", splits[0]), test_split=entry.get("test_split", splits[-1]),
-            transforms=transforms, wd_grid=str(entry.get("wd_grid", "")), options=dict(entry.get("options") or {}),
-        )  # fmt: skip
+            name=name,
+            format=_need(entry, "format", where),
+            root=root,
+            splits=splits,
+            train_split=entry.get("train_split", splits[0]),
+            test_split=entry.get("test_split", splits[-1]),
+            transforms=transforms,
+            wd_grid=str(entry.get("wd_grid", "")),
+            options=dict(entry.get("options") or {}),
+        )
 
     def transform(self, dataset: DatasetSpec, name: str | None) -> TransformSpec:
         """The preset behind ``--transform name`` for ``dataset`` (its default when ``name`` is None)."""
@@ -299,7 +323,9 @@ class Registry:
         path = self.paths.config / "probes.yaml"
         doc = _read_yaml(path)
         self.probe_presets: dict[str, dict] = dict(doc.get("presets") or {})
-        self.wd_grids: dict[str, list[float]] = {k: [float(v) for v in vs] for k, vs in (doc.get("wd_grids") or {}).items()}
+        self.wd_grids: dict[str, list[float]] = {
+            k: [float(v) for v in vs] for k, vs in (doc.get("wd_grids") or {}).items()
+        }
 
     def probe_preset(self, name: str) -> dict:
         if name not in self.probe_presets:

@@ -40,10 +40,13 @@ class DatasetError(FeatcacheError):
 
 
 class BadImageError(DatasetError):
-    """One image cannot be decoded; carries the file so the caller can skip it."""
+    """One image cannot be decoded; carries the file (and dataset row) so the caller can skip it.
 
-    def __init__(self, path: str, reason: str):
-        self.path = path
+    Not picklable through ``args``: worker processes send ``(path, reason)`` and the parent rebuilds it.
+    """
+
+    def __init__(self, path: str, reason: str, row: int | None = None):
+        self.path, self.reason, self.row = path, reason, row
         super().__init__(
             f"cannot decode image {path}: {reason}; fix or remove the file, "
             "or pass --on-bad-image skip to record it and go on"

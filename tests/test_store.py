@@ -1,0 +1,243 @@
+"""The store contract: layout, completion, resume, refusals, verification, locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from store_factory import make_store, provenance
+
+from featcache.errors import (
+    StoreError,
+    StoreIncompleteError,
+    StoreLockedError,
+    StoreMismatchError,
+)
+from featcache.lock import StoreLock
+from featcache.store import FORMAT_VERSION, SplitData, StoreWriter, chunk_rows_for, list_stores, open_store
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(50, 8)).astype(np.float32), rng.integers(0, 3, 50)
+
+
+def test_roundtrip_rows_ids_labels_and_raw_chunks(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    r = open_store(path).split("train")
+    assert r.complete and r.rows == 50 and r.n_chunks == 4
+    np.testing.assert_array_equal(r.read(), X)
+    idx = np.array([49, 0, 17, 17, 33])
+    np.testing.assert_array_equal(r.take(idx), X[idx])
+    np.testing.assert_array_equal(r.labels, y)
+    assert r.ids == [f"train/{i}" for i in range(50)]
+    # the contract: an uncompressed chunk file is the raw little-endian block, the last one zero-padded
+    raw = np.fromfile(path / "train" / "features" / "c" / "3" / "0", dtype="<f4").reshape(16, 8)
+    np.testing.assert_array_equal(raw[:2], X[48:])
+    assert not raw[2:].any()
+    # and any zarr reader sees the same array
+    np.testing.assert_array_equal(zarr.open_array(path / "train" / "features", mode="r")[:], X)
+
+
+def test_provenance_and_split_metadata_recorded(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, name="run3")
+    s = open_store(path)
+    assert s.provenance["format_version"] == FORMAT_VERSION
+    assert s.provenance["checkpoint"]["name"] == "run3" and s.splits == ["train"]
+    meta = s.split("train").meta
+    assert meta["complete"] and meta["completed_at"] and meta["chunk_rows"] == 16
+    assert len(meta["ids_sha256"]) == 64 and len(meta["labels_sha256"]) == 64
+
+
+def test_incomplete_split_refused_and_resumed(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, chunks=2)
+    with pytest.raises(StoreIncompleteError, match=r"not complete \(2/4 chunks written\).*rerun"):
+        open_store(path).split("train")
+    with StoreWriter(path, provenance(dim=8)) as w:
+        sw = w.split(SplitData("train", [f"train/{i}" for i in range(50)], y, "fp-train-50", ["0", "1", "2"]), 8,
+                     "float32", chunk_rows=16)  # fmt: skip
+        assert sw.pending() == [2, 3]
+        with pytest.raises(StoreIncompleteError, match=r"misses chunks \[2, 3\]"):
+            sw.finalize()
+        for i in sw.pending():
+            a, b = sw.bounds(i)
+            sw.write_chunk(i, X[a:b])
+        sw.finalize()
+    np.testing.assert_array_equal(open_store(path).split("train").read(), X)
+
+
+def test_resume_keeps_the_chunk_layout_it_started_with(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, chunks=1, chunk_rows=16)
+    with StoreWriter(path, provenance(dim=8)) as w:
+        sw = w.split(SplitData("train", [f"train/{i}" for i in range(50)], y, "fp-train-50", ["0", "1", "2"]), 8,
+                     "float32", chunk_rows=64)  # fmt: skip
+        assert sw.chunk_rows == 16 and sw.pending() == [1, 2, 3]
+
+
+def test_other_identity_refused_with_differing_keys(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    with pytest.raises(StoreMismatchError, match=r"different .*checkpoint\.sha256.*--store-name.*--overwrite"):
+        StoreWriter(path, provenance(dim=8, checkpoint={"name": "ckpt", "sha256": "other"}))
+    # the refusal released the lock and changed nothing
+    assert not (path / "_featcache" / "lock").exists()
+    np.testing.assert_array_equal(open_store(path).split("train").read(), X)
+
+
+def test_other_samples_in_a_split_refused(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, chunks=1)
+    with StoreWriter(path, provenance(dim=8)) as w:
+        with pytest.raises(StoreMismatchError, match="ids_sha256.*--overwrite"):
+            w.split(SplitData("train", [f"x/{i}" for i in range(50)], y, "fp-train-50", ["0", "1", "2"]), 8, "float32")
+
+
+def test_overwrite_starts_over(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    with StoreWriter(path, provenance(dim=8, precision="bf16"), overwrite=True) as w:
+        assert w.prov["precision"] == "bf16"
+    assert open_store(path).splits == []
+
+
+def test_future_format_version_refused(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    g = zarr.open_group(path, mode="r+")
+    g.attrs["featcache"] = {**g.attrs["featcache"], "format_version": FORMAT_VERSION + 1}
+    with pytest.raises(StoreError, match=rf"format version {FORMAT_VERSION + 1}.*upgrade featcache"):
+        open_store(path)
+    with pytest.raises(StoreError, match="upgrade featcache"):
+        StoreWriter(path, provenance(dim=8))
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no feature store at .*featcache extract"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.create_group(tmp_path / "plain.zarr")
+    with pytest.raises(StoreError, match="not a featcache store"):
+        open_store(tmp_path / "plain.zarr")
+
+
+@pytest.mark.parametrize(
+    ("block", "match"),
+    [
+        (np.full((16, 8), np.nan, np.float32), "NaN or Inf"),
+        (np.full((16, 8), 1e6, np.float32), r"beyond float16.*--dtype float32"),
+        (np.zeros((15, 8), np.float32), "shape"),
+    ],
+)
+def test_bad_blocks_refused_before_writing(tmp_path, data, block, match):
+    _, y = data
+    with StoreWriter(tmp_path / "s.zarr", provenance(dim=8, dtype="float16")) as w:
+        sw = w.split(SplitData("train", [str(i) for i in range(50)], y, "fp", ["0", "1", "2"]), 8, "float16",
+                     chunk_rows=16)  # fmt: skip
+        with pytest.raises(StoreError, match=match):
+            sw.write_chunk(0, block)
+        assert sw.pending() == [0, 1, 2, 3]
+
+
+def test_verify_finds_corruption(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    assert open_store(path).verify() == []
+    chunk = path / "train" / "features" / "c" / "1" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[5] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    problems = open_store(path).verify()
+    assert any("chunk 1" in p and "checksum" in p for p in problems)
+    assert open_store(path).verify(deep=False) == []  # same size: only the deep check sees it
+    chunk.write_bytes(bytes(raw[:-4]))
+    assert any("has 508 bytes" in p for p in open_store(path).verify(deep=False))
+
+
+def test_verify_finds_nan_and_label_tampering(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    labels = zarr.open_array(path / "train" / "labels", mode="r+")
+    labels[0] = labels[0] + 1
+    assert any("labels do not match" in p for p in open_store(path).verify())
+
+
+def test_chunk_rows_about_16_mib():
+    assert chunk_rows_for(2048, "float16") == 4096
+    assert chunk_rows_for(512, "float32") == 8192
+    assert chunk_rows_for(2**22, "float32") == 1
+
+
+def test_list_stores(tmp_path, data):
+    X, y = data
+    make_store(tmp_path / "synthetic" / "a.zarr", {"train": (X, y)}, name="a")
+    make_store(tmp_path / "synthetic" / "b.zarr", {"train": (X, y)}, name="b", chunks=1)
+    rows = {r["store"]: r for r in list_stores(tmp_path, "synthetic")}
+    assert rows["a"]["status"] == "train:complete" and rows["a"]["dim"] == 8
+    assert rows["b"]["status"] == "train:1/4 chunks"
+    assert list_stores(tmp_path, "other") == []
+
+
+# --- locks ---------------------------------------------------------------------------------------------
+
+
+def test_second_writer_refused_while_holder_lives(tmp_path, data):
+    path = tmp_path / "s.zarr"
+    code = (
+        "import sys, time\n"
+        "from featcache.store import StoreWriter\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from store_factory import provenance\n"
+        "w = StoreWriter(sys.argv[1], provenance(dim=8))\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), os.path.dirname(__file__)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match=rf"pid {proc.pid} on host {socket.gethostname()}"):
+            StoreWriter(path, provenance(dim=8))
+    finally:
+        proc.kill()
+        proc.wait()
+    # the holder is gone (SIGKILL, lock file left behind): the next writer takes over
+    assert (path / "_featcache" / "lock").exists()
+    with StoreWriter(path, provenance(dim=8)):
+        pass
+    assert not (path / "_featcache" / "lock").exists()
+
+
+def _write_lock(path, host, pid, age):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host, "pid": pid, "token": "t", "started": "then"}))
+    os.utime(path, (time.time() - age, time.time() - age))
+
+
+def test_lock_on_another_host_is_respected_until_its_heartbeat_stops(tmp_path):
+    lock_file = tmp_path / "lock"
+    _write_lock(lock_file, "node-17", 4242, age=5)
+    with pytest.raises(StoreLockedError, match="pid 4242 on host node-17"):
+        StoreLock(lock_file, "store x", stale_after=120).acquire()
+    _write_lock(lock_file, "node-17", 4242, age=600)
+    lock = StoreLock(lock_file, "store x", stale_after=120).acquire()
+    assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_heartbeat_refreshes_the_lock(tmp_path):
+    lock_file = tmp_path / "lock"
+    with StoreLock(lock_file, "store x", heartbeat=0.05):
+        os.utime(lock_file, (0, 0))
+        time.sleep(0.3)
+        assert time.time() - lock_file.stat().st_mtime < 5
