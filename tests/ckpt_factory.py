@@ -1,0 +1,152 @@
+"""Write small checkpoints in every format featcache must read (and a few it must refuse).
+
+Networks are built straight from torchvision (not through ``featcache.models``) so the tests compare
+featcache's loading path against an independent reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision.models as tvm
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+__all__ = [
+    "EMA_SEED",
+    "FORMATS",
+    "make_net",
+    "reference_features",
+    "write_malicious",
+    "write_truncated",
+]
+
+EMA_SEED = 1234  # timm files' EMA weights come from make_net(arch, seed=EMA_SEED)
+
+
+def make_net(arch: str = "resnet10", seed: int = 0) -> nn.Module:
+    """A randomly initialised torchvision network (classifier kept) with non-trivial BatchNorm state.
+
+    Default init leaves BN at mean 0, var 1, weight 1, bias 0, which would hide a BN buffer that failed
+    to load; every BN tensor is therefore drawn at random too.
+    """
+    torch.manual_seed(seed)
+    net = ResNet(BasicBlock, [1, 1, 1, 1]) if arch == "resnet10" else getattr(tvm, arch)(weights=None)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.num_batches_tracked.fill_(100)
+    return net.eval()
+
+
+def reference_features(net: nn.Module, x: Tensor) -> Tensor:
+    """Pooled penultimate features of ``net``: a copy with ``fc`` replaced by Identity, in eval mode."""
+    ref = copy.deepcopy(net)
+    ref.fc = nn.Identity()
+    with torch.no_grad():
+        return ref.eval()(x)
+
+
+def _prefixed(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _algoperf_names(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn."): v
+            for k, v in sd.items()}  # fmt: skip
+
+
+def _imagenet_example(sd: dict[str, Tensor], prefix: str, arch: str) -> dict:
+    # The layout of pytorch/examples imagenet/main.py's save_checkpoint.
+    return {"epoch": 90, "arch": arch, "state_dict": _prefixed(sd, prefix), "best_acc1": torch.tensor(71.5),
+            "optimizer": {}}  # fmt: skip
+
+
+def _save(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def write_torchvision(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    return _save(sd, d / f"{arch}_torchvision.pth")
+
+
+def write_imagenet(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    return _save(_imagenet_example(sd, "module.", arch), d / f"{arch}_imagenet.pth.tar")
+
+
+def write_research(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    return _save(_imagenet_example(sd, "module.model0.", arch), d / f"{arch}_research.pth.tar")
+
+
+def write_algoperf_compile_ddp(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    obj = {"model_params": _prefixed(_algoperf_names(sd), "_orig_mod.module."), "optimizer_state": {},
+           "global_step": 100}  # fmt: skip
+    return _save(obj, d / f"{arch}_algoperf_a.pth")
+
+
+def write_algoperf_ddp_compile(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    obj = {"model_params": _prefixed(_algoperf_names(sd), "module._orig_mod."), "optimizer_state": {},
+           "global_step": 100}  # fmt: skip
+    return _save(obj, d / f"{arch}_algoperf_b.pth")
+
+
+def write_timm(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    # The EMA copy gets other values so a test can tell which one was loaded.
+    ema = make_net(arch, seed=EMA_SEED).state_dict()
+    return _save({"state_dict": sd, "state_dict_ema": ema, "epoch": 3}, d / f"{arch}_timm.pth.tar")
+
+
+def write_namespace(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
+    args = argparse.Namespace(arch=arch, lr=0.1, epochs=90, data="/imagenet")
+    obj = {"state_dict": _prefixed(sd, "module."), "args": args, "epoch": 90}
+    return _save(obj, d / f"{arch}_args.pth.tar")
+
+
+# name -> writer(directory, state_dict, arch) -> path; each file holds the weights of `state_dict`.
+FORMATS: dict[str, Callable[[Path, dict[str, Tensor], str], Path]] = {
+    "torchvision": write_torchvision,
+    "imagenet_example": write_imagenet,
+    "research_model0": write_research,
+    "algoperf_orig_mod_module": write_algoperf_compile_ddp,
+    "algoperf_module_orig_mod": write_algoperf_ddp_compile,
+    "timm": write_timm,
+    "argparse_namespace": write_namespace,
+}
+
+
+class _CreatesFile:
+    """Unpickling this creates an empty file at ``path``: a stand-in for arbitrary code execution.
+
+    ``shutil.copyfile`` rather than ``open``, which would leave an unclosed file behind.
+    """
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (shutil.copyfile, (os.devnull, self.path))
+
+
+def write_malicious(d: Path, sd: dict[str, Tensor], flag: Path) -> Path:
+    """A valid checkpoint whose ``args`` entry creates ``flag`` when unpickled."""
+    return _save({"state_dict": sd, "args": _CreatesFile(flag)}, d / "malicious.pth")
+
+
+def write_truncated(src: Path, dst: Path) -> Path:
+    """Copy the first half of ``src`` to ``dst``, as an interrupted download would."""
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
