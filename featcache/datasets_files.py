@@ -1,0 +1,136 @@
+"""File-backed formats: ImageFolder (ImageNet's train/ and val/, any ``imagefolder:<path>``) and iNaturalist 2018.
+
+Registered in :data:`featcache.data.FORMATS` on import (which :mod:`featcache.data` does); use
+:func:`featcache.data.build_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import resolve_under
+from .data import IMG_EXTENSIONS, FileDataset, register
+from .errors import DatasetError
+
+__all__ = ["ImageFolderDataset", "INaturalist2018", "find_classes", "make_samples"]
+
+
+# --- ImageFolder -------------------------------------------------------------------------------------
+
+
+def find_classes(directory: Path) -> tuple[list[str], dict[str, int]]:
+    """Sorted sub-directory names of ``directory`` and their indices.
+
+    Raises:
+        DatasetError: ``directory`` is missing or has no sub-directory.
+    """
+    if not directory.is_dir():
+        raise DatasetError(f"image folder {directory} not found; expected class sub-directories of {_exts()} images")
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"image folder {directory} has no class sub-directories; put {_exts()} images in <class>/")
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
+def make_samples(
+    directory: Path, class_to_idx: dict[str, int], extensions: tuple[str, ...] = IMG_EXTENSIONS
+) -> list[tuple[Path, int]]:
+    """``(path, class index)`` of every image under each class directory, classes in index order,
+    files sorted within each class (symlinks followed, hidden files skipped).
+
+    Raises:
+        DatasetError: a class directory holds no file with an accepted extension.
+    """
+    samples = []
+    for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(directory / cls, followlinks=True):
+            dirnames.sort()
+            found += [Path(dirpath, f) for f in filenames if f.lower().endswith(extensions) and not f.startswith(".")]
+        if not found:
+            raise DatasetError(
+                f"class folder {directory / cls} holds no {_exts(extensions)} image; add some or remove it"
+            )
+        samples += [(p, idx) for p in sorted(found)]
+    return samples
+
+
+def _exts(extensions: tuple[str, ...] = IMG_EXTENSIONS) -> str:
+    return "/".join(extensions)
+
+
+@register("imagefolder")
+class ImageFolderDataset(FileDataset):
+    """``root/<split>/<class>/<image>`` (``root/<class>/<image>`` for split 'all'), as ImageNet's train/ and val/.
+
+    ids are paths relative to the split directory, in posix form.
+
+    Raises:
+        DatasetError: the split directory is missing, has no class directory, or a class has no image.
+    """
+
+    def __init__(self, root, split="train", transform=None, *, name=None):
+        split_dir = Path(root) if split == "all" else Path(root) / split
+        classes, class_to_idx = find_classes(split_dir)
+        samples = make_samples(split_dir, class_to_idx)
+        ids = [p.relative_to(split_dir).as_posix() for p, _ in samples]
+        self._setup(root, split, transform, name, classes, [t for _, t in samples], ids)
+        self.paths = [p for p, _ in samples]
+
+
+# --- iNaturalist 2018 --------------------------------------------------------------------------------
+
+
+@register("inat18")
+class INaturalist2018(FileDataset):
+    """iNaturalist 2018 from ``root/{train,val}2018.json`` (COCO style), images under ``root``.
+
+    Category ids (not contiguous) map to labels 0..K-1 in increasing id order; ``classes`` are the
+    category names in that order (each JSON's own list: iNat's train and val files list all categories).
+    Samples are sorted by image id; ids are ``"{image_id}:{file_name}"``.
+
+    Raises:
+        DatasetError: the JSON is missing or malformed, or an image has no annotation.
+        ConfigError: a ``file_name`` is absolute or escapes ``root``.
+    """
+
+    splits = ("train", "val")
+
+    def __init__(self, root, split="train", transform=None, *, name=None):
+        self._check_split(split)
+        root = Path(root)
+        path = root / f"{split}2018.json"
+        if not path.is_file():
+            raise DatasetError(
+                f"inat18: {path} not found; extract the iNaturalist 2018 {split} annotations "
+                f"({split}2018.json) and train_val2018/ images into {root}"
+            )
+        try:
+            doc = json.loads(path.read_text())
+            cats = sorted((int(c["id"]), str(c["name"])) for c in doc["categories"])
+            images = sorted((int(im["id"]), str(im["file_name"])) for im in doc["images"])
+            anns = [(int(a["image_id"]), int(a["category_id"])) for a in doc["annotations"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"inat18: {path} is not a COCO-style iNat JSON ({type(e).__name__}: {e})") from None
+        for what, seq in (("image", [i for i, _ in images]), ("category", [c for c, _ in cats])):
+            if len(set(seq)) != len(seq):
+                dup = next(v for k, v in enumerate(seq[1:]) if v == seq[k])
+                raise DatasetError(f"inat18: {path}: {what} id {dup} is listed twice; fix the JSON")
+        cat_to_idx = {cid: k for k, (cid, _) in enumerate(cats)}
+        label_of: dict[int, int] = {}
+        for image_id, cid in anns:
+            if cid not in cat_to_idx:
+                raise DatasetError(f"inat18: {path}: annotation of image {image_id} names unknown category {cid}")
+            if label_of.setdefault(image_id, cat_to_idx[cid]) != cat_to_idx[cid]:
+                raise DatasetError(f"inat18: {path}: image {image_id} has annotations of two categories")
+        targets, paths = [], []
+        for image_id, file_name in images:
+            if image_id not in label_of:
+                raise DatasetError(f"inat18: {path}: image {image_id} ({file_name}) has no annotation; fix the JSON")
+            targets.append(label_of[image_id])
+            paths.append(resolve_under(root, file_name, f"{path}: image {image_id} file_name"))
+        ids = [f"{i}:{fn}" for i, fn in images]
+        self._setup(root, split, transform, name, [n for _, n in cats], targets, ids)
+        self.paths = paths
