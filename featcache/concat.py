@@ -1,0 +1,126 @@
+"""Lazy concatenation of several stores along the feature axis (numpy and zarr only).
+
+The probe phase sees k stores of one split as one (rows, D1 + ... + Dk) matrix. Rows are gathered
+from each store's memory-mapped chunks into one preallocated buffer per batch; no concatenated
+copy is ever written to disk. Stores are only concatenated when they describe the same samples in
+the same order under the same preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import StoreError, StoreMismatchError
+from .store import SplitReader, Store
+
+__all__ = ["ConcatView", "check_compatible"]
+
+log = logging.getLogger(__name__)
+
+# Split metadata that must agree for rows to mean the same samples.
+SAME_SAMPLES = ("rows", "ids_sha256", "labels_sha256", "fingerprint")
+# Provenance that changes what a feature means; mixing needs --allow-transform-mix.
+SAME_PREPROCESSING = ("transform", "preprocess", "precision")
+
+
+def check_compatible(stores: Sequence[Store], readers: Sequence[SplitReader], allow_transform_mix: bool) -> None:
+    """Refuse stores whose rows are different samples, or whose preprocessing differs.
+
+    Raises:
+        StoreMismatchError: names both stores, the differing key and both values.
+    """
+    first, r0 = stores[0], readers[0]
+    for store, reader in zip(stores[1:], readers[1:], strict=True):
+        what = f"cannot concatenate {first.path} and {store.path}"
+        a, b = first.provenance["dataset"]["name"], store.provenance["dataset"]["name"]
+        if a != b:
+            raise StoreMismatchError(f"{what}: datasets differ ({a} vs {b})")
+        for key in SAME_SAMPLES:
+            if r0.meta.get(key) != reader.meta.get(key):
+                raise StoreMismatchError(
+                    f"{what}: split '{reader.name}' differs in {key} ({r0.meta.get(key)} vs {reader.meta.get(key)}); "
+                    "they hold different samples or a different sample order: re-extract one of them"
+                )
+        if allow_transform_mix:
+            continue
+        for key in SAME_PREPROCESSING:
+            if first.provenance.get(key) != store.provenance.get(key):
+                raise StoreMismatchError(
+                    f"{what}: {key} differs ({first.provenance.get(key)} vs {store.provenance.get(key)}); "
+                    "re-extract with the same settings, or pass --allow-transform-mix to mix on purpose"
+                )
+
+
+class ConcatView:
+    """One split of k stores as a lazy (rows, sum of dims) matrix.
+
+    Args:
+        stores: opened stores, concatenated in this order.
+        split: the split to read.
+        allow_transform_mix: accept stores whose transform, preprocessing or precision differ.
+
+    Raises:
+        StoreIncompleteError: a store's split is not complete.
+        StoreError: a store fails the cheap structural checks.
+        StoreMismatchError: see :func:`check_compatible`.
+    """
+
+    def __init__(self, stores: Sequence[Store], split: str, *, allow_transform_mix: bool = False):
+        if not stores:
+            raise StoreError("no stores to concatenate")
+        self.stores = list(stores)
+        self.readers = [s.split(split) for s in self.stores]
+        for store, reader in zip(self.stores, self.readers, strict=True):
+            problems = reader.cheap_problems()
+            if problems:
+                raise StoreError(f"store {store.path} split '{split}': {problems[0]}; run `featcache verify`")
+        check_compatible(self.stores, self.readers, allow_transform_mix)
+        shas = [s.provenance.get("checkpoint", {}).get("sha256") for s in self.stores]
+        if len(set(shas)) < len(shas):
+            log.warning("the same checkpoint appears twice among %s", [s.name for s in self.stores])
+        self.split = split
+        self.dims = [r.dim for r in self.readers]
+        self.offsets = np.concatenate([[0], np.cumsum(self.dims)]).astype(int)
+        self.dim = int(self.offsets[-1])
+        self.rows = self.readers[0].rows
+        kinds = {r.dtype.itemsize for r in self.readers}
+        self.dtype = np.dtype(np.float16 if kinds == {2} else np.float32)
+        self.labels = self.readers[0].labels
+        self.classes = list(self.readers[0].meta.get("classes") or [])
+        skipped = np.unique(np.concatenate([r.skipped_rows for r in self.readers]))
+        # rows whose image failed in any store have zero features there: use none of them
+        self.valid_rows = np.setdiff1d(np.arange(self.rows), skipped)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.dim * self.dtype.itemsize
+
+    def take(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Gather rows ``idx`` of every store into one (len(idx), dim) buffer."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(idx), self.dim), dtype=self.dtype)
+        for reader, lo, hi in zip(self.readers, self.offsets[:-1], self.offsets[1:], strict=True):
+            reader.take(idx, out[:, lo:hi])
+        return out
+
+    def load(self, rows: np.ndarray | None = None, block: int = 8192) -> np.ndarray:
+        """Materialise ``rows`` (default: all) in memory, reading in blocks to bound temporaries."""
+        rows = np.arange(self.rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=self.dtype)
+        for start in range(0, len(rows), block):
+            self.take(rows[start : start + block], out[start : start + block])
+        return out
+
+    def describe(self) -> list[dict]:
+        """One dict per store: name, path, checkpoint and dim (for results records)."""
+        return [
+            {"name": s.name, "path": str(s.path), "checkpoint": s.provenance.get("checkpoint", {}), "dim": d}
+            for s, d in zip(self.stores, self.dims, strict=True)
+        ]

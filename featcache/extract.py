@@ -1,0 +1,365 @@
+"""Phase 1: run checkpoints once over a dataset and write their features to stores.
+
+Data flows one way: dataset -> batched preprocessing (:mod:`featcache.loaders`) -> every backbone
+on the same batch -> per-store chunk buffers -> a writer thread that writes whole chunks
+(:mod:`featcache.store`). Batch i+1 is prepared in the background while batch i runs on the
+device and finished chunks are written, so the device rarely waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+import zarr
+
+from . import __version__
+from .config import CheckpointSpec, DatasetSpec, TransformSpec
+from .data import ArrayDataset, build_dataset
+from .devices import PRECISIONS, resolve_device, resolve_precision
+from .errors import ConfigError, StoreError
+from .loaders import BACKENDS, batches
+from .models import LoadedBackbone, load_backbone
+from .progress import NullProgress, ProgressFactory
+from .store import SplitData, SplitWriter, StoreWriter, chunk_rows_for, store_path
+
+__all__ = ["ExtractConfig", "ExtractReport", "extract"]
+
+log = logging.getLogger(__name__)
+
+COMPILE_MIN_ROWS = 500_000  # below this the ~15 s compile costs more than the faster forward saves
+
+
+def _choice(value: str, allowed, option: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{option} {value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything one ``featcache extract`` call needs; validated on construction."""
+
+    checkpoints: tuple[CheckpointSpec, ...]
+    dataset: DatasetSpec
+    transform: TransformSpec
+    cache_dir: Path
+    splits: tuple[str, ...] = ()  # empty: all of the dataset's splits
+    store_name: str | None = None
+    batch_size: int = 256
+    dtype: str = "float16"
+    precision: str = "auto"
+    device: str = "auto"
+    workers: int = min(8, os.cpu_count() or 1)
+    limit: int | None = None
+    overwrite: bool = False
+    trust_checkpoint: bool = False
+    compile: str = "auto"
+    backend: str = "auto"
+    on_bad_image: str = "error"
+    compression: str = "none"
+    chunk_rows: int | None = None  # rows per store chunk; default about CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows must be a positive integer, got {self.chunk_rows}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be a positive integer, got {self.limit}")
+        _choice(self.dtype, ("float16", "float32"), "--dtype")
+        _choice(self.precision, ("auto", *PRECISIONS), "--precision")
+        _choice(self.compile, ("auto", "on", "off"), "--compile")
+        _choice(self.backend, ("auto", *BACKENDS), "--preprocess")
+        _choice(self.on_bad_image, ("error", "skip"), "--on-bad-image")
+        _choice(self.compression, ("none", "zstd"), "--compression")
+        if self.store_name and len(self.checkpoints) != 1:
+            raise ConfigError("--store-name names one store: give exactly one checkpoint with --ckpt")
+        for s in self.splits:
+            if s not in self.dataset.splits:
+                raise ConfigError(f"--split {s!r}: dataset '{self.dataset.name}' has {', '.join(self.dataset.splits)}")
+
+
+@dataclass
+class ExtractReport:
+    """What a call did: per store status, and where the time went."""
+
+    stores: list[dict] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+    data_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.images / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.images} images x {sum(s['status'] != 'already complete' for s in self.stores)} store(s) "
+            f"in {self.seconds:.1f}s ({rate:,.1f} images/s); waiting for data {self.data_s:.1f}s, "
+            f"model {self.model_s:.1f}s, writer busy {self.write_s:.1f}s"
+        )
+
+
+class _ChunkWriter:
+    """A thread that writes finished chunks while the device computes the next ones."""
+
+    def __init__(self, depth: int = 3):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self.thread = threading.Thread(target=self._run, name="featcache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.q.get()) is not None:
+            try:
+                if self.error is None:
+                    t0 = time.perf_counter()
+                    writer, i, feats, event, skipped = job
+                    if event is not None:
+                        event.synchronize()
+                    block = feats.numpy()
+                    start = writer.bounds(i)[0]
+                    block[[r - start for r in skipped]] = 0  # undecodable images: zero rows, listed as skipped
+                    writer.write_chunk(i, block, skipped)
+                    self.busy_s += time.perf_counter() - t0
+            except BaseException as e:
+                self.error = e
+            finally:
+                self.q.task_done()
+        self.q.task_done()
+
+    def submit(self, writer: SplitWriter, i: int, buf: torch.Tensor, skipped: list[int]) -> None:
+        self.check()
+        event = None
+        if buf.device.type == "cuda":
+            host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
+            host.copy_(buf, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            buf = host
+        self.q.put((writer, i, buf, event, skipped))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.q.join()
+        self.thread.join()
+        self.check()
+
+
+def _provenance(
+    cfg: ExtractConfig, bb: LoadedBackbone, device: torch.device, precision: str, backend: str, compiled: bool
+) -> dict:
+    return {
+        "software": {
+            "featcache": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "zarr": zarr.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "dataset": {"name": cfg.dataset.name, "format": cfg.dataset.format, "limit": cfg.limit},
+        "checkpoint": {
+            "name": bb.name,
+            "arch": bb.arch,
+            "sha256": bb.sha256,
+            "path": str(bb.path),
+            "ema": any(c.ema for c in cfg.checkpoints if c.name == bb.name),
+        },
+        "layer": bb.layer,
+        "feature_dim": bb.feature_dim,
+        "dtype": cfg.dtype,
+        "precision": precision,
+        "transform": cfg.transform.to_dict(),
+        "preprocess": {"backend": backend, "device": device.type},
+        "compute": {"device": device.type, "channels_last": device.type == "cuda", "compiled": compiled},
+    }
+
+
+def _split_data(dataset, split: str, limit: int | None) -> SplitData:
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    fp = dataset.fingerprint()
+    if limit is not None:  # a prefix is a different sample set: it gets its own fingerprint
+        fp = hashlib.sha256(f"{fp}:first{n}".encode()).hexdigest()
+    return SplitData(split, dataset.ids[:n], dataset.targets[:n], fp, dataset.classes)
+
+
+def _segments(writers: list[SplitWriter]) -> list[tuple[int, int]]:
+    """Row intervals to compute: cut at every chunk boundary of every store, kept if any store needs them."""
+    cuts = sorted({b for w in writers for i in range(w.n_chunks) for b in w.bounds(i)})
+    need = [
+        (a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=False) if any(not w.done(a // w.chunk_rows) for w in writers)
+    ]
+    return need
+
+
+def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> ExtractReport:
+    """Extract the features of every checkpoint in ``cfg`` on every split; resume what was started.
+
+    Returns:
+        An :class:`ExtractReport`; a store already complete is reported as such and not touched.
+
+    Raises:
+        ConfigError, CheckpointError, DatasetError: bad input, before any store is created.
+        BadImageError: an image cannot be decoded and ``on_bad_image`` is ``error``.
+        StoreError, StoreLockedError, StoreMismatchError: the store cannot be written.
+    """
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    splits = cfg.splits or cfg.dataset.splits
+    # Validate data and checkpoints before creating any store: bad input leaves nothing behind.
+    datasets = {s: build_dataset(cfg.dataset, s) for s in splits}
+    data = {s: _split_data(ds, s, cfg.limit) for s, ds in datasets.items()}
+    backbones = [load_backbone(c, trust=cfg.trust_checkpoint) for c in cfg.checkpoints]
+    arrays = all(isinstance(ds, ArrayDataset) for ds in datasets.values())
+    backend = cfg.backend if cfg.backend != "auto" else ("device" if arrays or device.type == "cuda" else "pil")
+    rows_total = sum(len(d.ids) for d in data.values())
+    compiled = cfg.compile == "on" or (
+        cfg.compile == "auto" and device.type == "cuda" and rows_total >= COMPILE_MIN_ROWS
+    )
+    report = ExtractReport()
+    stores: list[StoreWriter] = []
+    try:
+        for bb in backbones:
+            path = store_path(cfg.cache_dir, cfg.dataset.name, cfg.store_name or bb.name)
+            prov = _provenance(cfg, bb, device, precision, backend, compiled)
+            try:
+                stores.append(StoreWriter(path, prov, overwrite=cfg.overwrite))
+            except OSError as e:
+                raise StoreError(f"cannot create store {path}: {e.strerror}; check --cache-dir is writable") from None
+        models = [_prepare(bb.module, device, compiled) for bb in backbones]
+        chunk_rows = cfg.chunk_rows or chunk_rows_for(max(bb.feature_dim for bb in backbones), cfg.dtype)
+        status = {s.path: "already complete" for s in stores}
+        for split in splits:
+            writers = [
+                s.split(data[split], bb.feature_dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
+                for s, bb in zip(stores, backbones, strict=True)
+            ]
+            for w in writers:
+                if not w.complete:
+                    started = len(w.pending()) < w.n_chunks or status[w.store.path] == "resumed"
+                    status[w.store.path] = "resumed" if started else "written"
+            run = _SplitRun(cfg, datasets[split], writers, models, device, precision, compiled, backend)
+            run.execute(report, progress(run.n_rows, f"{cfg.dataset.name}/{split}"))
+        for s, bb in zip(stores, backbones, strict=True):
+            rows = {sp: len(data[sp].ids) for sp in splits}
+            report.stores.append(
+                {
+                    "name": s.path.stem,
+                    "checkpoint": bb.name,
+                    "path": str(s.path),
+                    "status": status[s.path],
+                    "dim": bb.feature_dim,
+                    "rows": rows,
+                }
+            )
+    finally:
+        for s in stores:
+            s.close()
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _prepare(module: torch.nn.Module, device: torch.device, compiled: bool) -> torch.nn.Module:
+    module = module.to(device).eval()
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    return torch.compile(module) if compiled else module
+
+
+class _SplitRun:
+    """One split, all its unfinished stores: batches in, whole chunks out."""
+
+    def __init__(self, cfg, dataset, writers, models, device, precision, compiled, backend):
+        self.cfg, self.dataset, self.device, self.backend = cfg, dataset, device, backend
+        self.writers = [w for w in writers if not w.complete]
+        self.todo = [(w, m) for w, m in zip(writers, models, strict=True) if w.pending()]
+        self.segments = _segments([w for w, _ in self.todo]) if self.todo else []
+        self.n_rows = sum(b - a for a, b in self.segments)
+        self.pad_to = cfg.batch_size if compiled else 0
+        self.autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+        self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # (store k, chunk i) -> rows being filled
+        self.filled: dict[tuple[int, int], int] = {}
+        self.skipped: dict[tuple[int, int], list[int]] = {}
+
+    def execute(self, report: ExtractReport, bar) -> None:
+        writer = _ChunkWriter()
+        try:
+            it = batches(
+                self.dataset,
+                self.cfg.transform,
+                self.segments,
+                batch_size=self.cfg.batch_size,
+                device=self.device,
+                backend=self.backend,
+                workers=self.cfg.workers,
+            )
+            while True:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                t1 = time.perf_counter()
+                report.data_s += t1 - t0
+                if batch is None:
+                    break
+                if batch.bad and self.cfg.on_bad_image == "error":
+                    raise batch.bad[0]
+                self._forward_all(batch, writer)
+                report.model_s += time.perf_counter() - t1
+                report.images += len(batch.x)
+                bar.update(len(batch.x))
+            writer.close()
+        finally:
+            bar.close()
+            if writer.thread.is_alive():
+                writer.q.put(None)
+            report.write_s += writer.busy_s
+        for w in self.writers:
+            w.finalize()
+
+    def _forward_all(self, batch, writer: _ChunkWriter) -> None:
+        x = batch.x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else batch.x
+        n, bad = len(x), [e.row for e in batch.bad]
+        if bad:
+            log.warning("skipping %d undecodable image(s), first: %s", len(bad), batch.bad[0].path)
+        for k, (w, model) in enumerate(self.todo):
+            i = batch.start // w.chunk_rows
+            if w.done(i):
+                continue
+            with torch.inference_mode(), self.autocast:
+                feats = _forward(model, x, self.pad_to)
+            key = (k, i)
+            if key not in self.buffers:
+                a, b = w.bounds(i)
+                self.buffers[key] = torch.empty(b - a, feats.shape[1], dtype=torch.float32, device=self.device)
+                self.filled[key], self.skipped[key] = 0, []
+            off = batch.start - w.bounds(i)[0]
+            self.buffers[key][off : off + n] = feats.float()
+            self.filled[key] += n
+            self.skipped[key] += bad
+            if self.filled[key] == len(self.buffers[key]):
+                writer.submit(w, i, self.buffers.pop(key), self.skipped.pop(key))
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, pad_to: int) -> torch.Tensor:
+    # a compiled model is specialised to one batch shape: pad the last, short batch
+    if len(x) < pad_to:
+        pad = x.new_zeros((pad_to - len(x), *x.shape[1:]))
+        return model(torch.cat([x, pad]))[: len(x)]
+    return model(x)

@@ -1,0 +1,368 @@
+"""Linear heads on cached features: a whole weight-decay grid trained in one pass over the data.
+
+The protocol is the seed's (REFERENCE.md, "The seed's linear-probe protocol"): BatchNorm1d(D, affine) then
+Linear(D, C), SGD with Nesterov momentum, the lr cut at fixed epochs, weight decay on the Linear only.
+A grid of H weight decays is trained as H heads that see the same batches in the same order. BatchNorm's
+normalisation depends only on the batch, so it is computed once and shared; each head's affine
+(gamma_h, beta_h) is folded into its Linear, W'_h = W_h * gamma_h and b'_h = b_h + W_h @ beta_h, so all
+heads are one (B, D) x (D, H*C) matrix product. Autograd through the fold gives gamma, beta, W and b the
+gradients of the unfolded head, so head h ends where a solo run with weight decay wd_h ends
+(tests/test_heads.py checks this, and checks a head against torch.nn + torch.optim.SGD + MultiStepLR).
+
+This module reads features only (a tensor or a row source); it never builds or runs a backbone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from featcache.errors import ConfigError, unknown_name
+
+__all__ = ["HEADS", "Features", "HeadConfig", "MultiHeadProbe", "RowSource"]
+
+logger = logging.getLogger(__name__)
+
+HEADS = ("bn-linear", "linear")
+_BN_EPS, _BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm1d's defaults
+_EVAL_ROWS = 1024  # rows per forward when scoring: bounds memory, does not change results
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """Features too big for memory: ``take(indices)`` returns those rows, a numpy (len(indices), D) array."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+Features = torch.Tensor | RowSource  # (N, D) float tensor on any device, or a row source
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyperparameters of the heads and their optimizer; the defaults are the seed's CIFAR protocol.
+
+    Raises:
+        ConfigError: a value is out of range; the message names the command-line option.
+    """
+
+    head: str = "bn-linear"  # BatchNorm1d(D, affine) then Linear(D, C); or 'linear' (Linear only)
+    epochs: int = 28
+    lr: float = 0.01
+    momentum: float = 0.9  # torch.optim.SGD semantics, dampening 0
+    nesterov: bool = True
+    milestones: tuple[int, ...] = (8, 16, 24)  # 0-based epochs where lr *= gamma (MultiStepLR semantics)
+    gamma: float = 0.1
+    batch_size: int = 256
+    init_std: float = 0.01  # std of the normal init of the Linear weight; the bias starts at 0
+    seed: int = 0  # seeds the weight init and the per-epoch shuffle
+    weight_decays: tuple[float, ...] = (1e-4,)  # one head per value; on the Linear weight and bias only
+
+    def __post_init__(self) -> None:
+        # Lists from a CLI or YAML become tuples, so the config stays hashable.
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        object.__setattr__(self, "weight_decays", tuple(self.weight_decays))
+        if self.head not in HEADS:
+            raise unknown_name("head", self.head, HEADS, hint="choose one with --head")
+        wds, bs = self.weight_decays, self.batch_size
+        for ok, option, value, what in (
+            (isinstance(self.epochs, int) and self.epochs > 0, "--epochs", self.epochs, "a positive integer"),
+            # BatchNorm normalises by the batch variance, which a single row does not have.
+            (isinstance(bs, int) and bs > 1, "--batch-size", bs, "an integer >= 2"),
+            (0 < self.lr < math.inf, "--lr", self.lr, "a positive number"),
+            (len(wds) > 0 and all(0 <= wd < math.inf for wd in wds), "--wd", wds, "one or more numbers >= 0"),
+            (0 <= self.momentum < 1, "--momentum", self.momentum, "in [0, 1)"),
+            (self.momentum > 0 or not self.nesterov, "--momentum", self.momentum, "> 0 with Nesterov"),
+        ):
+            if not ok:
+                raise ConfigError(f"{option} must be {what}, got {value!r}")
+
+
+class _SGD:
+    """torch.optim.SGD (dampening 0) over stacked head tensors, with a weight-decay tensor per parameter.
+
+    torch.optim.SGD takes one scalar decay per param group, but here the decay varies along the head axis,
+    so each decay is a tensor broadcast against its parameter ((H, 1, 1) for a (H, C, D) weight) or None.
+    """
+
+    def __init__(self, params: list[torch.Tensor], decays: list, momentum: float, nesterov: bool):
+        self.params, self.decays, self.momentum, self.nesterov = params, decays, momentum, nesterov
+        self.bufs: list[torch.Tensor | None] = [None] * len(params)
+
+    @torch.no_grad()
+    def step(self, grads: tuple[torch.Tensor, ...], lr: float) -> None:
+        for i, (p, d, wd) in enumerate(zip(self.params, grads, self.decays, strict=True)):
+            if wd is not None:
+                d = torch.addcmul(d, wd, p)  # d_p = grad + wd * p
+            if self.momentum:
+                if self.bufs[i] is None:
+                    self.bufs[i] = d.clone()  # torch starts the buffer at d_p, not at 0
+                else:
+                    self.bufs[i].mul_(self.momentum).add_(d)
+                d = d.add(self.bufs[i], alpha=self.momentum) if self.nesterov else self.bufs[i]
+            p.add_(d, alpha=-lr)
+
+
+def _bounds(n: int, batch_size: int, drop_single: bool = False) -> list[tuple[int, int]]:
+    bounds = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    # A final batch of one row has no batch variance: torch's BatchNorm1d refuses it in training and the
+    # unbiased running variance would divide by zero. Drop it (that row is seen again next epoch).
+    if drop_single and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds.pop()
+    return bounds
+
+
+class MultiHeadProbe:
+    """H = len(config.weight_decays) linear heads fitted together on cached features (estimator style).
+
+    Args:
+        config: the heads' hyperparameters.
+        n_features: feature dimension D.
+        n_classes: number of classes C.
+        device: where the heads live and train; features are moved there batch by batch.
+        dtype: dtype of the parameters and of the batches (features of any float dtype are cast).
+
+    Attributes (after :meth:`fit`):
+        weight_ (H, C, D), bias_ (H, C): each head's Linear.
+        gamma_, beta_ (H, D): each head's BatchNorm affine; None for the 'linear' head.
+        running_mean_, running_var_ (D,): BatchNorm running statistics, shared by the heads (or None).
+        num_batches_tracked_: SGD steps taken.
+        history_: one dict per epoch, ``{"epoch": e (1-based), "lr": lr, "train_loss": [H floats],
+            "<name>_top1": [H floats, %], "<name>_top5": [H floats, %]}`` for each evaluation set.
+        seconds_: wall time of :meth:`fit`, evaluations included.
+        fit_epochs_: epochs trained.
+    """
+
+    def __init__(self, config: HeadConfig, n_features: int, n_classes: int, device="cpu", dtype=torch.float):
+        self.config = config
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.config.weight_decays)
+
+    def fit(self, X: Features, y, eval_sets: Mapping[str, tuple] | None = None) -> MultiHeadProbe:
+        """Train all heads in one pass per epoch; score every ``eval_sets`` entry after each epoch.
+
+        Args:
+            X: training features, a (N, D) float tensor on any device or a :class:`RowSource`.
+            y: (N,) integer class labels in [0, C), a tensor or numpy array.
+            eval_sets: name -> (features, labels), scored with the running BatchNorm statistics.
+        Returns:
+            self, with the learned attributes set.
+        Raises:
+            ValueError: shapes, dtypes or labels do not match ``n_features``/``n_classes``, or N < 2.
+            TypeError: features are neither a tensor nor a row source.
+        """
+        cfg, dev, H = self.config, torch.device(self.device), self.n_heads
+        n = self._check_rows(X, "X")
+        y = self._check_labels(y, n, "y")
+        if n < 2:
+            raise ValueError(f"X has {n} row(s); a BatchNorm head needs at least 2 training rows")
+        evals = {}
+        for name, (Xe, ye) in (eval_sets or {}).items():
+            evals[name] = (Xe, self._check_labels(ye, self._check_rows(Xe, name), name))
+
+        start = time.perf_counter()
+        self._init_state()
+        params = [p for p in (self.weight_, self.bias_, self.gamma_, self.beta_) if p is not None]
+        wd = torch.tensor(cfg.weight_decays, device=dev, dtype=self.dtype)
+        decays = [wd[:, None, None], wd[:, None], None, None][: len(params)]  # none on gamma, beta
+        sgd = _SGD(params, decays, cfg.momentum, cfg.nesterov)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.history_: list[dict[str, Any]] = []
+        for epoch in range(cfg.epochs):
+            lr = cfg.lr * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
+            order = torch.randperm(n, generator=shuffle)
+            loss_sum, seen = torch.zeros(H, device=dev, dtype=torch.float64), 0
+            for p in params:
+                p.requires_grad_(True)
+            for x, yb in self._batches(X, order, _bounds(n, cfg.batch_size, drop_single=True), y):
+                logits = self._forward(x, train=True)  # (B, H, C)
+                # Row b * H + h of the flattened logits is head h on sample b, hence repeat_interleave.
+                losses = F.cross_entropy(logits.flatten(0, 1), yb.repeat_interleave(H), reduction="none")
+                losses = losses.view(-1, H).mean(0)  # (H,): each head's mean loss
+                # Heads share no parameter, so the sum gives each head exactly its solo gradient.
+                sgd.step(torch.autograd.grad(losses.sum(), params), lr)
+                loss_sum += losses.detach().double() * len(yb)
+                seen += len(yb)
+            for p in params:
+                p.requires_grad_(False)
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": (loss_sum / seen).tolist()}
+            for name, (Xe, ye) in evals.items():
+                acc = self._accuracy(Xe, ye)
+                record[f"{name}_top1"], record[f"{name}_top5"] = acc["top1"], acc["top5"]
+            self.history_.append(record)
+            logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, record)
+        self.fit_epochs_ = cfg.epochs
+        self.seconds_ = time.perf_counter() - start
+        logger.info("fitted %d head(s), %d epochs, in %.2f s", H, cfg.epochs, self.seconds_)
+        return self
+
+    @torch.no_grad()
+    def predict_logits(self, X: Features) -> torch.Tensor:
+        """Logits of every head, using the running BatchNorm statistics.
+
+        Args:
+            X: (N, D) features, a tensor or a row source.
+        Returns:
+            (H, N, C) tensor on ``device``.
+        Raises:
+            RuntimeError: the probe is not fitted.
+        """
+        self._check_fitted()
+        n = self._check_rows(X, "X")
+        batches = self._batches(X, torch.arange(n), _bounds(n, _EVAL_ROWS), torch.zeros(n, dtype=torch.int64))
+        parts = [self._forward(x, train=False) for x, _ in batches]
+        return torch.cat(parts).permute(1, 0, 2)
+
+    def evaluate(self, X: Features, y) -> dict[str, list[float]]:
+        """Top-1 and top-k (k = min(5, C)) accuracy of every head, in percent.
+
+        Args:
+            X: (N, D) features, a tensor or a row source; y: (N,) integer labels.
+        Returns:
+            ``{"top1": [H floats], "top5": [H floats]}``.
+        Raises:
+            RuntimeError: the probe is not fitted.
+        """
+        self._check_fitted()
+        return self._accuracy(X, self._check_labels(y, self._check_rows(X, "X"), "y"))
+
+    def head_state(self, h: int) -> dict[str, torch.Tensor]:
+        """Unfolded parameters of head ``h``: a state_dict for ``Sequential(bn=BatchNorm1d, fc=Linear)``.
+
+        Args:
+            h: head index, in the order of ``config.weight_decays``.
+        Returns:
+            ``fc.weight`` (C, D), ``fc.bias`` (C,) and, for 'bn-linear', ``bn.weight``, ``bn.bias``,
+            ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``; copies, safe to save.
+        Raises:
+            RuntimeError: the probe is not fitted.
+            IndexError: ``h`` is not a head index.
+        """
+        self._check_fitted()
+        if not 0 <= h < self.n_heads:
+            raise IndexError(f"head {h} out of range: this probe has {self.n_heads} head(s)")
+        state = {"fc.weight": self.weight_[h].clone(), "fc.bias": self.bias_[h].clone()}
+        if self.gamma_ is not None:
+            state["bn.weight"], state["bn.bias"] = self.gamma_[h].clone(), self.beta_[h].clone()
+            state["bn.running_mean"] = self.running_mean_.clone()
+            state["bn.running_var"] = self.running_var_.clone()
+            state["bn.num_batches_tracked"] = torch.tensor(self.num_batches_tracked_)
+        return state
+
+    def _init_state(self) -> None:
+        H, C, D = self.n_heads, self.n_classes, self.n_features
+        like = {"device": torch.device(self.device), "dtype": self.dtype}
+        # One float32 (C, D) draw on the CPU, repeated over heads: head h starts where a solo run with the
+        # same seed starts, on any device and in any dtype.
+        g = torch.Generator().manual_seed(self.config.seed)
+        w = torch.empty(C, D).normal_(0.0, self.config.init_std, generator=g)
+        self.weight_ = w.to(**like).repeat(H, 1, 1)
+        self.bias_ = torch.zeros(H, C, **like)
+        self.num_batches_tracked_ = 0
+        bn = self.config.head == "bn-linear"
+        self.gamma_ = torch.ones(H, D, **like) if bn else None
+        self.beta_ = torch.zeros(H, D, **like) if bn else None
+        self.running_mean_ = torch.zeros(D, **like) if bn else None
+        self.running_var_ = torch.ones(D, **like) if bn else None
+
+    def _forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """(B, D) features -> (B, H, C) logits; in training, also steps the running statistics."""
+        self.num_batches_tracked_ += int(train)
+        w, b = self.weight_, self.bias_  # (H, C, D), (H, C)
+        if self.gamma_ is not None:
+            if train:
+                var, mean = torch.var_mean(x, dim=0, correction=0)  # biased: what the batch is normalised by
+                with torch.no_grad():
+                    m, n = _BN_MOMENTUM, x.shape[0]
+                    self.running_mean_.mul_(1 - m).add_(mean, alpha=m)
+                    self.running_var_.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)  # unbiased, as torch
+            else:
+                mean, var = self.running_mean_, self.running_var_
+            x = (x - mean) * torch.rsqrt(var + _BN_EPS)  # (B, D) xhat, shared by every head
+            b = b + torch.einsum("hcd,hd->hc", w, self.beta_)  # b_h + W_h @ beta_h
+            w = w * self.gamma_[:, None, :]  # W_h * gamma_h, column scale
+        return (x @ w.flatten(0, 1).T + b.flatten()).unflatten(1, b.shape)
+
+    def _batches(self, X: Features, order: torch.Tensor, bounds, y: torch.Tensor) -> Iterator[tuple]:
+        """Yield (x (B, D) on device in self.dtype, labels (B,)) for order[a:b] of each (a, b) bound."""
+        dev = torch.device(self.device)
+        order_y = order.to(y.device)
+        if isinstance(X, torch.Tensor):
+            order_x = order.to(X.device)
+            for a, b in bounds:
+                # Move, then cast on the device: a float16 cache crosses the bus at half the bytes.
+                yield X[order_x[a:b]].to(dev).to(self.dtype), y[order_y[a:b]]
+            return
+        order_np, pin = order.numpy(), dev.type == "cuda"
+        # One loader thread gathers (and pins) batch i + 1 while batch i trains.
+        with ThreadPoolExecutor(1, thread_name_prefix="featcache-rows") as pool:
+            pending = pool.submit(self._take, X, order_np[slice(*bounds[0])], pin)
+            for i, (a, b) in enumerate(bounds):
+                rows = pending.result()
+                if i + 1 < len(bounds):
+                    pending = pool.submit(self._take, X, order_np[slice(*bounds[i + 1])], pin)
+                yield rows.to(dev, non_blocking=pin).to(self.dtype), y[order_y[a:b]]
+
+    def _take(self, source: RowSource, idx: np.ndarray, pin: bool) -> torch.Tensor:
+        rows = np.asarray(source.take(idx))
+        if rows.shape != (len(idx), self.n_features) or not np.issubdtype(rows.dtype, np.floating):
+            raise ValueError(
+                f"{type(source).__name__}.take returned {rows.dtype} {rows.shape}; "
+                f"expected float rows of shape ({len(idx)}, {self.n_features})"
+            )
+        t = torch.from_numpy(np.ascontiguousarray(rows))
+        return t.pin_memory() if pin else t
+
+    @torch.no_grad()
+    def _accuracy(self, X: Features, y: torch.Tensor) -> dict[str, list[float]]:
+        n, k = len(y), min(5, self.n_classes)
+        hits = torch.zeros(2, self.n_heads, dtype=torch.int64, device=torch.device(self.device))
+        for x, yb in self._batches(X, torch.arange(n), _bounds(n, _EVAL_ROWS), y):
+            correct = self._forward(x, train=False).topk(k, dim=-1).indices == yb[:, None, None]  # (B, H, k)
+            hits[0] += correct[..., 0].sum(0)
+            hits[1] += correct.any(-1).sum(0)
+        top1, topk = (hits.double() * 100 / n).tolist()
+        return {"top1": top1, "top5": topk}
+
+    def _check_rows(self, X: Any, name: str) -> int:
+        if isinstance(X, torch.Tensor):
+            if X.ndim != 2 or X.shape[1] != self.n_features or not X.is_floating_point():
+                got = f"{X.dtype} {tuple(X.shape)}"
+                raise ValueError(f"{name}: need float features of shape (N, {self.n_features}); got {got}")
+        elif not isinstance(X, RowSource):
+            kind = type(X).__name__
+            raise TypeError(f"{name}: expected a (N, D) tensor or a row source with take(), got {kind}")
+        if len(X) == 0:
+            raise ValueError(f"{name} has no rows")
+        return len(X)
+
+    def _check_labels(self, y: Any, n: int, name: str) -> torch.Tensor:
+        y = torch.as_tensor(y)
+        if y.shape != (n,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name}: expected {n} integer labels, got {y.dtype} {tuple(y.shape)}")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= self.n_classes:
+            raise ValueError(f"{name}: labels span [{lo}, {hi}], outside [0, {self.n_classes})")
+        return y.to(torch.device(self.device), torch.int64)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weight_"):
+            raise RuntimeError("this MultiHeadProbe is not fitted yet; call fit() first")

@@ -1,0 +1,217 @@
+"""Batches of preprocessed images, in dataset order, for the extractor.
+
+Two backends, recorded in every store because their pixels differ slightly:
+
+* ``pil``: the research pipeline. PIL decodes, resizes and crops each image in DataLoader worker
+  processes; the uint8 crops are normalised on the device.
+* ``device``: uint8 data goes to the device and is resized, cropped and normalised there, batched.
+  Array-backed sets (CIFAR, digits) are sliced straight from memory, no per-image work at all.
+  JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA); files
+  it cannot take (PNG, CMYK JPEG, truncated or corrupt files) fall back to PIL, per file.
+
+A batch never spans two store chunks, so the same rows always form the same batches and a
+resumed extraction reproduces an uninterrupted one bit for bit (on the CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .config import TransformSpec
+from .data import ArrayDataset, FileDataset, ImageDataset, to_rgb
+from .errors import BadImageError
+from .transforms import BatchPreprocess, pil_resize_crop
+
+__all__ = ["Batch", "batches", "prefetch", "BACKENDS", "jpeg_components"]
+
+BACKENDS = ("pil", "device")
+
+
+@dataclass
+class Batch:
+    """Rows [start, start + len(x)) preprocessed, float32 (B, 3, crop, crop) on the device."""
+
+    start: int
+    x: torch.Tensor
+    bad: list[BadImageError] = field(default_factory=list)  # undecodable images, with .row set
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` ahead; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, which raises it
+            q.put(e)
+
+    thread = threading.Thread(target=run, name="featcache-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def jpeg_components(data: bytes) -> int | None:
+    """Colour components of a JPEG (1 grey, 3 YCbCr, 4 CMYK/YCCK), or None if not a complete JPEG.
+
+    Reads only marker headers up to the first SOF. A file without the end-of-image marker near its end
+    counts as incomplete: GPU decoders may silently return a half-grey image for a truncated file.
+    """
+    if data[:2] != b"\xff\xd8" or data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0:
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT/JPG/DAC)
+            return data[i + 9]
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _split(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    return [list(range(s, min(s + batch_size, e))) for a, e in ranges for s in range(a, e, batch_size)]
+
+
+class _Items(Dataset):
+    """What a DataLoader worker does for one row: PIL crop (``pil``) or encoded bytes (``device``)."""
+
+    def __init__(self, dataset: ImageDataset, crop: Callable | None):
+        self.dataset, self.crop = dataset, crop
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            if self.crop is not None:
+                return i, self.crop(self.dataset.load(i)), ""
+            data = self.dataset.read_bytes(i)
+            if jpeg_components(data) in (1, 3):
+                return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), "jpeg"
+            # not a plain JPEG: PIL decodes it here, full size; the device resizes it
+            return i, torch.from_numpy(np.array(self.dataset.load(i))).permute(2, 0, 1).contiguous(), "pil"
+        except BadImageError as e:  # sent as plain data: see BadImageError
+            return i, None, (e.path, e.reason)
+
+
+def _collate(items: list) -> list:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode; the main process owns the cores' BLAS threads
+
+
+def batches(
+    dataset: ImageDataset,
+    spec: TransformSpec,
+    ranges: Sequence[tuple[int, int]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    backend: str,
+    workers: int = 0,
+) -> Iterator[Batch]:
+    """Yield preprocessed batches covering ``ranges`` (row intervals, each split into batches) in order.
+
+    Undecodable images come back as zero images listed in ``Batch.bad``; the caller decides to fail or skip.
+    """
+    pre = BatchPreprocess(spec)
+    index_batches = _split(ranges, batch_size)
+    pin = device.type == "cuda"
+    if backend == "device" and isinstance(dataset, ArrayDataset):
+        images = dataset.images
+
+        def produce() -> Iterator[Batch]:
+            for rows in index_batches:
+                x = torch.from_numpy(images[rows[0] : rows[-1] + 1]).permute(0, 3, 1, 2)
+                x = (x.pin_memory() if pin else x.contiguous()).to(device, non_blocking=pin)
+                yield Batch(rows[0], pre(x, cropped=False))
+
+        yield from prefetch(produce(), depth=3)
+        return
+    crop = pil_resize_crop(spec) if backend == "pil" else None
+    if backend == "device" and not isinstance(dataset, FileDataset):
+        crop = pil_resize_crop(spec)  # no encoded bytes to hand to a device decoder
+    loader = DataLoader(
+        _Items(dataset, crop),
+        batch_sampler=index_batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    zero = torch.zeros(3, spec.crop, spec.crop, dtype=torch.uint8)
+
+    def produce_files() -> Iterator[Batch]:
+        for items in loader:
+            bad = [BadImageError(*why, row=i) for i, x, why in items if x is None]
+            if crop is not None:
+                x = torch.stack([zero if t is None else t for _, t, _ in items])
+                x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
+                yield Batch(items[0][0], pre(x, cropped=True), bad)
+            else:
+                yield Batch(items[0][0], _decode_on_device(dataset, items, pre, device, zero, bad), bad)
+
+    yield from prefetch(produce_files(), depth=2)
+
+
+def _decode_on_device(
+    dataset: FileDataset, items: list, pre: BatchPreprocess, device: torch.device, zero: torch.Tensor, bad: list
+) -> torch.Tensor:
+    """Decode a batch's JPEGs together on the device; fall back to PIL per file; crop each; stack."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images: dict[int, torch.Tensor] = {}
+    jpegs = [(k, t) for k, (_, t, kind) in enumerate(items) if kind == "jpeg"]
+    if jpegs:
+        try:
+            with warnings.catch_warnings():
+                # torchvision 0.29 points to torchcodec for decoding; decode_jpeg works and is what we pin
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = decode_jpeg([t for _, t in jpegs], mode=ImageReadMode.RGB, device=device)
+            images.update({k: img for (k, _), img in zip(jpegs, decoded, strict=True)})
+        except RuntimeError:  # one bad file fails the whole call: retry each through PIL
+            for k, t in jpegs:
+                try:
+                    with Image.open(io.BytesIO(t.numpy().tobytes())) as im:
+                        im.load()
+                        images[k] = torch.from_numpy(np.array(to_rgb(im))).permute(2, 0, 1).to(device)
+                except (OSError, SyntaxError, ValueError) as e:
+                    row = items[k][0]
+                    bad.append(BadImageError(str(dataset.paths[row]), f"{type(e).__name__}: {e}", row=row))
+    for k, (_, t, kind) in enumerate(items):
+        if kind == "pil":
+            images[k] = t.to(device)
+    crops = [pre.resize_crop(images[k][None]) if k in images else zero[None].to(device) for k in range(len(items))]
+    return pre(torch.cat(crops), cropped=True)

@@ -1,0 +1,140 @@
+"""The command line as a new user meets it: help for every option, one-line errors, the whole flow."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+from conftest import save_checkpoint
+from data_factory import write_cifar10
+
+from featcache.cli import main
+from featcache.store import open_store, store_path
+
+
+@pytest.fixture
+def run(paths):
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        roots = ["--data-dir", str(paths.data), "--cache-dir", str(paths.cache), "--checkpoint-dir",
+                 str(paths.checkpoints), "--config-dir", str(paths.config)]  # fmt: skip
+        return runner.invoke(main, [*roots, *args], catch_exceptions=False)
+
+    return invoke
+
+
+def _commands():
+    return [("main", main)] + sorted(main.commands.items())
+
+
+@pytest.mark.parametrize(("name", "command"), _commands(), ids=[n for n, _ in _commands()])
+def test_help_explains_every_option(name, command, run):
+    args = ["--help"] if name == "main" else [name, "--help"]
+    result = run(*args)
+    assert result.exit_code == 0 and (command.help or "").split("\n")[0][:30] in result.output
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{name} {param.opts} has no help"
+            assert param.opts[-1] in result.output
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_unknown_checkpoint(run, paths):
+    _one_line_error(run("extract", "--ckpt", "run7"), "unknown checkpoint 'run7'", "did you mean", "'run4'")
+    assert not any(paths.cache.iterdir())
+
+
+def test_registered_checkpoint_file_missing(run, paths):
+    write_cifar10(paths.data / "cifar")
+    _one_line_error(run("extract", "--ckpt", "run3", "--dataset", "cifar10"), "run3", "not found")
+    assert not (paths.cache / "cifar10").exists()
+
+
+def test_wrong_dataset_path(run, paths):
+    save_checkpoint(paths, "net0", seed=0)
+    ckpt = str(paths.checkpoints / "net0.pth")
+    _one_line_error(run("extract", "--ckpt", ckpt, "--arch", "resnet10", "--dataset", "cifar10"),
+                    str(paths.data / "cifar"))  # fmt: skip
+    _one_line_error(
+        run("extract", "--ckpt", ckpt, "--arch", "resnet10", "--dataset", "cifar1O"), "did you mean 'cifar10'"
+    )
+    assert not any(paths.cache.iterdir())
+
+
+def test_wrong_architecture(run, paths):
+    write_cifar10(paths.data / "cifar")
+    save_checkpoint(paths, "net0", seed=0)
+    r = run("extract", "--ckpt", str(paths.checkpoints / "net0.pth"), "--arch", "resnet50", "--dataset", "cifar10")
+    _one_line_error(r, "resnet50", "missing")
+    assert not (paths.cache / "cifar10").exists()
+    r = run("extract", "--ckpt", str(paths.checkpoints / "net0.pth"), "--arch", "resnet51", "--dataset", "cifar10")
+    _one_line_error(r, "unknown architecture 'resnet51'", "resnet50")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["extract", "--ckpt", "run0", "--batch-size", "-4"], "--batch-size"),
+        (["extract", "--ckpt", "run0", "--precision", "fp8"], "'fp8' is not one of"),
+        (["extract", "--ckpt", "run0", "--device", "tpu"], "--device 'tpu'"),
+        (["probe", "--stores", "a", "--wd", "1e-4,abc"], "comma-separated list of numbers"),
+        (["probe", "--stores", "a", "--wd", "-1"], "non-negative"),
+        (["probe", "--stores", "a", "--epochs", "0"], "--epochs"),
+    ],
+)
+def test_invalid_option_values(run, args, needle):
+    result = run(*args)
+    assert result.exit_code != 0 and needle in result.output
+
+
+def test_extract_ls_verify_probe_results(run, paths):
+    write_cifar10(paths.data / "cifar", n_train_per_batch=12, n_test=20)
+    for k in range(2):
+        save_checkpoint(paths, f"net{k}", seed=k)
+    ckpts = ",".join(str(paths.checkpoints / f"net{k}.pth") for k in range(2))
+    r = run("extract", "--ckpt", ckpts, "--arch", "resnet10", "--dataset", "cifar10", "--transform", "32px",
+            "--workers", "0", "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "net0" in r.output and "written" in r.output and "images/s" in r.output
+    r = run("extract", "--ckpt", ckpts, "--arch", "resnet10", "--dataset", "cifar10", "--transform", "32px", "--quiet")
+    assert r.output.count("already complete") == 2
+
+    rows = json.loads(run("ls", "--dataset", "cifar10", "--format", "json").output)
+    assert [(x["store"], x["status"], x["dim"]) for x in rows] == [
+        ("net0", "train:complete test:complete", 512), ("net1", "train:complete test:complete", 512)]  # fmt: skip
+    r = run("verify", "--dataset", "cifar10", "net0", "net1")
+    assert r.exit_code == 0 and r.output.count("OK") == 2
+
+    r = run("probe", "--stores", "net0,net1", "--dataset", "cifar10", "--preset", "quick", "--epochs", "2",
+            "--wd", "1e-4,1e-2", "--tag", "clitest")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "cat2 of net0, net1 (1024 features)" in r.output and "TEST top-1" in r.output and "research" in r.output
+    r = run("results", "clitest", "cat2", "--format", "csv")
+    header, line = r.output.strip().splitlines()
+    assert header.startswith("time,tag,dataset,features") and ",clitest,cifar10,cat2,\"net0,net1\"," in line
+
+    chunk = store_path(paths.cache, "cifar10", "net1") / "train" / "features" / "c" / "0" / "0"
+    chunk.write_bytes(b"\0" * chunk.stat().st_size)
+    r = run("verify", "--dataset", "cifar10", "net0", "net1")
+    assert r.exit_code == 1 and "net1.zarr: FAILED" in r.output and "checksum" in r.output
+    assert open_store(store_path(paths.cache, "cifar10", "net0")).verify() == []
+
+
+def test_results_when_empty(run):
+    r = run("results", "anything")
+    assert r.exit_code == 0 and "no results matching anything" in r.output
+
+
+def test_doctor(run):
+    r = run("doctor")
+    assert r.exit_code == 0 and "torchvision" in r.output and "cuda device" in r.output
