@@ -420,3 +420,7 @@ def demo(paths: Paths, epochs, retrain):
     from .demo import run_demo
 
     run_demo(paths, epochs=epochs, retrain=retrain, echo=click.echo)
+
+
+if __name__ == "__main__":  # `python -m featcache.cli`, used by pipeline/ scripts and subprocess tests
+    main()
