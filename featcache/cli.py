@@ -105,7 +105,7 @@ def main(ctx, data_dir, cache_dir, checkpoint_dir, config_dir, verbose):
     ctx.obj = Paths.from_env(data=data_dir, cache=cache_dir, checkpoints=checkpoint_dir, config=config_dir)
 
 
-@main.command()
+@main.command(short_help="Extract checkpoints' penultimate features into stores.")
 @click.option(
     "--ckpt",
     required=True,
@@ -188,7 +188,7 @@ def main(ctx, data_dir, cache_dir, checkpoint_dir, config_dir, verbose):
     type=click.Choice(["none", "zstd"]),
     default="none",
     show_default=True,
-    help="zstd saves ~10-20%% on pooled features but stores can no longer be memory-mapped.",
+    help="zstd saves ~10-20% on pooled features but stores can no longer be memory-mapped.",
 )
 @click.option(
     "--chunk-rows",
@@ -233,7 +233,7 @@ def extract(paths: Paths, ckpt, arch, dataset, split, transform, quiet, **opts):
     click.echo(report.summary())
 
 
-@main.command()
+@main.command(short_help="Fit linear heads on concatenated stores; select on val, test once.")
 @click.option(
     "--stores",
     required=True,
@@ -336,14 +336,17 @@ def probe(
     click.echo(f"result {record['id']} appended to {path}", err=fmt != "table")
 
 
-@main.command()
+@main.command(short_help="Query the results log by patterns.")
 @click.argument("patterns", nargs=-1)
 @click.option("--last", type=click.IntRange(min=1), help="Only the N newest matching records.")
 @_format_option
 @click.pass_obj
 @_clean_errors
 def results(paths: Paths, patterns, last, fmt):
-    """Show probe results where every PATTERN occurs (e.g. `featcache results inat 1e-5 cat 80k`), newest first."""
+    """Query the results log: records where every PATTERN occurs, newest first.
+
+    Example: `featcache results inat 1e-5 cat 80k`.
+    """
     from .results import SUMMARY_COLUMNS, filter_records, load_records, results_path, summary_rows
 
     records = filter_records(load_records(paths.cache), patterns)[:last]
@@ -356,7 +359,7 @@ def results(paths: Paths, patterns, last, fmt):
     click.echo(render(summary_rows(records), SUMMARY_COLUMNS, fmt))
 
 
-@main.command(name="ls")
+@main.command(name="ls", short_help="List stores: status, rows, dim, dtype, checkpoint, transform.")
 @click.option("--dataset", help="Only this dataset's stores.")
 @_format_option
 @click.pass_obj
@@ -372,7 +375,7 @@ def ls(paths: Paths, dataset, fmt):
     click.echo(render(rows, fmt=fmt))
 
 
-@main.command()
+@main.command(short_help="Check stores chunk by chunk; exit 0 only if all pass.")
 @click.argument("stores", nargs=-1, required=True)
 @click.option("--dataset", default="digits", show_default=True, help="Dataset of stores given by name.")
 @click.option("--quick", is_flag=True, help="Structure only (markers, chunk sizes); skip hashing every chunk.")
@@ -397,7 +400,7 @@ def verify(paths: Paths, stores, dataset, quick):
         raise click.ClickException(f"{failed} store(s) failed verification")
 
 
-@main.command()
+@main.command(short_help="Show versions, CUDA, bf16, GPU JPEG decoding, Pillow-SIMD, CPUs.")
 def doctor():
     """Print what this machine offers: versions, CUDA device, bf16, GPU JPEG decoding, Pillow(-SIMD), CPUs."""
     from .doctor import machine_report
@@ -405,7 +408,7 @@ def doctor():
     click.echo(render(machine_report()))
 
 
-@main.command()
+@main.command(short_help="Run the whole pipeline on scikit-learn's digits (CPU, ~1 min).")
 @click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True, help="Pretraining epochs.")
 @click.option("--retrain", is_flag=True, help="Pretrain again even if the demo checkpoints exist.")
 @click.pass_obj
