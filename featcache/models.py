@@ -203,7 +203,9 @@ def load_state_dict(path: str | os.PathLike, *, trust: bool = False, ema: bool =
             obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as e:
         # torch.load signals a bad file with many types (KeyError for text, EOFError, RuntimeError from zip).
-        if isinstance(e, pickle.UnpicklingError) and not trust and "weights only" in str(e).lower():
+        # an invalid opcode ("Unsupported operand") is a corrupt file, not an object needing trust
+        unsafe = "weights only" in str(e).lower() and "Unsupported operand" not in str(e)
+        if isinstance(e, pickle.UnpicklingError) and not trust and unsafe:
             raise CheckpointError(
                 f"checkpoint {path} was refused by the weights-only loader ({_unsafe_global(str(e))}); "
                 "if you trust this file, pass --trust-checkpoint"

@@ -121,7 +121,7 @@ def test_extract_ls_verify_probe_results(run, paths):
     assert "cat2 of net0, net1 (1024 features)" in r.output and "TEST top-1" in r.output and "research" in r.output
     r = run("results", "clitest", "cat2", "--format", "csv")
     header, line = r.output.strip().splitlines()
-    assert header.startswith("time,tag,dataset,features") and ",clitest,cifar10,cat2,\"net0,net1\"," in line
+    assert header.startswith("time,tag,dataset,features") and ',clitest,cifar10,cat2,"net0,net1",' in line
 
     chunk = store_path(paths.cache, "cifar10", "net1") / "train" / "features" / "c" / "0" / "0"
     chunk.write_bytes(b"\0" * chunk.stat().st_size)
