@@ -389,13 +389,27 @@ def verify(paths: Paths, stores, dataset, quick):
     from .probe import resolve_stores
     from .store import open_store
 
+    def problems_of(token: str) -> dict[str, list[str]]:
+        # one unreadable or missing store must not hide the verdict on the others
+        try:
+            found = resolve_stores(token, dataset, paths.cache)
+        except FeatcacheError as e:
+            return {token: [str(e)]}
+        out = {}
+        for path in found:
+            try:
+                out[str(path)] = open_store(path).verify(deep=not quick)
+            except FeatcacheError as e:
+                out[str(path)] = [str(e)]
+        return out
+
     failed = 0
-    for path in resolve_stores(",".join(stores), dataset, paths.cache):
-        problems = open_store(path).verify(deep=not quick)
-        click.echo(f"{path}: {'OK' if not problems else 'FAILED'}")
-        for p in problems:
-            click.echo(f"  - {p}")
-        failed += bool(problems)
+    for token in stores:
+        for name, problems in problems_of(token).items():
+            click.echo(f"{name}: {'OK' if not problems else 'FAILED'}")
+            for p in problems:
+                click.echo(f"  - {p}")
+            failed += bool(problems)
     if failed:
         raise click.ClickException(f"{failed} store(s) failed verification")
 

@@ -209,7 +209,7 @@ def test_probe_refuses_stores_that_do_not_mix(run, stores, other, needle):
 def test_probe_refuses_a_store_failing_the_cheap_checks(run, stores):
     a = stores("a")
     (a / "train" / "features" / "c" / "1" / "0").unlink()
-    _error(_probe(run, a), "has None bytes", "run `featcache verify`")
+    _error(_probe(run, a), "is missing, want", "run `featcache verify`")
 
 
 def test_future_format_version_refused_by_probe_and_verify(run, stores):
@@ -218,11 +218,16 @@ def test_future_format_version_refused_by_probe_and_verify(run, stores):
     g.attrs["featcache"] = {**g.attrs["featcache"], "format_version": FORMAT_VERSION + 1}
     needle = f"format version {FORMAT_VERSION + 1}"
     _error(_probe(run, a), needle, "upgrade featcache")
-    _error(run("verify", str(a)), needle, "upgrade featcache")
+    b = stores("b")
+    result = run("verify", str(a), str(b))  # the unreadable store does not hide the verdict on the other
+    assert result.exit_code == 1 and f"{a}: FAILED" in result.output and f"{b}: OK" in result.output
+    assert needle in result.output and "upgrade featcache" in result.output
 
 
 def test_unknown_checkpoint_given_to_verify_suggests_extract(run):
-    _error(run("verify", "--dataset", "cifar10", "run3"), "no store", "featcache extract --ckpt run3")
+    result = run("verify", "--dataset", "cifar10", "run3")
+    assert result.exit_code == 1 and "run3: FAILED" in result.output
+    assert "no store" in result.output and "featcache extract --ckpt run3" in result.output
 
 
 def test_probe_of_an_interrupted_store(run, paths, stores):

@@ -128,9 +128,9 @@ class SplitReader:
                 problems.append(f"marker {self._marker(i)} is malformed or not for {rows} rows")
             if not self._file_ok(i):
                 f = self.chunk_file(i)
-                size = f.stat().st_size if f.is_file() else None
                 want = self.chunk_rows * self.dim * self.dtype.itemsize
-                problems.append(f"chunk file {f} has {size} bytes, want {want}")
+                has = f"has {f.stat().st_size} bytes" if f.is_file() else "is missing"
+                problems.append(f"chunk file {f} {has}, want {want} bytes")
         return problems
 
     def deep_problems(self) -> list[str]:
