@@ -327,8 +327,9 @@ class _SplitRun:
             writer.close()
         finally:
             bar.close()
-            if writer.thread.is_alive():
+            if writer.thread.is_alive():  # failed mid-split: finish the queued chunks while the lock is ours
                 writer.q.put(None)
+                writer.thread.join()
             report.write_s += writer.busy_s
         for w in self.writers:
             w.finalize()

@@ -11,6 +11,11 @@ Two backends, recorded in every store because their pixels differ slightly:
 
 A batch never spans two store chunks, so the same rows always form the same batches and a
 resumed extraction reproduces an uninterrupted one bit for bit (on the CPU).
+
+Overlap: on CUDA a background thread prepares batch i+1 (copy, decode, resize) while the device runs
+batch i. On the CPU it does not: the forward pass already keeps every core busy, so a second thread
+only competes with it (two OpenMP teams on the same cores); batches are prepared in the loop instead,
+and image files are still decoded ahead by the DataLoader's worker processes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .transforms import BatchPreprocess, pil_resize_crop
 __all__ = ["Batch", "batches", "prefetch", "BACKENDS", "jpeg_components"]
 
 BACKENDS = ("pil", "device")
+RESIZE_GROUP = 64  # images resized in one call on the device backend
 
 
 @dataclass
@@ -47,7 +53,10 @@ class Batch:
 
 
 def prefetch(items: Iterable, depth: int = 2) -> Iterator:
-    """Run ``items`` in a background thread, ``depth`` ahead; re-raise its errors here."""
+    """Run ``items`` in a background thread, ``depth`` ahead; re-raise its errors here. ``depth`` 0: no thread."""
+    if depth <= 0:  # no thread: produce in the caller's loop
+        yield from items
+        return
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -148,6 +157,7 @@ def batches(
     pre = BatchPreprocess(spec)
     index_batches = _split(ranges, batch_size)
     pin = device.type == "cuda"
+    threaded = device.type == "cuda"  # see the module docstring: no producer thread on the CPU
     if backend == "device" and isinstance(dataset, ArrayDataset):
         images = dataset.images
 
@@ -157,7 +167,7 @@ def batches(
                 x = (x.pin_memory() if pin else x.contiguous()).to(device, non_blocking=pin)
                 yield Batch(rows[0], pre(x, cropped=False))
 
-        yield from prefetch(produce(), depth=3)
+        yield from prefetch(produce(), depth=3 if threaded else 0)
         return
     crop = pil_resize_crop(spec) if backend == "pil" else None
     if backend == "device" and not isinstance(dataset, FileDataset):
@@ -183,35 +193,64 @@ def batches(
             else:
                 yield Batch(items[0][0], _decode_on_device(dataset, items, pre, device, zero, bad), bad)
 
-    yield from prefetch(produce_files(), depth=2)
+    yield from prefetch(produce_files(), depth=2 if threaded else 0)
 
 
 def _decode_on_device(
     dataset: FileDataset, items: list, pre: BatchPreprocess, device: torch.device, zero: torch.Tensor, bad: list
 ) -> torch.Tensor:
-    """Decode a batch's JPEGs together on the device; fall back to PIL per file; crop each; stack."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    """Decode a batch's JPEGs together on the device, fall back per file, resize and crop, stack.
 
+    One undecodable file fails a batched ``decode_jpeg`` call; then each file is decoded alone on the device
+    and only those that still fail go to PIL, so a file's pixels never depend on its batch neighbours.
+    Files PIL cannot read either are zero images listed in ``bad``.
+    """
     images: dict[int, torch.Tensor] = {}
     jpegs = [(k, t) for k, (_, t, kind) in enumerate(items) if kind == "jpeg"]
     if jpegs:
         try:
-            with warnings.catch_warnings():
-                # torchvision 0.29 points to torchcodec for decoding; decode_jpeg works and is what we pin
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = decode_jpeg([t for _, t in jpegs], mode=ImageReadMode.RGB, device=device)
-            images.update({k: img for (k, _), img in zip(jpegs, decoded, strict=True)})
-        except RuntimeError:  # one bad file fails the whole call: retry each through PIL
+            images.update(zip((k for k, _ in jpegs), _decode_jpegs([t for _, t in jpegs], device), strict=True))
+        except RuntimeError:
             for k, t in jpegs:
                 try:
-                    with Image.open(io.BytesIO(t.numpy().tobytes())) as im:
-                        im.load()
-                        images[k] = torch.from_numpy(np.array(to_rgb(im))).permute(2, 0, 1).to(device)
-                except (OSError, SyntaxError, ValueError) as e:
-                    row = items[k][0]
-                    bad.append(BadImageError(str(dataset.paths[row]), f"{type(e).__name__}: {e}", row=row))
+                    images[k] = _decode_jpegs([t], device)[0]
+                except RuntimeError:
+                    try:
+                        with Image.open(io.BytesIO(t.numpy().tobytes())) as im:
+                            im.load()
+                            images[k] = torch.from_numpy(np.array(to_rgb(im))).permute(2, 0, 1).to(device)
+                    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                        row = items[k][0]
+                        bad.append(BadImageError(str(dataset.paths[row]), f"{type(e).__name__}: {e}", row=row))
     for k, (_, t, kind) in enumerate(items):
         if kind == "pil":
             images[k] = t.to(device)
-    crops = [pre.resize_crop(images[k][None]) if k in images else zero[None].to(device) for k in range(len(items))]
-    return pre(torch.cat(crops), cropped=True)
+    crops = _resize_crop_by_size(images, pre)
+    blank = zero.to(device)
+    return pre(torch.stack([crops.get(k, blank) for k in range(len(items))]), cropped=True)
+
+
+def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 points to torchcodec for decoding; decode_jpeg works and is what we pin
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def _resize_crop_by_size(images: dict[int, torch.Tensor], pre: BatchPreprocess) -> dict[int, torch.Tensor]:
+    """Resize and crop uint8 ``(3, H, W)`` images, those of one size together (a few kernel calls, not one per image).
+
+    Each image's result is the same as resizing it alone. Groups are cut at ``RESIZE_GROUP`` images to bound
+    the float copies the CUDA resize makes.
+    """
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for k, img in images.items():
+        by_size.setdefault(tuple(img.shape), []).append(k)
+    crops: dict[int, torch.Tensor] = {}
+    for keys in by_size.values():
+        for g in range(0, len(keys), RESIZE_GROUP):
+            part = keys[g : g + RESIZE_GROUP]
+            crops.update(zip(part, pre.resize_crop(torch.stack([images[k] for k in part])), strict=True))
+    return crops

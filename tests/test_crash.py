@@ -304,7 +304,7 @@ def _set_meta(path, **over):
 
 BREAKS = {
     "truncated-chunk": (lambda p: _break_chunk(p, lambda a: a[:-3]), "has 244 bytes, want 256"),
-    "missing-chunk": (lambda p: (p / "train" / "features" / "c" / "2" / "0").unlink(), "2/0 is missing, want 256 bytes"),
+    "missing-chunk": (lambda p: (p / "train" / "features" / "c" / "2" / "0").unlink(), "is missing, want 256 bytes"),
     "nan": (lambda p: _break_chunk(p, lambda a: np.where(np.arange(a.size) == 5, np.nan, a)), "holds NaN or Inf"),
     "inf": (lambda p: _break_chunk(p, lambda a: np.where(np.arange(a.size) == 0, np.inf, a)), "holds NaN or Inf"),
     "ids": (lambda p: zarr.open_array(p / "train" / "ids", mode="r+").__setitem__(0, "other"), "ids do not match"),

@@ -1,0 +1,413 @@
+"""Benchmark: feature extraction in images/s, research-style baseline vs featcache, on the same synthetic data.
+
+Three measurements per case, in one process, on data written into a temporary directory:
+
+a. the research-style baseline: torchvision ``transforms.v2`` on PIL images (the preset's Resize + CenterCrop +
+   ToTensor + Normalize, :func:`featcache.transforms.pil_reference`) in a torch DataLoader with worker processes,
+   fp32 model(s), features copied to the host batch by batch (as the seed code does);
+b. the model's forward pass alone at featcache's precision (bf16 autocast + channels_last on CUDA, fp32 on the
+   CPU), on tensors already on the device, in the batches featcache runs (CUDA synchronized around the timing);
+c. :func:`featcache.extract.extract` end to end on the same files: dataset read, checkpoint load, preprocessing,
+   forward, store write (whole chunks, fsynced and read back), in a fresh cache directory.
+
+``c`` is the wall time of the whole call; ``c*`` is its steady rate, ``(N - B) / (t(N) - t(B))`` with ``t(B)`` the
+same call limited to one batch, so the fixed costs of a call (reading and hashing checkpoints, building models,
+creating the store) cancel, as they are absent from ``a`` and ``b`` (models built before the clock starts).
+Both are printed, with ``c/a``, ``c/b``, ``c*/a`` and ``c*/b``; the targets are read on ``c*``. With
+``--repeat R`` (default 3 on the CPU, 1 on CUDA and with ``--quick``) every measurement is taken R times,
+interleaved, and the fastest kept: a shared CPU is noisy.
+
+Cases:
+1. ``cifar``: CIFAR-10 python pickles (uint8 32x32, written here and read by featcache's cifar10 reader)
+   upscaled to 224 px (``224px`` preset) through ResNet50; featcache resizes the uint8 batches on the device.
+2. ``jpeg``: an ImageFolder of 500x375 JPEGs through ResNet50 (``imagenet-224px``); on CUDA featcache decodes
+   them with nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``).
+3. ``5ckpt``: five checkpoints in one call on the CIFAR data: featcache's time against 5x the forward time of
+   one model (``b`` column: N / (5 x one model's forward time)); the time ratio is ``b / c*``.
+
+On a machine without CUDA (or ``--device cpu``) every case runs small (77 s on the shared 2-core dev machine):
+ResNet18, CIFAR at the ``32px`` preset (the baseline uses the same cifar-32px PIL transform), 2,048 CIFAR images
+(about 1 s of forward passes on 2 idle cores: fewer would measure little but fixed costs), 32 JPEGs (batch 8),
+512 images for 5ckpt. CPU numbers say nothing about the GPU targets.
+
+Targets (checked and printed): on CUDA, cifar ``c*/a >= 5`` and ``c*/b >= 0.9``, jpeg ``c*/a >= 5``, 5ckpt time
+ratio ``<= 1.1``; on the CPU, cifar ``c*/a >= 1`` and 5ckpt ``<= 1.1`` (jpeg runs the same PIL pipeline as the
+baseline there, so it is shown without a target).
+
+Usage (from the repository root; ``PYTHONPATH=.`` if featcache is not installed):
+    python benchmarks/extract_throughput.py                    # device auto: full size on CUDA, small on CPU
+    python benchmarks/extract_throughput.py --device cpu --quick
+    python benchmarks/extract_throughput.py --device cuda --cases cifar,5ckpt --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.models as tvm
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from featcache import __version__
+from featcache.config import CheckpointSpec, Paths, load_registry
+from featcache.data import build_dataset
+from featcache.devices import PRECISIONS, resolve_device, resolve_precision
+from featcache.extract import COMPILE_MIN_ROWS, ExtractConfig, _prepare, extract
+from featcache.models import load_backbone
+from featcache.transforms import pil_reference
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = ("cifar", "jpeg", "5ckpt")
+JPEG_SIZE = (500, 375)  # width, height: a typical ImageNet photo
+JPEG_UNIQUE = 64  # distinct encoded images, written round-robin (encoding thousands would dominate the run)
+# case -> (images, batch size); the architecture; the CIFAR preset
+SIZES = {
+    ("cuda", False): ({"cifar": (20_000, 256), "jpeg": (5_000, 256), "5ckpt": (10_000, 256)}, "resnet50", "224px"),
+    ("cuda", True): ({"cifar": (4_096, 256), "jpeg": (1_024, 256), "5ckpt": (2_048, 256)}, "resnet50", "224px"),
+    ("cpu", False): ({"cifar": (2_048, 64), "jpeg": (32, 8), "5ckpt": (512, 64)}, "resnet18", "32px"),
+    ("cpu", True): ({"cifar": (512, 64), "jpeg": (16, 8), "5ckpt": (256, 64)}, "resnet18", "32px"),
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quick", action="store_true", help="smaller sets (a smoke run)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--cifar-images", type=int, help="override the CIFAR image count")
+    p.add_argument("--jpeg-images", type=int, help="override the JPEG image count")
+    p.add_argument("--ckpt-images", type=int, help="override the image count of the 5-checkpoint case")
+    p.add_argument("--batch-size", type=int, help="override the batch size (256 on CUDA, 64 on the CPU)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(16, os.cpu_count() or 1),
+        help="DataLoader processes, the same for the baseline and featcache (default: CPU cores, at most 16)",
+    )
+    p.add_argument("--repeat", type=int, help="measure each R times, keep the fastest (default 3 on the CPU, else 1)")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    a = p.parse_args(argv)
+    a.cases = [c for c in a.cases.split(",") if c]
+    if not a.cases or set(a.cases) - set(CASES):
+        p.error(f"--cases takes a comma-separated subset of {','.join(CASES)}")
+    counts = (a.cifar_images, a.jpeg_images, a.ckpt_images, a.batch_size, a.repeat)
+    if a.workers < 0 or any(v is not None and v < 1 for v in counts):
+        p.error("image counts, --batch-size and --repeat must be >= 1, --workers >= 0")
+    return a
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model} ({os.cpu_count()} cores)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- synthetic data --------------------------------------------------------------------------------------
+
+
+def _blocky(rng: np.random.Generator, n: int, h: int, w: int, grid: int = 4) -> np.ndarray:
+    """``n`` uint8 (h, w, 3) images: a random ``grid`` x ``grid`` pattern blown up, plus pixel noise."""
+    base = rng.integers(0, 256, (n, grid, grid, 3), dtype=np.int16)
+    img = np.repeat(np.repeat(base, -(-h // grid), axis=1), -(-w // grid), axis=2)[:, :h, :w]
+    return np.clip(img + rng.integers(-24, 25, img.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+
+
+def write_cifar10(root: Path, n: int, seed: int = 0) -> None:
+    """CIFAR-10 python pickles (``data_batch_1..5``, ``test_batch``, ``batches.meta``) with ``n`` train images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    start = 0
+    for k, name in enumerate([f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]):
+        m = n // 5 + (k < n % 5) if k < 5 else 16
+        images = _blocky(rng, m, 32, 32)
+        entry = {
+            "batch_label": f"synthetic {name}",
+            "data": images.transpose(0, 3, 1, 2).reshape(m, 3072).copy(),  # planar R, G, B rows
+            "labels": [int(v) for v in rng.integers(0, 10, m)],
+            "filenames": [f"synthetic_{start + i:06d}.png" for i in range(m)],
+        }
+        start += m
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{c}" for c in range(10)], "num_vis": 3072}, f)
+
+
+def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> None:
+    """``root/val/<class>/<i>.jpg``: ``n`` files of 500x375 RGB JPEG (quality 90), 64 distinct images round-robin.
+
+    Content is a smooth random pattern with pixel noise, so a file is 60-100 KB like a photo of that size.
+    """
+    rng = np.random.default_rng(seed)
+    w, h = JPEG_SIZE
+    encoded = []
+    for _ in range(min(n, JPEG_UNIQUE)):
+        small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BILINEAR)
+        pixels = np.asarray(small, dtype=np.int16) + rng.normal(0, 12, (h, w, 3)).astype(np.int16)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        encoded.append(buf.getvalue())
+    for i in range(n):
+        d = root / "val" / f"class{i % classes:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"img_{i:06d}.jpg").write_bytes(encoded[i % len(encoded)])
+
+
+def write_checkpoints(folder: Path, arch: str, k: int) -> list[CheckpointSpec]:
+    """``k`` randomly initialised torchvision state dicts, as plain ``.pth`` files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for s in range(k):
+        torch.manual_seed(s)
+        path = folder / f"{arch}_seed{s}.pth"
+        torch.save(getattr(tvm, arch)(weights=None).state_dict(), path)
+        specs.append(CheckpointSpec(f"bench{s}", arch, path))
+    return specs
+
+
+# --- the three measurements ------------------------------------------------------------------------------
+
+
+def baseline(ds, models: list[torch.nn.Module], batch: int, workers: int, device: torch.device) -> float:
+    """Seconds for the research pipeline: PIL transforms in DataLoader workers, fp32 models, features to host."""
+    loader = DataLoader(
+        ds, batch_size=batch, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", drop_last=False
+    )
+    _sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for x, _ in loader:
+            x = x.to(device, non_blocking=True)
+            for m in models:
+                m(x).cpu()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def forward_only(
+    models: list[torch.nn.Module], n: int, batch: int, crop: int, device: torch.device, precision: str
+) -> float:
+    """Seconds for the forward passes alone over ``n`` images in featcache's batches, inputs already on the device."""
+    x = torch.randn(batch, 3, crop, crop, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    sizes = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+    with torch.inference_mode(), autocast:
+        for m in models:  # warm-up: cuDNN picks its kernels, lazy CUDA modules load
+            m(x)
+        _sync(device)
+        t = time.perf_counter()
+        for size in sizes:
+            for m in models:
+                m(x[:size])
+        _sync(device)
+    return time.perf_counter() - t
+
+
+def extract_seconds(cfg: ExtractConfig, cache: Path) -> tuple[float, str]:
+    """Wall seconds of one fresh :func:`extract` call into ``cache``, and its summary line."""
+    t = time.perf_counter()
+    report = extract(dataclasses.replace(cfg, cache_dir=cache))
+    return time.perf_counter() - t, report.summary()
+
+
+# --- the cases ---------------------------------------------------------------------------------------------
+
+
+def run_case(case: str, n: int, batch: int, arch: str, a: argparse.Namespace, device, reg, specs, tmp: Path) -> dict:
+    """Measure a, b and c for one case; with ``--repeat`` R, each R times interleaved and the fastest kept."""
+    if case == "jpeg":
+        ds_spec, preset, split = reg.dataset("imagefolder:jpeg"), "224px", "val"
+    else:
+        ds_spec, preset, split = reg.dataset("cifar10"), a.cifar_preset, "train"
+    tf = reg.transform(ds_spec, preset)
+    ckpts = specs if case == "5ckpt" else specs[:1]
+    precision = resolve_precision("auto", device)
+    compiled = device.type == "cuda" and n >= COMPILE_MIN_ROWS  # what featcache's --compile auto does
+    print(f"[{case}] {n} images, {len(ckpts)} x {arch}, preset {tf.name}, batch {batch}, {precision}", flush=True)
+
+    ds = build_dataset(ds_spec, split, transform=pil_reference(tf))
+    ds = torch.utils.data.Subset(ds, range(min(n, len(ds))))
+    fp32 = [load_backbone(c).module.to(device).eval() for c in ckpts]  # the baseline's models
+    with torch.no_grad():  # warm-up outside the clock, as b and c get
+        for m in fp32:
+            m(torch.zeros(batch, 3, tf.crop, tf.crop, device=device))
+    one = [_prepare(load_backbone(ckpts[0]).module, device, compiled)]  # b: featcache's model, timed x len(ckpts)
+    cfg = ExtractConfig(
+        checkpoints=tuple(ckpts),
+        dataset=ds_spec,
+        transform=tf,
+        cache_dir=tmp,
+        splits=(split,),
+        batch_size=batch,
+        device=device.type,
+        workers=a.workers,
+        limit=n,
+    )
+    first = dataclasses.replace(cfg, limit=min(batch, n))
+    extract_seconds(first, tmp / case / "warmup")  # loads kernels, fills the page cache
+    best = {"a": math.inf, "b": math.inf, "c": math.inf, "c1": math.inf}
+    summary = ""
+    for r in range(a.repeat):
+        best["a"] = min(best["a"], baseline(ds, fp32, batch, a.workers, device))
+        best["b"] = min(best["b"], forward_only(one, n, batch, tf.crop, device, precision) * len(ckpts))
+        best["c1"] = min(best["c1"], extract_seconds(first, tmp / case / f"one{r}")[0])
+        t, line = extract_seconds(cfg, tmp / case / f"full{r}")
+        if t < best["c"]:
+            best["c"], summary = t, line
+    del fp32, one
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    t_a, t_b, t_c, t_one = best["a"], best["b"], best["c"], best["c1"]
+    steady = (n - min(batch, n)) / (t_c - t_one) if n > batch and t_c > t_one else n / t_c
+    times = f" (fastest of {a.repeat})" if a.repeat > 1 else ""
+    print(f"[{case}] a  baseline      {n / t_a:10,.1f} images/s ({t_a:.2f} s){times}")
+    print(f"[{case}] b  forward only  {n / t_b:10,.1f} images/s ({t_b:.2f} s{' = 5 x one model' * (case == '5ckpt')})")
+    print(f"[{case}] c  featcache     {n / t_c:10,.1f} images/s ({t_c:.2f} s; limited to one batch {t_one:.2f} s)")
+    print(f"[{case}] c* steady        {steady:10,.1f} images/s")
+    print(f"[{case}]    {summary}", flush=True)
+    return {
+        "case": case,
+        "images": n,
+        "checkpoints": len(ckpts),
+        "arch": arch,
+        "preset": tf.name,
+        "batch_size": batch,
+        "precision": precision,
+        "compiled": compiled,
+        "a": n / t_a,
+        "b": n / t_b,
+        "c": n / t_c,
+        "c_steady": steady,
+        "seconds": {"a": t_a, "b": t_b, "c": t_c, "c_one_batch": t_one},
+        "summary": summary,
+    }
+
+
+def check(row: dict, device: torch.device) -> list[tuple[str, float, bool]]:
+    """``(target, value, holds)`` for each target of this row on this device (measured on the steady rate c*)."""
+    ca, cb = row["c_steady"] / row["a"], row["c_steady"] / row["b"]
+    if row["case"] == "5ckpt":
+        ratio = row["b"] / row["c_steady"]  # featcache's time / 5x one model's forward time
+        return [("time/(5 x fwd) <= 1.1", ratio, ratio <= 1.1)]
+    if device.type != "cuda":
+        return [("c*/a >= 1", ca, ca >= 1)] if row["case"] == "cifar" else []
+    if row["case"] == "cifar":
+        return [("c*/a >= 5", ca, ca >= 5), ("c*/b >= 0.9", cb, cb >= 0.9)]
+    return [("c*/a >= 5", ca, ca >= 5)]
+
+
+def table(rows: list[dict], device: torch.device) -> list[str]:
+    head = f"{'case':<36} {'a':>8} {'b':>8} {'c':>8} {'c*':>8} {'c/a':>6} {'c/b':>6} {'c*/a':>6} {'c*/b':>6}  target"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        label = f"{r['case']} {r['images']} img {r['checkpoints']}x{r['arch']} {r['preset']}"
+        checks = "; ".join(f"{d}: {v:.2f} {'ok' if ok else 'MISSED'}" for d, v, ok in check(r, device)) or "-"
+        ratios = [r["c"] / r["a"], r["c"] / r["b"], r["c_steady"] / r["a"], r["c_steady"] / r["b"]]
+        lines.append(
+            f"{label:<36} {r['a']:>8,.0f} {r['b']:>8,.0f} {r['c']:>8,.0f} {r['c_steady']:>8,.0f} "
+            + " ".join(f"{v:>6.2f}" for v in ratios)
+            + f"  {checks}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    device = resolve_device(a.device)
+    sizes, arch, a.cifar_preset = SIZES[(device.type, a.quick)]
+    a.repeat = a.repeat or (1 if device.type == "cuda" or a.quick else 3)
+    plan = {}
+    for case in a.cases:
+        n, batch = sizes[case]
+        plan[case] = (getattr(a, f"{case.replace('5ckpt', 'ckpt')}_images") or n, a.batch_size or batch)
+    date = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    print(f"featcache {__version__} benchmark: extraction throughput (images/s)")
+    print(f"device   {device} = {_device_name(device)}")
+    print(f"torch    {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads")
+    print(f"date     {date}; python {platform.python_version()}; {a.workers} DataLoader workers")
+    if device.type != "cuda":
+        print(
+            f"CPU MODE: a small run ({arch}, CIFAR at its {a.cifar_preset} preset, "
+            + ", ".join(f"{c} {n} images" for c, (n, _) in plan.items())
+            + "): it checks the CPU path only; the GPU targets need benchmarks/gpu_check.sh on a GPU"
+        )
+    print(flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="featcache-bench-") as tmp:
+        root = Path(tmp)
+        paths = Paths(data=root / "data", cache=root / "cache", checkpoints=root / "ckpts", config=REPO / "configs")
+        t = time.perf_counter()
+        cifar = [plan[c][0] for c in ("cifar", "5ckpt") if c in plan]
+        if cifar:
+            write_cifar10(paths.data / "cifar", max(cifar))
+        if "jpeg" in plan:
+            write_jpegs(paths.data / "jpeg", plan["jpeg"][0])
+        specs = write_checkpoints(paths.checkpoints, arch, 5 if "5ckpt" in plan else 1)
+        print(f"data     written in {time.perf_counter() - t:.1f} s under {root}", flush=True)
+        reg = load_registry(paths)
+        for case in CASES:
+            if case in plan:
+                rows.append(run_case(case, *plan[case], arch, a, device, reg, specs, paths.cache))
+
+    mode = "GPU" if device.type == "cuda" else "CPU, small run: not the GPU targets"
+    print()
+    print(f"images/s on {_device_name(device)}, torch {torch.__version__}, {date} ({mode})")
+    print("a  research pipeline: PIL v2 transforms in DataLoader workers, fp32 model(s)")
+    print("b  forward only at featcache's precision (5ckpt: N / (5 x one model's forward time))")
+    print("c  featcache extract() end to end, store write included; c*: its steady rate (one-batch call subtracted)")
+    for line in table(rows, device):
+        print(line)
+    results = [c for r in rows for c in check(r, device)]
+    print(f"targets held: {sum(ok for _, _, ok in results)}/{len(results)}")
+    if a.out:
+        doc = {
+            "benchmark": "extract_throughput",
+            "featcache": __version__,
+            "device": _device_name(device),
+            "device_type": device.type,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "date": date,
+            "quick": a.quick,
+            "workers": a.workers,
+            "repeat": a.repeat,
+            "rows": [{**r, "targets": [{"target": d, "value": v, "holds": ok} for d, v, ok in check(r, device)]}
+                     for r in rows],
+        }  # fmt: skip
+        a.out.write_text(json.dumps(doc, indent=2))
+        print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""The fast extraction paths: bf16 autocast, JPEG decoding by torchvision with per-file fallback, the run report.
+
+All on the CPU: ``decode_jpeg`` runs there too, so the fallback logic of the GPU path is exercised without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import save_checkpoint
+from data_factory import smooth_images, write_cifar10, write_truncated_jpeg
+from PIL import Image
+
+from featcache import loaders
+from featcache.data import build_dataset
+from featcache.errors import BadImageError
+from featcache.extract import ExtractConfig, extract
+from featcache.loaders import batches, jpeg_components
+from featcache.store import open_store, store_path
+from featcache.transforms import BatchPreprocess
+
+
+def _config(paths, registry, specs, dataset="cifar10", transform="32px", **kw) -> ExtractConfig:
+    ds = registry.dataset(dataset)
+    kw = {"dtype": "float32", "batch_size": 16, "workers": 0, "device": "cpu", **kw}
+    return ExtractConfig(tuple(specs), ds, registry.transform(ds, transform), paths.cache, **kw)
+
+
+def _split(paths, dataset, name, split):
+    return open_store(store_path(paths.cache, dataset, name)).split(split)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def _image(seed: int, w: int = 40, h: int = 30) -> Image.Image:
+    return Image.fromarray(smooth_images(np.random.default_rng(seed), 1, h, w)[0])
+
+
+def _header_only(img: Image.Image) -> bytes:
+    """A JPEG cut before its scan but still ending in EOI: it passes the marker check, every decoder refuses it."""
+    data = _jpeg(img)
+    return data[: data.index(b"\xff\xda")] + b"\xff\xd9"
+
+
+# --- bf16 autocast ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["resnet10", "resnet18"])
+def test_bf16_autocast_features_match_fp32(paths, registry, arch):
+    write_cifar10(paths.data / "cifar", n_train_per_batch=2, n_test=12)
+    spec, _ = save_checkpoint(paths, "net", seed=3, arch=arch)
+    for precision in ("fp32", "bf16"):
+        cfg = _config(paths, registry, [spec], splits=("test",), precision=precision, store_name=precision)
+        extract(cfg)
+    fp32, bf16 = (_split(paths, "cifar10", p, "test") for p in ("fp32", "bf16"))
+    ref, got = fp32.read(), bf16.read()
+    assert not np.array_equal(ref, got)  # autocast did run in bf16
+    assert _cosine(ref, got).min() >= 0.999
+    prov = open_store(store_path(paths.cache, "cifar10", "bf16")).provenance
+    assert prov["precision"] == "bf16" and prov["compute"]["device"] == "cpu"
+    assert prov["preprocess"] == {"backend": "device", "device": "cpu"}
+    assert open_store(store_path(paths.cache, "cifar10", "fp32")).provenance["precision"] == "fp32"
+
+
+# --- JPEG classification ------------------------------------------------------------------------------
+
+
+def test_jpeg_components_classifies_files():
+    img = _image(0)
+    exif = Image.Exif()
+    exif[0x010E] = "a description long enough to make an APP1 segment"
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    rgb = _jpeg(img)
+    scan = rgb.index(b"\xff\xda")
+    cases = {
+        "grey": (_jpeg(img.convert("L")), 1),
+        "rgb": (rgb, 3),
+        "progressive": (_jpeg(img, progressive=True), 3),
+        "exif": (_jpeg(img, exif=exif.tobytes()), 3),
+        "cmyk": (_jpeg(img.convert("CMYK")), 4),
+        "truncated": (rgb[: scan + (len(rgb) - scan) // 2], None),
+        "header only, no EOI": (rgb[:scan], None),
+        "png": (png.getvalue(), None),
+        "empty": (b"", None),
+        "soi only": (b"\xff\xd8", None),
+        "not an image": (b"just some text\n" * 10, None),
+    }
+    got = {name: jpeg_components(data) for name, (data, _) in cases.items()}
+    assert got == {name: want for name, (_, want) in cases.items()}
+
+
+# --- device decoding: per-file fallback ---------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed(paths):
+    """``mixed/val/x/``: JPEGs of two sizes, a grey JPEG, a CMYK JPEG, a PNG; ``bad`` adds two undecodable files."""
+    d = paths.data / "mixed" / "val" / "x"
+    d.mkdir(parents=True)
+    for k in range(4):
+        (d / f"a_rgb_{k}.jpg").write_bytes(_jpeg(_image(k)))  # one size: resized together
+    (d / "b_rgb.jpg").write_bytes(_jpeg(_image(10, 31, 44)))
+    (d / "c_grey.jpg").write_bytes(_jpeg(_image(11).convert("L")))
+    (d / "d_cmyk.jpg").write_bytes(_jpeg(_image(12, 36, 50).convert("CMYK")))
+    _image(13, 45, 33).save(d / "e_png.png")
+    return d
+
+
+def test_device_decoding_equals_decoding_each_file_alone(paths, registry, mixed):
+    ds = build_dataset(registry.dataset("imagefolder:mixed"), "val")
+    spec = registry.transform(registry.dataset("imagefolder:mixed"), "224px")
+    (batch,) = batches(ds, spec, [(0, len(ds))], batch_size=len(ds), device=torch.device("cpu"), backend="device")
+    pre = BatchPreprocess(spec)
+    for row, path in enumerate(ds.paths):
+        if path.suffix == ".jpg" and "cmyk" not in path.name:  # torchvision's decoder, one file at a time
+            one = loaders._decode_jpegs([torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)], "cpu")
+            assert torch.equal(batch.x[row], pre(one[0][None], cropped=False)[0]), path.name
+    assert batch.bad == []
+
+
+def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mixed, monkeypatch):
+    spec, _ = save_checkpoint(paths, "net0", seed=0)
+    cfg = _config(paths, registry, [spec], dataset="imagefolder:mixed", transform="224px", batch_size=32)
+    extract(dataclasses.replace(cfg, backend="pil", store_name="pil"))
+    write_truncated_jpeg(mixed / "f_trunc.jpg", size=(40, 30))
+    header_only = _header_only(_image(14))
+    (mixed / "g_header.jpg").write_bytes(header_only)
+    decoded_alone, pil_decoded = [], []
+    decode = loaders._decode_jpegs
+    opened = Image.open
+
+    def decode_spy(data, device):
+        decoded_alone.append(len(data))
+        return decode(data, device)
+
+    def open_spy(fp, *args, **kw):
+        pil_decoded.append(fp)
+        return opened(fp, *args, **kw)
+
+    monkeypatch.setattr(loaders, "_decode_jpegs", decode_spy)
+    monkeypatch.setattr(loaders.Image, "open", open_spy)
+
+    device_cfg = dataclasses.replace(cfg, backend="device", store_name="device")
+    with pytest.raises(BadImageError, match=r"f_trunc\.jpg.*--on-bad-image skip"):
+        extract(device_cfg)
+    pil_decoded.clear()
+    decoded_alone.clear()
+    extract(dataclasses.replace(device_cfg, on_bad_image="skip"))
+
+    # the batched decode failed on g_header; each JPEG was retried alone and only g_header went on to PIL
+    n_jpegs = 7  # a_rgb_0..3, b_rgb, c_grey, g_header (CMYK, PNG and the truncated file never reach decode_jpeg)
+    assert decoded_alone == [n_jpegs] + [1] * n_jpegs
+    assert [f.getvalue() for f in pil_decoded if isinstance(f, io.BytesIO)] == [header_only]
+
+    dev = _split(paths, "imagefolder:mixed", "device", "val")
+    bad_rows = [dev.ids.index("x/f_trunc.jpg"), dev.ids.index("x/g_header.jpg")]
+    assert dev.meta["skipped_rows"] == bad_rows
+    feats = dev.read()
+    assert not feats[bad_rows].any()
+    good = [i for i in range(dev.rows) if i not in bad_rows]
+    ref = _split(paths, "imagefolder:mixed", "pil", "val")
+    assert ref.ids == [dev.ids[i] for i in good]
+    cos = dict(zip(ref.ids, _cosine(feats[good], ref.read()), strict=True))
+    # CMYK and PNG are decoded by PIL in both runs; only the resize differs (torch's uint8 kernel vs Pillow)
+    assert cos["x/d_cmyk.jpg"] > 0.9999 and cos["x/e_png.png"] > 0.9999
+    assert min(cos.values()) > 0.999
+    prov = open_store(store_path(paths.cache, "imagefolder:mixed", "device")).provenance
+    assert prov["preprocess"] == {"backend": "device", "device": "cpu"}
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+def test_report_summary_has_rate_and_time_breakdown(paths, registry, ckpt):
+    write_cifar10(paths.data / "cifar", n_train_per_batch=4, n_test=4)
+    report = extract(_config(paths, registry, [ckpt[0]], splits=("train",), batch_size=8))
+    line = report.summary()
+    m = re.fullmatch(
+        r"20 images x 1 store\(s\) in (\d+\.\d)s \(([\d,]+\.\d) images/s\); waiting for data (\d+\.\d)s, "
+        r"model (\d+\.\d)s, writer busy (\d+\.\d)s",
+        line,
+    )
+    assert m, line
+    assert report.images == 20 and report.seconds > 0
+    assert float(m[2].replace(",", "")) == pytest.approx(20 / report.seconds, abs=0.1)
+    assert report.data_s + report.model_s <= report.seconds
