@@ -64,8 +64,8 @@ from torch.utils.data import DataLoader
 from featcache import __version__
 from featcache.config import CheckpointSpec, Paths, load_registry
 from featcache.data import build_dataset
-from featcache.devices import PRECISIONS, resolve_device, resolve_precision
-from featcache.extract import COMPILE_MIN_ROWS, ExtractConfig, _prepare, extract
+from featcache.devices import PRECISIONS, device_name, resolve_device, resolve_precision
+from featcache.extract import COMPILE_MIN_ROWS, ExtractConfig, extract, prepare_model
 from featcache.models import load_backbone
 from featcache.transforms import pil_reference
 
@@ -107,20 +107,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if a.workers < 0 or any(v is not None and v < 1 for v in counts):
         p.error("image counts, --batch-size and --repeat must be >= 1, --workers >= 0")
     return a
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model} ({os.cpu_count()} cores)"
 
 
 def _sync(device: torch.device) -> None:
@@ -260,7 +246,7 @@ def run_case(case: str, n: int, batch: int, arch: str, a: argparse.Namespace, de
     with torch.no_grad():  # warm-up outside the clock, as b and c get
         for m in fp32:
             m(torch.zeros(batch, 3, tf.crop, tf.crop, device=device))
-    one = [_prepare(load_backbone(ckpts[0]).module, device, compiled)]  # b: featcache's model, timed x len(ckpts)
+    one = [prepare_model(load_backbone(ckpts[0]).module, device, compiled)]  # b: featcache's model, timed x len(ckpts)
     cfg = ExtractConfig(
         checkpoints=tuple(ckpts),
         dataset=ds_spec,
@@ -351,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         plan[case] = (getattr(a, f"{case.replace('5ckpt', 'ckpt')}_images") or n, a.batch_size or batch)
     date = time.strftime("%Y-%m-%d %H:%M:%S %z")
     print(f"featcache {__version__} benchmark: extraction throughput (images/s)")
-    print(f"device   {device} = {_device_name(device)}")
+    print(f"device   {device} = {device_name(device)}")
     print(f"torch    {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads")
     print(f"date     {date}; python {platform.python_version()}; {a.workers} DataLoader workers")
     if device.type != "cuda":
@@ -381,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "GPU" if device.type == "cuda" else "CPU, small run: not the GPU targets"
     print()
-    print(f"images/s on {_device_name(device)}, torch {torch.__version__}, {date} ({mode})")
+    print(f"images/s on {device_name(device)}, torch {torch.__version__}, {date} ({mode})")
     print("a  research pipeline: PIL v2 transforms in DataLoader workers, fp32 model(s)")
     print("b  forward only at featcache's precision (5ckpt: N / (5 x one model's forward time))")
     print("c  featcache extract() end to end, store write included; c*: its steady rate (one-batch call subtracted)")
@@ -393,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "benchmark": "extract_throughput",
             "featcache": __version__,
-            "device": _device_name(device),
+            "device": device_name(device),
             "device_type": device.type,
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,

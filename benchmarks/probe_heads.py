@@ -43,7 +43,7 @@ import torch
 
 from featcache import __version__
 from featcache.concat import ConcatView
-from featcache.devices import resolve_device
+from featcache.devices import device_name, resolve_device
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.store import SplitData, Store, StoreWriter, chunk_rows_for
 
@@ -67,20 +67,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if min(a.rows, a.stores, a.dim, a.epochs) < 1 or a.classes < 2 or a.rows // 5 < 1:
         p.error("--rows >= 5, --stores/--dim/--epochs >= 1 and --classes >= 2")
     return a
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model} ({os.cpu_count()} cores)"
 
 
 def build_stores(root: Path, n_stores: int, rows: int, dim: int, classes: int, seed: int = 0) -> list[Path]:
@@ -140,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     D = a.stores * a.dim
     print(f"featcache {__version__} benchmark: probe heads (multi-head pass vs sequential solo heads)")
-    print(f"device   {device} = {_device_name(device)}")
+    print(f"device   {device} = {device_name(device)}")
     print(f"torch    {torch.__version__}, {torch.get_num_threads()} intra-op threads; numpy {np.__version__}")
     load = ", load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else ""
     print(f"date     {time.strftime('%Y-%m-%d %H:%M:%S %z')}; python {platform.python_version()}{load}")
@@ -214,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "probe_heads",
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": str(device),
-            "device_name": _device_name(device),
+            "device_name": device_name(device),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "featcache": __version__,

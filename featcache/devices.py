@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device", "resolve_precision", "PRECISIONS"]
+__all__ = ["resolve_device", "resolve_precision", "device_name", "PRECISIONS"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,3 +36,18 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and core count (for benchmark and doctor headers)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model} ({os.cpu_count()} cores)"

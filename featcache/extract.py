@@ -33,7 +33,7 @@ from .models import LoadedBackbone, load_backbone
 from .progress import NullProgress, ProgressFactory
 from .store import SplitData, SplitWriter, StoreWriter, chunk_rows_for, store_path
 
-__all__ = ["ExtractConfig", "ExtractReport", "extract"]
+__all__ = ["ExtractConfig", "ExtractReport", "extract", "prepare_model"]
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
                 stores.append(StoreWriter(path, prov, overwrite=cfg.overwrite))
             except OSError as e:
                 raise StoreError(f"cannot create store {path}: {e.strerror}; check --cache-dir is writable") from None
-        models = [_prepare(bb.module, device, compiled) for bb in backbones]
+        models = [prepare_model(bb.module, device, compiled) for bb in backbones]
         chunk_rows = cfg.chunk_rows or chunk_rows_for(max(bb.feature_dim for bb in backbones), cfg.dtype)
         status = {s.path: "already complete" for s in stores}
         for split in splits:
@@ -277,7 +277,8 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
     return report
 
 
-def _prepare(module: torch.nn.Module, device: torch.device, compiled: bool) -> torch.nn.Module:
+def prepare_model(module: torch.nn.Module, device: torch.device, compiled: bool) -> torch.nn.Module:
+    """A backbone as extraction runs it: on ``device``, eval mode, channels_last on CUDA, compiled if asked."""
     module = module.to(device).eval()
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
