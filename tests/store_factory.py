@@ -32,6 +32,7 @@ def make_store(
     ids: dict[str, list[str]] | None = None,
     finalize: bool = True,
     chunks: int | None = None,
+    compression: str = "none",
     **prov_over,
 ) -> Path:
     """Write ``splits`` (name -> (features, labels)); ``chunks`` limits how many chunks get written."""
@@ -42,7 +43,11 @@ def make_store(
             split_ids = (ids or {}).get(split) or [f"{split}/{i}" for i in range(len(X))]
             classes = [str(c) for c in range(int(y.max()) + 1)] if len(y) else []
             sw = w.split(
-                SplitData(split, split_ids, y, f"fp-{split}-{len(X)}", classes), dim, dtype, chunk_rows=chunk_rows
+                SplitData(split, split_ids, y, f"fp-{split}-{len(X)}", classes),
+                dim,
+                dtype,
+                chunk_rows=chunk_rows,
+                compression=compression,
             )
             for i in sw.pending()[:chunks]:
                 a, b = sw.bounds(i)

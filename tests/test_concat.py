@@ -39,6 +39,16 @@ def test_batches_equal_np_concatenate(tmp_path, parts, kind):
     np.testing.assert_array_equal(view.labels, parts[1])
 
 
+def test_compressed_stores_are_read_through_zarr(tmp_path, parts):
+    Xs, y = parts
+    stores = _stores(tmp_path, parts, compression="zstd")
+    assert not stores[0].split("train").mmap
+    view = ConcatView(stores, "train")
+    idx = np.random.default_rng(3).permutation(N)
+    np.testing.assert_array_equal(view.take(idx), np.concatenate(Xs, axis=1)[idx])
+    assert all(s.verify() == [] for s in stores)
+
+
 def test_float16_stores_give_float16_rows(tmp_path, parts):
     view = ConcatView(_stores(tmp_path, parts, dtype="float16"), "train")
     assert view.dtype == np.float16
