@@ -27,7 +27,7 @@ from . import __version__
 from .config import CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ArrayDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import ConfigError, StoreError
+from .errors import ConfigError
 from .loaders import BACKENDS, batches
 from .models import LoadedBackbone, load_backbone
 from .progress import NullProgress, ProgressFactory
@@ -240,10 +240,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
         for bb in backbones:
             path = store_path(cfg.cache_dir, cfg.dataset.name, cfg.store_name or bb.name)
             prov = _provenance(cfg, bb, device, precision, backend, compiled)
-            try:
-                stores.append(StoreWriter(path, prov, overwrite=cfg.overwrite))
-            except OSError as e:
-                raise StoreError(f"cannot create store {path}: {e.strerror}; check --cache-dir is writable") from None
+            stores.append(StoreWriter(path, prov, overwrite=cfg.overwrite))
         models = [prepare_model(bb.module, device, compiled) for bb in backbones]
         chunk_rows = cfg.chunk_rows or chunk_rows_for(max(bb.feature_dim for bb in backbones), cfg.dtype)
         status = {s.path: "already complete" for s in stores}
@@ -257,7 +254,8 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
                     started = len(w.pending()) < w.n_chunks or status[w.store.path] == "resumed"
                     status[w.store.path] = "resumed" if started else "written"
             run = _SplitRun(cfg, datasets[split], writers, models, device, precision, compiled, backend)
-            run.execute(report, progress(run.n_rows, f"{cfg.dataset.name}/{split}"))
+            bar = progress(run.n_rows, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
+            run.execute(report, bar)
         for s, bb in zip(stores, backbones, strict=True):
             rows = {sp: len(data[sp].ids) for sp in splits}
             report.stores.append(
