@@ -329,6 +329,7 @@ def probe(
         in_memory=in_memory,
         preset=preset,
         tag=tag,
+        dataset=dataset,
     )
     record = run_probe(cfg)
     path = append_record(paths.cache, record)

@@ -67,6 +67,7 @@ class ProbeConfig:
     in_memory: str = "auto"  # auto | yes | no
     preset: str = "seed"
     tag: str = ""
+    dataset: str | None = None  # what the caller believes the stores hold (e.g. --dataset); checked
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -183,6 +184,9 @@ def run_probe(cfg: ProbeConfig) -> dict:
     device = resolve_device(cfg.device)
     stores = [Store(p) for p in cfg.stores]
     first = stores[0]
+    held = first.provenance["dataset"]["name"]
+    if cfg.dataset is not None and held != cfg.dataset:
+        raise ConfigError(f"store {first.path} holds dataset '{held}', not '{cfg.dataset}'; pass --dataset {held}")
     test_split = cfg.test_split or ("test" if "test" in first.splits else "val")
     for split in (cfg.train_split, test_split):
         if split not in first.splits:

@@ -67,6 +67,11 @@ def test_streaming_from_stores_equals_loading_them(stores):
     assert a["heads"] == b["heads"] and a["selected"] == b["selected"]
 
 
+def test_dataset_given_must_be_the_stores_dataset(stores):
+    with pytest.raises(ConfigError, match="holds dataset 'synthetic', not 'cifar10'; pass --dataset synthetic"):
+        run_probe(ProbeConfig(stores[:1], HEADS, device="cpu", dataset="cifar10"))
+
+
 def test_val_split_is_stratified_disjoint_and_reproducible():
     labels = np.repeat(np.arange(5), 40)
     rows = np.arange(0, 200, 1)
