@@ -5,6 +5,7 @@ Every :class:`~featcache.errors.FeatcacheError` becomes a one-line ``Error: ...`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -113,6 +114,7 @@ def main(ctx, data_dir, cache_dir, checkpoint_dir, config_dir, verbose):
     "(then --arch is required and the store is named after the file stem).",
 )
 @click.option("--arch", help="Architecture of a checkpoint file (resnet18/34/50/101/152, wide_resnet50_2, ...).")
+@click.option("--ema", is_flag=True, help="Use the EMA weights (timm's state_dict_ema); an error if a file has none.")
 @click.option(
     "--dataset",
     default="digits",
@@ -198,7 +200,7 @@ def main(ctx, data_dir, cache_dir, checkpoint_dir, config_dir, verbose):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 @_clean_errors
-def extract(paths: Paths, ckpt, arch, dataset, split, transform, quiet, **opts):
+def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, quiet, **opts):
     """Run checkpoints once over a dataset and write their penultimate features to stores.
 
     Several checkpoints in one call share each decoded batch. A complete store is left alone; an
@@ -210,7 +212,7 @@ def extract(paths: Paths, ckpt, arch, dataset, split, transform, quiet, **opts):
     reg = load_registry(paths)
     ds = reg.dataset(dataset)
     cfg = ExtractConfig(
-        checkpoints=tuple(reg.expand_checkpoints(ckpt, arch)),
+        checkpoints=tuple(dataclasses.replace(c, ema=c.ema or ema) for c in reg.expand_checkpoints(ckpt, arch)),
         dataset=ds,
         transform=reg.transform(ds, transform),
         cache_dir=paths.cache,

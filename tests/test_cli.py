@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 
 import click
+import numpy as np
 import pytest
+import torch
+from ckpt_factory import EMA_SEED, make_net, reference_features, write_timm
 from click.testing import CliRunner
 from conftest import save_checkpoint
 from data_factory import write_cifar10
 
 from featcache.cli import main
+from featcache.config import load_registry
+from featcache.data import build_dataset
 from featcache.store import open_store, store_path
+from featcache.transforms import BatchPreprocess
 
 
 @pytest.fixture
@@ -138,3 +144,22 @@ def test_results_when_empty(run):
 def test_doctor(run):
     r = run("doctor")
     assert r.exit_code == 0 and "torchvision" in r.output and "cuda device" in r.output
+
+
+def test_ema_flag_extracts_the_ema_weights(run, paths):
+    write_cifar10(paths.data / "cifar", n_train_per_batch=2, n_test=4)
+    path = write_timm(paths.checkpoints, make_net("resnet10", seed=0).state_dict(), "resnet10")
+    common = ["--ckpt", str(path), "--arch", "resnet10", "--dataset", "cifar10", "--transform", "32px",
+              "--split", "test", "--dtype", "float32", "--quiet"]  # fmt: skip
+    assert run("extract", *common, "--store-name", "plain").exit_code == 0
+    assert run("extract", *common, "--store-name", "ema", "--ema").exit_code == 0
+    read = {n: open_store(store_path(paths.cache, "cifar10", n)) for n in ("plain", "ema")}
+    assert read["ema"].provenance["checkpoint"]["ema"] and not read["plain"].provenance["checkpoint"]["ema"]
+    ema_net, plain_net = make_net("resnet10", seed=EMA_SEED), make_net("resnet10", seed=0)
+    reg = load_registry(paths)
+    ds = build_dataset(reg.dataset("cifar10"), "test")
+    x = BatchPreprocess(reg.transform(reg.dataset("cifar10"), "32px"))(
+        torch.from_numpy(ds.images).permute(0, 3, 1, 2), cropped=False
+    )
+    for name, net in (("ema", ema_net), ("plain", plain_net)):
+        assert np.abs(read[name].split("test").read() - reference_features(net, x).numpy()).max() < 1e-4
