@@ -156,11 +156,21 @@ def _free_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _features(view: ConcatView, rows: np.ndarray, device: torch.device, in_memory: bool):
+def _features(view: ConcatView, rows: np.ndarray, device: torch.device, in_memory: bool, copies: int = 1):
+    """Rows of ``view``: loaded once (on the GPU when ``copies`` of them fit there), else streamed."""
     if not in_memory:
         return _Rows(view, rows)
     x = torch.from_numpy(view.load(rows))
-    return x.to(device) if device.type == "cuda" and x.nbytes < MEMORY_SHARE * _free_bytes(device) else x
+    fits = copies * x.nbytes < MEMORY_SHARE * _free_bytes(device) if device.type == "cuda" else False
+    return x.to(device) if fits else x
+
+
+def _subset(features, view: ConcatView, all_rows: np.ndarray, rows: np.ndarray):
+    """``rows`` (a subset of ``all_rows``) taken from features already loaded for ``all_rows``, or streamed."""
+    if isinstance(features, _Rows):
+        return _Rows(view, rows)
+    pos = torch.from_numpy(np.searchsorted(all_rows, rows)).to(features.device)
+    return features.index_select(0, pos)
 
 
 def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -> tuple[int, int]:
@@ -196,20 +206,16 @@ def run_probe(cfg: ProbeConfig) -> dict:
     if train.classes != test.classes:
         raise StoreError(f"splits '{cfg.train_split}' and '{test_split}' of {first.path} list different classes")
     n_classes = len(train.classes) or int(train.labels.max()) + 1
+    # in memory: train is read once, and fit + val are copies taken from it, so train counts twice
     in_memory = cfg.in_memory == "yes" or (
-        cfg.in_memory == "auto" and train.nbytes + test.nbytes < MEMORY_SHARE * _free_bytes(torch.device("cpu"))
+        cfg.in_memory == "auto" and 2 * train.nbytes + test.nbytes < MEMORY_SHARE * _free_bytes(torch.device("cpu"))
     )
     fit_rows, val_rows = val_split(train.labels, train.valid_rows, cfg.val_fraction, cfg.heads.seed)
     test_rows = test.valid_rows
-    X = {
-        name: _features(v, r, device, in_memory)
-        for name, v, r in (
-            ("fit", train, fit_rows),
-            ("val", train, val_rows),
-            ("train", train, train.valid_rows),
-            ("test", test, test_rows),
-        )
-    }
+    X = {"train": _features(train, train.valid_rows, device, in_memory, copies=2)}
+    X["fit"] = _subset(X["train"], train, train.valid_rows, fit_rows)
+    X["val"] = _subset(X["train"], train, train.valid_rows, val_rows)
+    X["test"] = _features(test, test_rows, device, in_memory)
     y = {
         "fit": train.labels[fit_rows],
         "val": train.labels[val_rows],
