@@ -289,8 +289,9 @@ class _SplitRun:
     def __init__(self, cfg, dataset, writers, models, device, precision, compiled, backend):
         self.cfg, self.dataset, self.device, self.backend = cfg, dataset, device, backend
         self.writers = [w for w in writers if not w.complete]
-        self.todo = [(w, m) for w, m in zip(writers, models, strict=True) if w.pending()]
-        self.segments = _segments([w for w, _ in self.todo]) if self.todo else []
+        # (writer, model, chunks it still needs): listed once here, not stat-ed per batch (NFS round trips)
+        self.todo = [(w, m, set(p)) for w, m in zip(writers, models, strict=True) if (p := w.pending())]
+        self.segments = _segments([w for w, _, _ in self.todo]) if self.todo else []
         self.n_rows = sum(b - a for a, b in self.segments)
         self.pad_to = cfg.batch_size if compiled else 0
         self.autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
@@ -338,9 +339,9 @@ class _SplitRun:
         n, bad = len(x), [e.row for e in batch.bad]
         if bad:
             log.warning("skipping %d undecodable image(s), first: %s", len(bad), batch.bad[0].path)
-        for k, (w, model) in enumerate(self.todo):
+        for k, (w, model, pending) in enumerate(self.todo):
             i = batch.start // w.chunk_rows
-            if w.done(i):
+            if i not in pending:
                 continue
             with torch.inference_mode(), self.autocast:
                 feats = _forward(model, x, self.pad_to)
