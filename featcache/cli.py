@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import sys
@@ -371,10 +372,32 @@ def ls(paths: Paths, dataset, fmt):
     """List stores with status, rows, feature dim, dtype, checkpoint and transform."""
     from .store import list_stores
 
-    rows = list_stores(paths.cache, dataset)
-    if not rows and fmt == "table":
+    summaries = list_stores(paths.cache, dataset)
+    if not summaries and fmt == "table":
         click.echo(f"no stores under {paths.cache}{'/' + dataset if dataset else ''}")
         return
+    if fmt == "json":  # typed fields: numbers, lists and nested split records
+        click.echo(json.dumps([dataclasses.asdict(s) for s in summaries], indent=1))
+        return
+    rows = [
+        {
+            "dataset": s.dataset,
+            "store": s.store,
+            "status": s.status,
+            "rows": " ".join(f"{k}:{v['rows']}" for k, v in s.splits.items()),
+            "views": max((v["views"] for v in s.splits.values()), default=0),
+            "dim": s.dim,
+            "dtype": s.dtype,
+            "precision": s.precision,
+            "checkpoint": s.checkpoint,
+            "arch": s.arch,
+            "transform": s.transform,
+            "note": s.lock
+            or s.problem
+            or ", ".join(f"{k}: {v['written']}/{v['chunks']} chunks" for k, v in s.splits.items() if not v["complete"]),
+        }
+        for s in summaries
+    ]
     click.echo(render(rows, fmt=fmt))
 
 

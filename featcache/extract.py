@@ -31,7 +31,19 @@ from .errors import ConfigError
 from .loaders import BACKENDS, batches
 from .models import LoadedBackbone, load_backbone
 from .progress import NullProgress, ProgressFactory
-from .store import SplitData, SplitWriter, StoreWriter, chunk_rows_for, store_path
+from .store import (
+    CheckpointRef,
+    ComputeRef,
+    DatasetRef,
+    PreprocessRef,
+    Provenance,
+    Software,
+    SplitData,
+    SplitWriter,
+    StoreWriter,
+    chunk_rows_for,
+    store_path,
+)
 
 __all__ = ["ExtractConfig", "ExtractReport", "extract", "prepare_model"]
 
@@ -164,32 +176,26 @@ class _ChunkWriter:
 
 def _provenance(
     cfg: ExtractConfig, bb: LoadedBackbone, device: torch.device, precision: str, backend: str, compiled: bool
-) -> dict:
-    return {
-        "software": {
-            "featcache": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-        "dataset": {"name": cfg.dataset.name, "format": cfg.dataset.format, "limit": cfg.limit},
-        "checkpoint": {
-            "name": bb.name,
-            "arch": bb.arch,
-            "sha256": bb.sha256,
-            "path": str(bb.path),
-            "ema": any(c.ema for c in cfg.checkpoints if c.name == bb.name),
-        },
-        "layer": bb.layer,
-        "feature_dim": bb.feature_dim,
-        "dtype": cfg.dtype,
-        "precision": precision,
-        "transform": cfg.transform.to_dict(),
-        "preprocess": {"backend": backend, "device": device.type},
-        "compute": {"device": device.type, "channels_last": device.type == "cuda", "compiled": compiled},
-    }
+) -> Provenance:
+    versions = (__version__, torch.__version__, torchvision.__version__, zarr.__version__, np.__version__)
+    return Provenance(
+        software=Software(*versions, platform.python_version()),
+        dataset=DatasetRef(cfg.dataset.name, cfg.dataset.format, cfg.limit),
+        checkpoint=CheckpointRef(
+            name=bb.name,
+            arch=bb.arch,
+            sha256=bb.sha256,
+            path=str(bb.path),
+            ema=any(c.ema for c in cfg.checkpoints if c.name == bb.name),
+        ),
+        layer=bb.layer,
+        feature_dim=bb.feature_dim,
+        dtype=cfg.dtype,
+        precision=precision,
+        transform=cfg.transform.to_dict(),
+        preprocess=PreprocessRef(backend, device.type),
+        compute=ComputeRef(device.type, channels_last=device.type == "cuda", compiled=compiled),
+    )
 
 
 def _split_data(dataset, split: str, limit: int | None) -> SplitData:

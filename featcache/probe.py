@@ -194,7 +194,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     device = resolve_device(cfg.device)
     stores = [Store(p) for p in cfg.stores]
     first = stores[0]
-    held = first.provenance["dataset"]["name"]
+    held = first.provenance.dataset.name
     if cfg.dataset is not None and held != cfg.dataset:
         raise ConfigError(f"store {first.path} holds dataset '{held}', not '{cfg.dataset}'; pass --dataset {held}")
     test_split = cfg.test_split or ("test" if "test" in first.splits else "val")
@@ -251,12 +251,12 @@ def run_probe(cfg: ProbeConfig) -> dict:
         "id": uuid.uuid4().hex[:12],
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tag": cfg.tag,
-        "dataset": first.provenance["dataset"]["name"],
+        "dataset": first.provenance.dataset.name,
         "features": f"cat{len(stores)}",
         "stores": train.describe(),
         "feature_dim": train.dim,
-        "transform": first.provenance.get("transform", {}).get("name"),
-        "precision": first.provenance.get("precision"),
+        "transform": first.provenance.transform_name,
+        "precision": first.provenance.precision,
         "splits": {"train": cfg.train_split, "test": test_split},
         "rows": {"fit": len(fit_rows), "val": len(val_rows), "train": len(train.valid_rows), "test": len(test_rows)},
         "preset": cfg.preset,

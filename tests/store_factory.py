@@ -6,20 +6,24 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import SplitData, StoreWriter
+from featcache.store import Provenance, SplitData, StoreWriter
 
 __all__ = ["provenance", "make_store"]
 
 
-def provenance(name: str = "ckpt", dim: int = 8, **over) -> dict:
+def provenance(name: str = "ckpt", dim: int = 8, **over) -> Provenance:
+    """A store identity; ``over`` replaces top-level fields, and a dict for a record merges into it."""
     prov = {
         "dataset": {"name": "synthetic", "format": "array", "limit": None},
         "checkpoint": {"name": name, "arch": "none", "sha256": f"sha-{name}", "path": "-", "ema": False},
         "layer": "avgpool", "feature_dim": dim, "dtype": "float32", "precision": "fp32",
         "transform": {"name": "identity"}, "preprocess": {"backend": "device", "device": "cpu"},
+        "software": {"featcache": "test", "torch": "-", "torchvision": "-", "zarr": "-", "numpy": "-", "python": "-"},
     }  # fmt: skip
-    prov.update(over)
-    return prov
+    for key, value in over.items():
+        merge = isinstance(value, dict) and key in ("dataset", "checkpoint", "preprocess", "software")
+        prov[key] = {**prov[key], **value} if merge else value
+    return Provenance.from_dict(prov)
 
 
 def make_store(

@@ -154,7 +154,7 @@ def test_bad_image_named_or_skipped_and_recorded(run, paths, ckpt, folder, kind)
             "--on-bad-image", "skip")  # fmt: skip
     assert r.exit_code == 0, r.output
     reader = open_store(store_path(paths.cache, "imagefolder:folder", "net0")).split("val")
-    assert reader.meta["skipped_rows"] == [reader.ids.index(f"dog/{bad.name}")]
+    assert reader.meta.skipped_rows == (reader.ids.index(f"dog/{bad.name}"),)
 
 
 @pytest.mark.parametrize("bad", ["../../outside.jpg", "/etc/hostname"])

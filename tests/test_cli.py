@@ -116,8 +116,8 @@ def test_extract_ls_verify_probe_results(run, paths):
     assert r.output.count("already complete") == 2
 
     rows = json.loads(run("ls", "--dataset", "cifar10", "--format", "json").output)
-    assert [(x["store"], x["status"], x["dim"]) for x in rows] == [
-        ("net0", "train:complete test:complete", 512), ("net1", "train:complete test:complete", 512)]  # fmt: skip
+    assert [(x["store"], x["status"], x["dim"]) for x in rows] == [("net0", "complete", 512), ("net1", "complete", 512)]
+    assert rows[0]["splits"]["train"]["rows"] == 60 and rows[0]["splits"]["test"]["complete"] is True
     r = run("verify", "--dataset", "cifar10", "net0", "net1")
     assert r.exit_code == 0 and r.output.count("OK") == 2
 
@@ -154,7 +154,7 @@ def test_ema_flag_extracts_the_ema_weights(run, paths):
     assert run("extract", *common, "--store-name", "plain").exit_code == 0
     assert run("extract", *common, "--store-name", "ema", "--ema").exit_code == 0
     read = {n: open_store(store_path(paths.cache, "cifar10", n)) for n in ("plain", "ema")}
-    assert read["ema"].provenance["checkpoint"]["ema"] and not read["plain"].provenance["checkpoint"]["ema"]
+    assert read["ema"].provenance.checkpoint.ema and not read["plain"].provenance.checkpoint.ema
     ema_net, plain_net = make_net("resnet10", seed=EMA_SEED), make_net("resnet10", seed=0)
     reg = load_registry(paths)
     ds = build_dataset(reg.dataset("cifar10"), "test")

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,9 +87,9 @@ KILL_POINTS = {
     "split-without-ids": ("zarr:Group.create_array", 3),
     "split-arrays-without-attrs": ("featcache.store._writer:fsync_tree", 1),
     "split-not-listed-in-store": ("featcache.store:SplitWriter._list_in_store", 1),
-    "between-chunks": ("featcache.store._writer:write_json_atomic", 4),
-    "chunks-done-flag-not-set": ("featcache.store:SplitReader.cheap_problems", 1),
-    "lock-not-released": ("featcache.lock:StoreLock.release", 1),
+    "between-chunks": ("featcache.store._writer:write_json_atomic", 8),  # 3 group docs, then markers
+    "chunks-done-flag-not-set": ("featcache.store:FeatureArray.cheap_problems", 1),
+    "lock-not-released": ("featcache.store._lock:StoreLock.release", 1),
 }
 
 
@@ -309,7 +310,10 @@ BREAKS = {
     "inf": (lambda p: _break_chunk(p, lambda a: np.where(np.arange(a.size) == 0, np.inf, a)), "holds NaN or Inf"),
     "ids": (lambda p: zarr.open_array(p / "train" / "ids", mode="r+").__setitem__(0, "other"), "ids do not match"),
     "labels": (lambda p: zarr.open_array(p / "train" / "labels", mode="r+").__setitem__(0, 9), "labels do not match"),
-    "marker-missing": (lambda p: (p / "_featcache" / "train" / "0.json").unlink(), "1 of 3 chunks not written"),
+    "marker-missing": (
+        lambda p: shutil.rmtree(p / "_featcache" / "train" / "features" / "0"),
+        "1 of 3 chunks not written",
+    ),
     "not-complete": (lambda p: _set_meta(p, complete=False), "not marked complete"),
     "skipped-rows": (lambda p: _set_meta(p, skipped_rows=[3]), "skipped_rows differ"),
     "rows": (lambda p: _set_meta(p, rows=41), "features array is"),

@@ -17,7 +17,7 @@ from featcache.data import build_dataset
 from featcache.errors import BadImageError, CheckpointError, DatasetError, StoreError
 from featcache.extract import ExtractConfig, extract
 from featcache.models import file_sha256
-from featcache.store import open_store, store_path
+from featcache.store import FORMAT_VERSION, CheckpointRef, PreprocessRef, open_store, store_path
 from featcache.transforms import BatchPreprocess, pil_reference
 
 
@@ -67,15 +67,15 @@ def test_store_records_provenance(paths, registry, cifar, ckpt):
     extract(_config(paths, registry, [spec], dtype="float16"))
     s = open_store(store_path(paths.cache, "cifar10", "net0"))
     p = s.provenance
-    assert p["checkpoint"] == {"name": "net0", "arch": "resnet10", "sha256": file_sha256(spec.path),
-                               "path": str(spec.path), "ema": False}  # fmt: skip
-    assert p["layer"] == "avgpool" and p["feature_dim"] == 512 and p["dtype"] == "float16"
-    assert p["precision"] == "fp32" and p["preprocess"] == {"backend": "device", "device": "cpu"}
-    assert p["transform"]["name"] == "cifar-32px" and p["transform"]["resize"] == 36
-    assert p["software"]["torch"] == torch.__version__ and p["dataset"]["name"] == "cifar10"
+    assert p.checkpoint == CheckpointRef("net0", "resnet10", file_sha256(spec.path), str(spec.path), ema=False)
+    assert p.layer == "avgpool" and p.feature_dim == 512 and p.dtype == "float16"
+    assert p.precision == "fp32" and p.preprocess == PreprocessRef("device", "cpu")
+    assert p.transform["name"] == "cifar-32px" and p.transform["resize"] == 36
+    assert p.software.torch == torch.__version__ and p.dataset.name == "cifar10"
+    assert p.format_version == FORMAT_VERSION and p.splits == ("train", "test")
     meta = s.split("train").meta
-    assert meta["fingerprint"] == build_dataset(registry.dataset("cifar10"), "train").fingerprint()
-    assert meta["classes"][:2] == ["airplane", "automobile"]
+    assert meta.fingerprint == build_dataset(registry.dataset("cifar10"), "train").fingerprint()
+    assert meta.classes[:2] == ("airplane", "automobile")
     assert s.split("train").read().dtype == np.float16
 
 
@@ -166,7 +166,7 @@ def test_limit_is_a_different_sample_set(paths, registry, cifar, ckpt):
     extract(_config(paths, registry, [spec], splits=("train",), limit=10, store_name="first10"))
     extract(_config(paths, registry, [spec], splits=("train",)))
     small, full = _features(paths, "cifar10", "first10", "train"), _features(paths, "cifar10", "net0", "train")
-    assert small.rows == 10 and small.meta["fingerprint"] != full.meta["fingerprint"]
+    assert small.rows == 10 and small.meta.fingerprint != full.meta.fingerprint
     np.testing.assert_array_equal(small.read(), full.read()[:10])
 
 
@@ -217,4 +217,4 @@ def test_bad_image_stops_the_run_or_is_skipped_and_recorded(paths, registry, fol
     extract(dataclasses.replace(cfg, on_bad_image="skip"))
     r = open_store(path).split("val")
     row = r.ids.index("dog/dog_zzz.jpg")
-    assert r.meta["skipped_rows"] == [row] and not r.read()[row].any() and r.read()[row - 1].any()
+    assert r.meta.skipped_rows == (row,) and not r.read()[row].any() and r.read()[row - 1].any()

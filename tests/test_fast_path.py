@@ -70,8 +70,8 @@ def test_bf16_autocast_features_match_fp32(paths, registry, arch):
     assert not np.array_equal(ref, got)  # autocast did run in bf16
     assert _cosine(ref, got).min() >= 0.999
     prov = open_store(store_path(paths.cache, "cifar10", "bf16")).provenance
-    assert prov["precision"] == "bf16" and prov["compute"]["device"] == "cpu"
-    assert prov["preprocess"] == {"backend": "device", "device": "cpu"}
+    assert prov.precision == "bf16" and prov.compute.device == "cpu"
+    assert prov.preprocess.to_dict() == {"backend": "device", "device": "cpu"}
     assert open_store(store_path(paths.cache, "cifar10", "fp32")).provenance["precision"] == "fp32"
 
 
@@ -179,7 +179,7 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
     assert cos["x/d_cmyk.jpg"] > 0.9999 and cos["x/e_png.png"] > 0.9999
     assert min(cos.values()) > 0.999
     prov = open_store(store_path(paths.cache, "imagefolder:mixed", "device")).provenance
-    assert prov["preprocess"] == {"backend": "device", "device": "cpu"}
+    assert prov.preprocess.to_dict() == {"backend": "device", "device": "cpu"}
 
 
 # --- the report ---------------------------------------------------------------------------------------

@@ -20,8 +20,7 @@ from featcache.errors import (
     StoreLockedError,
     StoreMismatchError,
 )
-from featcache.lock import StoreLock
-from featcache.store import FORMAT_VERSION, SplitData, StoreWriter, chunk_rows_for, list_stores, open_store
+from featcache.store import FORMAT_VERSION, SplitData, StoreLock, StoreWriter, chunk_rows_for, list_stores, open_store
 
 
 @pytest.fixture
@@ -52,11 +51,11 @@ def test_provenance_and_split_metadata_recorded(tmp_path, data):
     X, y = data
     path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, name="run3")
     s = open_store(path)
-    assert s.provenance["format_version"] == FORMAT_VERSION
-    assert s.provenance["checkpoint"]["name"] == "run3" and s.splits == ["train"]
+    assert s.provenance.format_version == FORMAT_VERSION
+    assert s.provenance.checkpoint.name == "run3" and s.splits == ["train"]
     meta = s.split("train").meta
-    assert meta["complete"] and meta["completed_at"] and meta["chunk_rows"] == 16
-    assert len(meta["ids_sha256"]) == 64 and len(meta["labels_sha256"]) == 64
+    assert meta.complete and meta.completed_at and meta.chunk_rows == 16
+    assert len(meta.ids_sha256) == 64 and len(meta.labels_sha256) == 64
 
 
 def test_incomplete_split_refused_and_resumed(tmp_path, data):
@@ -108,7 +107,7 @@ def test_overwrite_starts_over(tmp_path, data):
     X, y = data
     path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
     with StoreWriter(path, provenance(dim=8, precision="bf16"), overwrite=True) as w:
-        assert w.prov["precision"] == "bf16"
+        assert w.prov.precision == "bf16"
     assert open_store(path).splits == []
 
 
@@ -182,9 +181,10 @@ def test_list_stores(tmp_path, data):
     X, y = data
     make_store(tmp_path / "synthetic" / "a.zarr", {"train": (X, y)}, name="a")
     make_store(tmp_path / "synthetic" / "b.zarr", {"train": (X, y)}, name="b", chunks=1)
-    rows = {r["store"]: r for r in list_stores(tmp_path, "synthetic")}
-    assert rows["a"]["status"] == "train:complete" and rows["a"]["dim"] == 8
-    assert rows["b"]["status"] == "train:1/4 chunks"
+    rows = {r.store: r for r in list_stores(tmp_path, "synthetic")}
+    assert rows["a"].status == "complete" and rows["a"].dim == 8
+    assert rows["a"].splits["train"] == {"rows": 50, "complete": True, "chunks": 4, "written": 4, "views": 0}
+    assert rows["b"].status == "incomplete" and rows["b"].splits["train"]["written"] == 1
     assert list_stores(tmp_path, "other") == []
 
 

@@ -1,32 +1,42 @@
-"""The feature store: the one contract between ``extract`` and ``probe``. Format version 1.
+"""The feature store: the one contract between ``extract`` and ``probe``. Format version 2.
 
 A store holds one backbone's features of one dataset under one preprocessing. It is a zarr v3
 group on a local (or shared) filesystem, ``<cache>/<dataset>/<name>.zarr``::
 
-    zarr.json              group; attrs["featcache"] = provenance (below)
+    zarr.json              group; attrs["featcache"] = Provenance (typed, see _schema.py)
     <split>/               one group per split ("train", "test", "val", "all")
-      zarr.json            attrs["featcache_split"] = split metadata (below)
-      features/            (rows, dim) float16|float32, chunks (chunk_rows, dim), no compression by
-                           default: codecs = [bytes(little)], so chunk file ``c/<i>/0`` is the raw
-                           C-order block of rows [i*chunk_rows, (i+1)*chunk_rows), the last one
-                           zero-padded to full size; it can be memory-mapped.
+      zarr.json            attrs["featcache_split"] = SplitMeta
+      features/            (rows, dim) float16|float32, dims (row, feature), chunks (chunk_rows, dim), no
+                           compression by default: codecs = [bytes(little)], so chunk file ``c/<i>/0`` is the
+                           raw C-order block of rows [i*chunk_rows, (i+1)*chunk_rows), the last one zero-padded
+                           to full size; it can be memory-mapped. The evaluation view (centre crop).
+      views/               (allocated views, rows, dim), dims (view, row, feature), chunks (1, chunk_rows, dim):
+                           augmented views of the train split (``extract --views K``); chunk file
+                           ``c/<k>/<i>/0`` is view k's block i, raw like the features'. Views
+                           0..SplitMeta.views.count-1 are complete; view k of a row is a pure function of
+                           (sample id, k, views seed), so every checkpoint's store holds the same crops.
       labels/              int64 (rows,), written whole when the split is created
       ids/                 string (rows,), stable sample ids in dataset order, written whole
-    _featcache/            bookkeeping, not part of the zarr hierarchy
-      lock                 present while a writer holds the store (see featcache.lock)
-      <split>/<i>.json     chunk i is written, fsynced and read back: {"rows", "sha256", "skipped"}
+    _featcache/            bookkeeping, as zarr groups so that plain zarr lists the store without warnings
+      lock                 a file, present while a writer holds the store (see _lock.py)
+      <split>/features/<i>/zarr.json   chunk i of the features is written, fsynced and read back: a group whose
+                                       attrs["featcache_chunk"] = ChunkMarker {rows, sha256, skipped}
+      <split>/views/<k>/<i>/zarr.json  the same for chunk i of view k
+      verify/zarr.json     attrs["featcache_verify"]: the last ``featcache verify`` verdict (ok, problems, at)
 
-Provenance (``attrs["featcache"]``): ``format_version``, ``created_at``, ``software`` (featcache, torch,
-torchvision, zarr, numpy, python versions), ``dataset`` {name, format}, ``checkpoint`` {name, arch,
-sha256, path, ema}, ``layer``, ``feature_dim``, ``dtype``, ``precision``, ``transform`` (the preset's
-parameters), ``preprocess`` {backend, device}, ``splits`` (names). Everything but ``created_at`` is the
-store's *identity*: resuming with a different identity is refused.
+The typed records (:class:`Provenance`, :class:`SplitMeta`, :class:`ViewsMeta`, :class:`ChunkMarker`) are the
+schema; writer and readers use them, never raw keys. Provenance holds the dataset (name, format, limit),
+the checkpoint (name, arch, sha256, path, ema, stripped prefix, ignored keys), layer and pooling, feature_dim,
+dtype, precision, the evaluation transform's parameters, the preprocessing backend and device, the compute
+device and software versions: all of it but ``format_version``, ``created_at`` and ``splits`` is the store's
+*identity*; resuming with a different identity is refused, and so is concatenating stores whose samples,
+preprocessing or views differ. SplitMeta holds rows, dim, dtype, chunk_rows, n_chunks, compression, the dataset
+split's fingerprint, ids/labels hashes, classes, ``complete`` (false until every features chunk is written and
+verified; set last), ``skipped_rows`` (undecodable images: zero features, dropped by readers) and ``views``
+(seed, the augmentation's parameters, count of complete views).
 
-Split metadata (``attrs["featcache_split"]``): ``rows``, ``dim``, ``dtype``, ``chunk_rows``, ``n_chunks``,
-``compression``, ``fingerprint`` (of the dataset split), ``ids_sha256``, ``labels_sha256``, ``classes``,
-``complete`` (false until every chunk is written and verified; set last, after an fsync of the data),
-``completed_at``, ``skipped_rows`` (rows whose image could not be decoded; their features are zeros
-and readers drop them).
+Version 1 (no views; markers were plain JSON files ``_featcache/<split>/<i>.json``) is read, not written:
+extending a v1 store asks for ``--overwrite``.
 
 Writers only ever write whole chunks, and each chunk has its own marker, so several processes
 may each own disjoint chunk ranges of one split. Readers need numpy and zarr only.
@@ -40,28 +50,57 @@ Write order. A writer holds the lock and writes in this order, so that a kill at
 2. A split: its group, then its arrays (labels and ids whole), fsynced, then its ``featcache_split``
    attrs, then its name in the root ``splits``. A split directory without those attrs was killed
    while being created and is created again; a split with attrs but missing from ``splits`` is added.
-3. Chunk i: the chunk file (zarr writes ``<name>.<uuid>.partial`` and renames it), fsynced and
+3. Views: the views seed and augmentation go into the split attrs (count 0) before the ``views`` array is
+   created or grown, so a resumed run makes the same crops.
+4. Chunk i of an array: the chunk file (zarr writes ``<name>.<uuid>.partial`` and renames it), fsynced and
    read back, then its marker. A chunk without a marker is written again.
-4. ``complete``: last, once every marker is present and every chunk file has its size.
+5. ``complete`` (and the views count): last, once every marker is present and every chunk file has its size.
 
-Leftover ``*.partial`` files (zarr) and ``_featcache/**/.*.tmp`` files (our JSON, written to a temp
+Leftover ``*.partial`` files (zarr) and ``.<name>.<pid>.tmp`` files (our JSON, written to a temp
 file, fsynced and renamed) are removed by the next writer. An OSError while writing (disk full,
 read-only or missing cache directory) becomes a one-line :class:`StoreError`; the store stays
 resumable.
 """
 
-from ._format import CHUNK_BYTES, FORMAT_VERSION, chunk_rows_for, identity_diff, sha256_ids, sha256_labels, store_path
-from ._reader import SplitReader, Store, list_stores, open_store
-from ._writer import SplitData, SplitWriter, StoreWriter
+from ._format import CHUNK_BYTES, FORMAT_VERSION, chunk_rows_for, sha256_ids, sha256_labels, store_path
+from ._lock import StoreLock, describe_lock
+from ._reader import FeatureArray, SplitReader, Store, StoreSummary, list_stores, open_store
+from ._schema import (
+    CheckpointRef,
+    ChunkMarker,
+    ComputeRef,
+    DatasetRef,
+    PreprocessRef,
+    Provenance,
+    Software,
+    SplitMeta,
+    ViewsMeta,
+    identity_diff,
+)
+from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter
 
 __all__ = [
     "FORMAT_VERSION",
     "CHUNK_BYTES",
+    "Provenance",
+    "Software",
+    "DatasetRef",
+    "CheckpointRef",
+    "PreprocessRef",
+    "ComputeRef",
+    "SplitMeta",
+    "ViewsMeta",
+    "ChunkMarker",
     "SplitData",
     "StoreWriter",
     "SplitWriter",
+    "ArrayWriter",
     "Store",
+    "StoreSummary",
     "SplitReader",
+    "FeatureArray",
+    "StoreLock",
+    "describe_lock",
     "open_store",
     "list_stores",
     "identity_diff",

@@ -16,9 +16,9 @@ import numpy as np
 
 from ..errors import StoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE = (1, 2)  # v1: no views, plain JSON chunk markers; read-only for this version
 CHUNK_BYTES = 16 * 2**20  # ~16 MiB chunks: big sequential writes, few files, cheap to mmap
-NOT_IDENTITY = ("created_at", "splits")  # managed by the store itself
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -36,24 +36,77 @@ def store_path(cache_dir: str | os.PathLike, dataset: str, name: str) -> Path:
     return Path(cache_dir) / safe[0] / f"{safe[1]}.zarr"
 
 
-def chunk_rows_for(dim: int, dtype: str) -> int:
-    """Rows per chunk so that a chunk of all ``dim`` columns is about CHUNK_BYTES."""
-    rows = max(1, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize))
-    return rows - rows % 64 if rows >= 64 else rows
+def chunk_rows_for(dim: int, dtype: str, rows: int | None = None) -> int:
+    """Rows per chunk so that a chunk of all ``dim`` columns is about CHUNK_BYTES, at most ``rows``.
+
+    Capped at the split's row count: a tiny split must not pay for a mostly padded 16 MiB chunk.
+    """
+    n = max(1, CHUNK_BYTES // (dim * np.dtype(dtype).itemsize))
+    n = n - n % 64 if n >= 64 else n
+    return n if rows is None else max(1, min(n, rows))
 
 
-def identity_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two provenance dicts (store-managed keys ignored)."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if k in NOT_IDENTITY:
-            continue
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += identity_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
+class Layout:
+    """Where every file of a store lives, for its format version (see :mod:`featcache.store`).
+
+    ``view`` None is the evaluation-view ``features`` array; an int is that augmented view of ``views``.
+    """
+
+    def __init__(self, root: Path, version: int = FORMAT_VERSION):
+        self.root, self.version = Path(root), version
+        self.books = self.root / "_featcache"
+        self.lock = self.books / "lock"
+
+    def array_dir(self, split: str, view: int | None) -> Path:
+        return self.root / split / ("features" if view is None else "views")
+
+    def chunk_file(self, split: str, view: int | None, i: int) -> Path:
+        base = self.array_dir(split, view) / "c"
+        return base / str(i) / "0" if view is None else base / str(view) / str(i) / "0"
+
+    def marker_dir(self, split: str, view: int | None) -> Path:
+        if self.version == 1:
+            return self.books / split
+        return self.books / split / ("features" if view is None else f"views/{view}")
+
+    def marker(self, split: str, view: int | None, i: int) -> Path:
+        if self.version == 1:
+            return self.books / split / f"{i}.json"
+        return self.marker_dir(split, view) / str(i) / "zarr.json"
+
+    def verdict(self) -> Path:
+        return self.books / "verify" / "zarr.json"
+
+
+# Bookkeeping lives inside the store as zarr groups whose attributes hold it, so that plain zarr (and xarray)
+# list a store without "not recognized" warnings.
+def group_doc(attributes: dict | None = None) -> dict:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}, "consolidated_metadata": None}
+
+
+def ensure_groups(root: Path, path: Path) -> None:
+    """Give ``path`` and each of its parents below ``root`` a group ``zarr.json`` (created once)."""
+    rel = path.relative_to(root)
+    for k in range(1, len(rel.parts) + 1):
+        node = root.joinpath(*rel.parts[:k])
+        node.mkdir(exist_ok=True)
+        if not (node / "zarr.json").exists():
+            write_json_atomic(node / "zarr.json", group_doc())
+
+
+def read_marker(path: Path, version: int) -> dict | None:
+    """A chunk marker's fields, None if absent; ``{}`` if unreadable (reported as malformed)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    if version == 1:
+        return doc if isinstance(doc, dict) else {}
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    found = attrs.get("featcache_chunk") if isinstance(attrs, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def fsync(path: Path) -> None:
@@ -91,8 +144,8 @@ def disk_errors(store: Path) -> Iterator[None]:
 
 def remove_partials(store: Path) -> None:
     # Temp files of writes a kill interrupted: zarr's `<name>.<uuid>.partial` anywhere, our
-    # `.<name>.<pid>.tmp` under _featcache. Only called under the lock, so no live writer owns them.
-    for p in [*store.rglob("*.partial"), *(store / "_featcache").rglob(".*.tmp")]:
+    # `.<name>.<pid>.tmp` anywhere. Only called under the lock, so no live writer owns them.
+    for p in [*store.rglob("*.partial"), *store.rglob(".*.tmp")]:
         p.unlink(missing_ok=True)
 
 
@@ -111,13 +164,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fsync(path.parent)
 
 
-def check_version(path: Path, prov: dict) -> None:
+def check_version(path: Path, prov: dict) -> int:
+    """The store's format version; refuse one this featcache cannot read."""
     version = prov.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if version not in READABLE:
         raise StoreError(
             f"store {path} has format version {version!r}; this featcache reads versions <= {FORMAT_VERSION}: "
             "upgrade featcache to read it"
         )
+    return version
 
 
 def rmtree(path: Path) -> None:

@@ -1,33 +1,198 @@
-"""Reading stores: memory-mapped rows, ids, labels, and verification (see :mod:`featcache.store`)."""
+"""Reading stores: memory-mapped rows, ids, labels, views, and verification (see :mod:`featcache.store`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
 
 from ..errors import StoreError, StoreIncompleteError
-from ._format import check_version, sha256_ids, sha256_labels, store_path
+from ._format import (
+    Layout,
+    check_version,
+    ensure_groups,
+    group_doc,
+    read_marker,
+    sha256_ids,
+    sha256_labels,
+    store_path,
+    write_json_atomic,
+)
+from ._schema import ChunkMarker, Provenance, SplitMeta
+
+__all__ = ["FeatureArray", "SplitReader", "Store", "StoreSummary", "open_store", "list_stores"]
 
 
-class SplitReader:
-    """Read-only access to one split: ids, labels, and rows gathered from memory-mapped chunks."""
+class FeatureArray:
+    """One (rows, dim) feature array of a split: the evaluation view (``view`` None) or augmented view ``view``.
 
-    def __init__(self, store_path: Path, name: str, meta: dict):
-        self.store_path, self.name, self.meta = Path(store_path), name, meta
-        self.dir = self.store_path / name
-        self.rows, self.dim = int(meta["rows"]), int(meta["dim"])
-        self.dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-        self.chunk_rows, self.n_chunks = int(meta["chunk_rows"]), int(meta["n_chunks"])
-        self.complete = bool(meta.get("complete"))
-        self.mmap = meta.get("compression") == "none"
+    Rows are gathered from memory-mapped chunk files (uncompressed stores) or decoded by zarr.
+    """
+
+    def __init__(self, layout: Layout, split: str, meta: SplitMeta, view: int | None = None):
+        self.layout, self.split, self.meta, self.view = layout, split, meta, view
+        self.rows, self.dim = meta.rows, meta.dim
+        self.dtype = np.dtype(meta.dtype).newbyteorder("<")
+        self.chunk_rows, self.n_chunks = meta.chunk_rows, meta.n_chunks
+        self.mmap = meta.compression == "none"
         self._chunks: dict[int, np.ndarray] = {}
         self._array = None
+
+    @property
+    def label(self) -> str:
+        return "features" if self.view is None else f"view {self.view}"
+
+    def chunk_file(self, i: int) -> Path:
+        return self.layout.chunk_file(self.split, self.view, i)
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.rows)
+
+    def _chunk(self, i: int) -> np.ndarray:
+        if i not in self._chunks:
+            if self.mmap:
+                shape = (self.chunk_rows, self.dim)
+                self._chunks[i] = np.memmap(self.chunk_file(i), dtype=self.dtype, mode="r", shape=shape)
+            else:  # compressed: zarr decodes the whole chunk; keep only the latest one
+                self._array = self._array or zarr.open_array(self.layout.array_dir(self.split, self.view), mode="r")
+                self._chunks.clear()
+                a, b = self.bounds(i)
+                self._chunks[i] = self._array[a:b] if self.view is None else self._array[self.view, a:b]
+        return self._chunks[i]
+
+    def take(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Gather rows ``idx`` (any order, repeats allowed) into ``out`` (len(idx), dim)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(idx), self.dim), dtype=self.dtype)
+        chunk = idx // self.chunk_rows
+        order = np.argsort(chunk, kind="stable")
+        cuts = np.flatnonzero(np.diff(chunk[order])) + 1
+        for group in np.split(order, cuts):
+            if len(group):
+                c = int(chunk[group[0]])
+                out[group] = self._chunk(c)[idx[group] - c * self.chunk_rows]
+        return out
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Contiguous rows [start, stop) as one array."""
+        stop = self.rows if stop is None else stop
+        return self.take(np.arange(start, stop))
+
+    def marker(self, i: int) -> Path:
+        return self.layout.marker(self.split, self.view, i)
+
+    def markers(self) -> dict[int, ChunkMarker | None]:
+        """Present markers by chunk index; an unreadable or malformed one maps to None."""
+        out: dict[int, ChunkMarker | None] = {}
+        for i in range(self.n_chunks):
+            doc = read_marker(self.marker(i), self.layout.version)
+            if doc is None:
+                continue
+            try:
+                mark = ChunkMarker.from_dict(doc)
+            except StoreError:
+                mark = None
+            a, b = self.bounds(i)
+            out[i] = mark if mark is not None and mark.rows == b - a else None
+        return out
+
+    def written(self) -> int:
+        """How many chunks carry a completion marker."""
+        return sum(self.marker(i).exists() for i in range(self.n_chunks))
+
+    def _file_ok(self, i: int) -> bool:
+        f = self.chunk_file(i)
+        want = self.chunk_rows * self.dim * self.dtype.itemsize
+        return f.is_file() and (not self.mmap or f.stat().st_size == want)
+
+    def _array_problems(self) -> list[str]:
+        # the zarr view of the array must agree with the split metadata, or zarr readers see other rows
+        doc_path = self.layout.array_dir(self.split, self.view) / "zarr.json"
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, ValueError):
+            return [f"{doc_path} is missing or unreadable"]
+        shape = doc.get("shape") or []
+        chunks = doc.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+        if self.view is None:
+            ok = shape == [self.rows, self.dim] and chunks == [self.chunk_rows, self.dim]
+        else:  # views may be allocated beyond the complete ones
+            ok = len(shape) == 3 and shape[0] > self.view and shape[1:] == [self.rows, self.dim]
+            ok = ok and chunks == [1, self.chunk_rows, self.dim]
+        if ok and doc.get("data_type") == str(np.dtype(self.meta.dtype)):
+            return []
+        got = f"{doc.get('data_type')} {shape} in chunks {chunks}"
+        return [f"{self.label} array is {got}, split metadata says {self.meta.dtype} ({self.rows}, {self.dim})"]
+
+    def cheap_problems(self) -> list[str]:
+        """Checks that read no feature bytes: layout, markers, chunk files of the right size."""
+        problems = self._array_problems()
+        if self.n_chunks != -(-self.rows // self.chunk_rows):
+            problems.append(f"n_chunks {self.n_chunks} does not cover {self.rows} rows in chunks of {self.chunk_rows}")
+        marks = self.markers()
+        missing = [i for i in range(self.n_chunks) if i not in marks]
+        if missing:
+            problems.append(
+                f"{self.label}: {len(missing)} of {self.n_chunks} chunks not written (first: {missing[:5]})"
+            )
+        for i, mark in marks.items():
+            a, b = self.bounds(i)
+            if mark is None:
+                problems.append(f"marker {self.marker(i)} is malformed or not for {b - a} rows")
+            if not self._file_ok(i):
+                f = self.chunk_file(i)
+                want = self.chunk_rows * self.dim * self.dtype.itemsize
+                has = f"has {f.stat().st_size} bytes" if f.is_file() else "is missing"
+                problems.append(f"chunk file {f} {has}, want {want} bytes")
+        return problems
+
+    def bad_chunks(self) -> dict[int, str]:
+        """Chunks that fail verification (missing, wrong size, checksum, NaN/Inf), with the reason."""
+        bad: dict[int, str] = {}
+        marks = self.markers()
+        for i in range(self.n_chunks):
+            mark = marks.get(i)
+            a, b = self.bounds(i)
+            if i not in marks:
+                bad[i] = "not written"
+            elif mark is None:
+                bad[i] = f"marker {self.marker(i)} is malformed"
+            elif not self._file_ok(i):
+                bad[i] = f"chunk file {self.chunk_file(i)} is missing or of the wrong size"
+            else:
+                block = np.ascontiguousarray(self._chunk(i)[: b - a])
+                why = []
+                if hashlib.sha256(block.tobytes()).hexdigest() != mark.sha256:
+                    why.append(f"chunk {i} ({self.chunk_file(i)}) does not match its checksum")
+                if not np.isfinite(block).all():
+                    why.append(f"chunk {i} holds NaN or Inf")
+                if why:
+                    bad[i] = "; ".join(why)
+                self._chunks.pop(i, None)  # verification streams: do not keep every chunk mapped
+        return bad
+
+    def skipped(self) -> list[int]:
+        """Undecodable rows, as the chunk markers record them."""
+        return sorted(int(r) for m in self.markers().values() if m is not None for r in m.skipped)
+
+
+class SplitReader(FeatureArray):
+    """One split of a store: ids, labels, the evaluation-view features, and its augmented views.
+
+    Row access (``take``, ``read``) reads the evaluation view; :meth:`view` gives augmented view ``k``.
+    """
+
+    def __init__(self, layout: Layout, name: str, meta: SplitMeta):
+        super().__init__(layout, name, meta)
+        self.name, self.dir = name, layout.root / name
+        self.complete = meta.complete
 
     @property
     def labels(self) -> np.ndarray:
@@ -39,138 +204,73 @@ class SplitReader:
 
     @property
     def skipped_rows(self) -> np.ndarray:
-        return np.asarray(self.meta.get("skipped_rows") or [], dtype=np.int64)
+        return np.asarray(self.meta.skipped_rows, dtype=np.int64)
 
-    def chunk_file(self, i: int) -> Path:
-        return self.dir / "features" / "c" / str(i) / "0"
+    @property
+    def n_views(self) -> int:
+        """Complete augmented views."""
+        return self.meta.n_views
 
-    def _chunk(self, i: int) -> np.ndarray:
-        if i not in self._chunks:
-            if self.mmap:
-                shape = (self.chunk_rows, self.dim)
-                self._chunks[i] = np.memmap(self.chunk_file(i), dtype=self.dtype, mode="r", shape=shape)
-            else:  # compressed or remote: zarr decodes the whole chunk; keep only the latest one
-                self._array = self._array or zarr.open_array(self.dir / "features", mode="r")
-                self._chunks.clear()
-                start = i * self.chunk_rows
-                self._chunks[i] = self._array[start : min(start + self.chunk_rows, self.rows)]
-        return self._chunks[i]
+    def view(self, k: int) -> FeatureArray:
+        """Augmented view ``k`` (0 <= k < n_views).
 
-    def take(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Gather rows ``idx`` (any order, repeats allowed) into ``out`` (len(idx), dim)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        if out is None:
-            out = np.empty((len(idx), self.dim), dtype=self.dtype)
-        chunk = idx // self.chunk_rows
-        order = np.argsort(chunk, kind="stable")
-        bounds = np.flatnonzero(np.diff(chunk[order])) + 1
-        for group in np.split(order, bounds):
-            if len(group):
-                c = int(chunk[group[0]])
-                out[group] = self._chunk(c)[idx[group] - c * self.chunk_rows]
-        return out
+        Raises:
+            StoreError: the split has no complete view ``k``.
+        """
+        if not 0 <= k < self.n_views:
+            raise StoreError(
+                f"split '{self.name}' of store {self.layout.root} has {self.n_views} complete view(s), not view {k}; "
+                f"extract them with `featcache extract --views {k + 1}`"
+            )
+        return FeatureArray(self.layout, self.name, self.meta, k)
 
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Contiguous rows [start, stop) as one array."""
-        stop = self.rows if stop is None else stop
-        return self.take(np.arange(start, stop))
-
-    def _marker(self, i: int) -> Path:
-        return self.store_path / "_featcache" / self.name / f"{i}.json"
-
-    def written(self) -> int:
-        """How many chunks carry a completion marker."""
-        return sum(self._marker(i).exists() for i in range(self.n_chunks))
-
-    def _markers(self) -> dict[int, dict]:
-        """Present markers by chunk index; an unreadable one maps to {} (and is reported as malformed)."""
-        out = {}
-        for i in range(self.n_chunks):
-            try:
-                out[i] = json.loads(self._marker(i).read_text())
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError):
-                out[i] = {}
-        return out
-
-    def _file_ok(self, i: int) -> bool:
-        f = self.chunk_file(i)
-        want = self.chunk_rows * self.dim * self.dtype.itemsize
-        return f.is_file() and (not self.mmap or f.stat().st_size == want)
-
-    def _array_problems(self) -> list[str]:
-        # the zarr view of the features must agree with the split metadata, or zarr readers see other rows
-        try:
-            doc = json.loads((self.dir / "features" / "zarr.json").read_text())
-        except (OSError, ValueError):
-            return [f"{self.dir / 'features' / 'zarr.json'} is missing or unreadable"]
-        got = (
-            doc.get("data_type"),
-            doc.get("shape"),
-            doc.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape"),
-        )
-        want = (str(np.dtype(self.meta["dtype"])), [self.rows, self.dim], [self.chunk_rows, self.dim])
-        return [] if got == want else [f"features array is {got}, split metadata says {want}"]
-
-    def cheap_problems(self) -> list[str]:
-        """Checks that read no feature bytes: layout, markers, chunk files of the right size."""
-        problems = self._array_problems()
-        if self.n_chunks != -(-self.rows // self.chunk_rows):
-            problems.append(f"n_chunks {self.n_chunks} does not cover {self.rows} rows in chunks of {self.chunk_rows}")
-        marks = self._markers()
-        missing = [i for i in range(self.n_chunks) if i not in marks]
-        if missing:
-            problems.append(f"{len(missing)} of {self.n_chunks} chunks not written (first: {missing[:5]})")
-        for i, mark in marks.items():
-            rows = min(self.chunk_rows, self.rows - i * self.chunk_rows)
-            if mark.get("rows") != rows or "sha256" not in mark:
-                problems.append(f"marker {self._marker(i)} is malformed or not for {rows} rows")
-            if not self._file_ok(i):
-                f = self.chunk_file(i)
-                want = self.chunk_rows * self.dim * self.dtype.itemsize
-                has = f"has {f.stat().st_size} bytes" if f.is_file() else "is missing"
-                problems.append(f"chunk file {f} {has}, want {want} bytes")
-        return problems
+    def arrays(self) -> list[FeatureArray]:
+        """The evaluation view and every complete augmented view."""
+        return [self, *(self.view(k) for k in range(self.n_views))]
 
     def deep_problems(self) -> list[str]:
-        """Hash every chunk against its marker, scan for NaN/Inf, check ids/labels hashes and skipped rows."""
+        """Hash every chunk of every array, scan for NaN/Inf, check ids/labels hashes and skipped rows."""
         problems = []
-        marks = self._markers()
-        skipped = sorted(int(r) for m in marks.values() for r in m.get("skipped", []))
-        if self.complete and skipped != sorted(self.meta.get("skipped_rows") or []):
+        if self.complete and self.skipped() != sorted(self.meta.skipped_rows):
             problems.append("skipped_rows differ from those of the chunk markers")
-        for i, mark in marks.items():
-            if not self._file_ok(i):
-                continue  # reported by cheap_problems
-            start = i * self.chunk_rows
-            block = np.ascontiguousarray(self._chunk(i)[: min(self.chunk_rows, self.rows - start)])
-            if hashlib.sha256(block.tobytes()).hexdigest() != mark.get("sha256"):
-                problems.append(f"chunk {i} ({self.chunk_file(i)}) does not match its checksum")
-            if not np.isfinite(block).all():
-                problems.append(f"chunk {i} holds NaN or Inf")
-        for what, digest in (("ids", lambda: sha256_ids(self.ids)), ("labels", lambda: sha256_labels(self.labels))):
+        for array in self.arrays():
+            problems += [why for i, why in array.bad_chunks().items() if why != "not written"]
+        for what, digest, want in (
+            ("ids", lambda: sha256_ids(self.ids), self.meta.ids_sha256),
+            ("labels", lambda: sha256_labels(self.labels), self.meta.labels_sha256),
+        ):
             try:
-                if digest() != self.meta.get(f"{what}_sha256"):
+                if digest() != want:
                     problems.append(f"{what} do not match {what}_sha256")
             except (OSError, ValueError) as e:
                 problems.append(f"{what} unreadable ({type(e).__name__}: {e})")
         return problems
 
+    def all_cheap_problems(self) -> list[str]:
+        return [p for a in self.arrays() for p in a.cheap_problems()]
+
 
 class Store:
-    """A store opened read-only."""
+    """A store opened read-only.
+
+    Raises:
+        StoreError: no store at ``path``, not a featcache store, or of a format version this featcache cannot read.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise StoreError(f"no feature store at {self.path}; run `featcache extract` first or check the path")
-        self.group = zarr.open_group(self.path, mode="r")
-        prov = self.group.attrs.get("featcache")
-        if not isinstance(prov, dict):
+        try:
+            group = zarr.open_group(self.path, mode="r")
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.path} is not a readable zarr store ({type(e).__name__}: {e})") from None
+        doc = group.attrs.get("featcache")
+        if not isinstance(doc, dict):
             raise StoreError(f"{self.path} is a zarr group but not a featcache store")
-        check_version(self.path, prov)
-        self.provenance: dict = prov
+        self.version = check_version(self.path, doc)
+        self.provenance = Provenance.from_dict(doc, f"{self.path}: provenance")
+        self.layout = Layout(self.path, self.version)
 
     @property
     def name(self) -> str:
@@ -178,11 +278,30 @@ class Store:
 
     @property
     def splits(self) -> list[str]:
-        return list(self.provenance.get("splits", []))
+        return list(self.provenance.splits)
 
     @property
     def locked(self) -> bool:
-        return (self.path / "_featcache" / "lock").exists()
+        return self.layout.lock.exists()
+
+    def split_meta(self, name: str) -> SplitMeta:
+        """The split's metadata as written.
+
+        Raises:
+            StoreError: no such split (the present ones are listed), or it has no metadata.
+        """
+        if name not in self.splits:
+            raise StoreError(f"store {self.path} has no split '{name}' (it has: {', '.join(self.splits) or 'none'})")
+        try:
+            doc = zarr.open_group(self.path / name, mode="r").attrs.get("featcache_split")
+        except (FileNotFoundError, OSError, ValueError):
+            doc = None
+        if not isinstance(doc, dict) or not doc:
+            raise StoreError(
+                f"split '{name}' of store {self.path} is listed but has no metadata; "
+                "rerun `featcache extract --overwrite` to write it again"
+            )
+        return SplitMeta.from_dict(doc, f"{self.path}/{name}: split metadata")
 
     def split(self, name: str, *, require_complete: bool = True) -> SplitReader:
         """Open split ``name``.
@@ -191,18 +310,7 @@ class Store:
             StoreError: no such split (the present ones are listed).
             StoreIncompleteError: the split is not complete and ``require_complete``.
         """
-        if name not in self.splits:
-            raise StoreError(f"store {self.path} has no split '{name}' (it has: {', '.join(self.splits) or 'none'})")
-        try:
-            meta = dict(zarr.open_group(self.path / name, mode="r").attrs.get("featcache_split") or {})
-        except FileNotFoundError:
-            meta = {}
-        if not meta:
-            raise StoreError(
-                f"split '{name}' of store {self.path} is listed but has no metadata; "
-                "rerun `featcache extract --overwrite` to write it again"
-            )
-        reader = SplitReader(self.path, name, meta)
+        reader = SplitReader(self.layout, name, self.split_meta(name))
         if require_complete and not reader.complete:
             raise StoreIncompleteError(
                 f"split '{name}' of store {self.path} is not complete ({reader.written()}/{reader.n_chunks} "
@@ -210,8 +318,12 @@ class Store:
             )
         return reader
 
-    def verify(self, deep: bool = True) -> list[str]:
-        """Every problem found, as ``'<split>: <problem>'``; empty when the store is sound."""
+    def verify(self, deep: bool = True, record: bool = True) -> list[str]:
+        """Every problem found, as ``'<split>: <problem>'``; empty when the store is sound.
+
+        With ``record`` (and a writable store) the verdict is kept in the store, so ``ls`` can show a
+        damaged store as damaged; a read-only store is verified all the same.
+        """
         problems = []
         for name in self.splits:
             try:
@@ -219,13 +331,33 @@ class Store:
             except StoreError as e:
                 problems.append(str(e))
                 continue
-            found = reader.cheap_problems() + (reader.deep_problems() if deep else [])
+            found = reader.all_cheap_problems() + (reader.deep_problems() if deep else [])
             if not reader.complete:
                 found.insert(0, "not marked complete")
-            problems += [f"{name}: {p}" for p in found]
+            problems += [f"{name}: {p}" for p in dict.fromkeys(found)]
         if not self.splits:
             problems.append("store has no splits")
+        if record and self.version >= 2:
+            self._record_verdict(problems, deep)
         return problems
+
+    def _record_verdict(self, problems: list[str], deep: bool) -> None:
+        verdict = {"featcache_verify": {"ok": not problems, "deep": deep, "problems": problems[:20],
+                                        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}  # fmt: skip
+        try:
+            ensure_groups(self.path, self.layout.verdict().parent.parent)
+            self.layout.verdict().parent.mkdir(exist_ok=True)
+            write_json_atomic(self.layout.verdict(), group_doc(verdict))
+        except OSError:
+            pass  # a read-only cache: the verdict was printed, it just is not remembered
+
+    def last_verdict(self) -> dict | None:
+        """What the last ``verify`` found (``ok``, ``problems``, ``at``), or None if never verified."""
+        try:
+            doc = json.loads(self.layout.verdict().read_text())
+            return doc["attributes"]["featcache_verify"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def open_store(path: str | os.PathLike) -> Store:
@@ -233,34 +365,75 @@ def open_store(path: str | os.PathLike) -> Store:
     return Store(Path(path))
 
 
-def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> list[dict]:
-    """One summary dict per store under ``cache_dir`` (optionally one dataset's), for ``featcache ls``."""
+@dataclass(frozen=True)
+class StoreSummary:
+    """One row of ``featcache ls``: typed fields for JSON, flattened for the table by the CLI."""
+
+    dataset: str
+    store: str
+    path: str
+    status: str  # complete | incomplete | damaged | being written | stale lock | unreadable
+    splits: dict[str, dict] = field(default_factory=dict)  # name -> {rows, complete, chunks, written, views}
+    dim: int | None = None
+    dtype: str | None = None
+    precision: str | None = None
+    checkpoint: str | None = None
+    arch: str | None = None
+    layer: str | None = None
+    transform: str | None = None
+    preprocess: str | None = None
+    lock: str | None = None  # who holds the lock, when one exists
+    problem: str | None = None
+
+
+def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> list[StoreSummary]:
+    """One summary per store under ``cache_dir`` (optionally one dataset's), for ``featcache ls``."""
+    from ._lock import describe_lock
+
     root = Path(cache_dir)
     pattern = f"{store_path(root, dataset, 'x').parent.name}/*.zarr" if dataset else "*/*.zarr"
     out = []
     for path in sorted(root.glob(pattern)):
-        row: dict[str, Any] = {"dataset": path.parent.name, "store": path.stem}
+        base = {"dataset": path.parent.name, "store": path.stem, "path": str(path)}
         try:
             store = Store(path)
+            readers = [store.split(name, require_complete=False) for name in store.splits]
         except StoreError as e:
-            out.append({**row, "status": f"unreadable: {e}"})
+            out.append(StoreSummary(**base, status="unreadable", problem=str(e)))
             continue
         prov = store.provenance
-        states, rows = [], []
-        for name in store.splits:
-            r = store.split(name, require_complete=False)
-            states.append(f"{name}:{'complete' if r.complete else f'{r.written()}/{r.n_chunks} chunks'}")
-            rows.append(f"{name}:{r.rows}")
-        row.update(
-            status=" ".join(states) + (" (locked)" if store.locked else ""),
-            rows=" ".join(rows),
-            dim=prov.get("feature_dim"),
-            dtype=prov.get("dtype"),
-            precision=prov.get("precision"),
-            checkpoint=prov.get("checkpoint", {}).get("name"),
-            arch=prov.get("checkpoint", {}).get("arch"),
-            transform=prov.get("transform", {}).get("name"),
-            preprocess=prov.get("preprocess", {}).get("backend"),
+        lock = describe_lock(store.layout.lock)
+        verdict = store.last_verdict()
+        if lock is not None:
+            status = "stale lock" if lock["stale"] else "being written"
+        elif verdict is not None and not verdict.get("ok"):
+            status = "damaged"
+        else:
+            status = "complete" if readers and all(r.complete for r in readers) else "incomplete"
+        out.append(
+            StoreSummary(
+                **base,
+                status=status,
+                splits={
+                    r.name: {
+                        "rows": r.rows,
+                        "complete": r.complete,
+                        "chunks": r.n_chunks,
+                        "written": r.written(),
+                        "views": r.n_views,
+                    }  # fmt: skip
+                    for r in readers
+                },
+                dim=prov.feature_dim,
+                dtype=prov.dtype,
+                precision=prov.precision,
+                checkpoint=prov.checkpoint.name,
+                arch=prov.checkpoint.arch,
+                layer=prov.layer,
+                transform=prov.transform_name,
+                preprocess=prov.preprocess.backend,
+                lock=None if lock is None else lock["text"],
+                problem=(verdict["problems"][0] if verdict and verdict.get("problems") else None),
+            )
         )
-        out.append(row)
     return out

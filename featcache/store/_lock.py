@@ -28,9 +28,9 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import StoreLockedError
+from ..errors import StoreLockedError
 
-__all__ = ["StoreLock"]
+__all__ = ["StoreLock", "describe_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +223,17 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def describe_lock(path: Path, stale_after: float = 120.0) -> dict | None:
+    """Who holds the lock at ``path``: ``{host, pid, started, stale, text}``, or None when there is none.
+
+    ``stale`` is true when the holder is gone (see :class:`StoreLock`): the next writer takes it over.
+    """
+    probe = StoreLock(path, str(path), stale_after=stale_after)
+    if not path.exists():
+        return None
+    holder = probe._read() or {}
+    stale = probe._is_gone(holder or None)
+    who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} (since {holder.get('started', '?')})"
+    return {**holder, "stale": stale, "text": f"{'stale: ' if stale else ''}{who}"}
