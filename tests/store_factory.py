@@ -59,3 +59,41 @@ def make_store(
             if finalize and chunks is None:
                 sw.finalize()
     return path
+
+
+def make_v1_store(path: Path, X: np.ndarray, y: np.ndarray, chunk_rows: int = 16, name: str = "old") -> Path:
+    """A complete one-split store in format v1, written the way featcache 0.1 wrote it (no featcache code)."""
+    import hashlib
+    import json
+
+    import zarr
+
+    from featcache.store import sha256_ids, sha256_labels
+
+    prov = provenance(name, X.shape[1]).to_dict()
+    for key in ("pool", "format_version", "created_at", "splits"):
+        prov.pop(key)
+    prov["checkpoint"] = {k: prov["checkpoint"][k] for k in ("name", "arch", "sha256", "path", "ema")}
+    root = zarr.create_group(path, attributes={"featcache": {**prov, "format_version": 1, "created_at": "then"}})
+    g = root.create_group("train")
+    feats = g.create_array("features", shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype="float32",
+                           compressors=None, fill_value=0)  # fmt: skip
+    feats[:] = X
+    g.create_array("labels", data=np.asarray(y, dtype="<i8"), chunks=(len(y),))
+    ids = [f"train/{i}" for i in range(len(X))]
+    g.create_array("ids", shape=(len(X),), dtype=str, chunks=(len(X),))[:] = np.asarray(ids, dtype=str)
+    n_chunks = -(-len(X) // chunk_rows)
+    marks = path / "_featcache" / "train"
+    marks.mkdir(parents=True)
+    for i in range(n_chunks):
+        block = np.ascontiguousarray(X[i * chunk_rows : (i + 1) * chunk_rows], dtype="<f4")
+        mark = {"rows": len(block), "sha256": hashlib.sha256(block.tobytes()).hexdigest(), "skipped": []}
+        (marks / f"{i}.json").write_text(json.dumps(mark))
+    g.attrs["featcache_split"] = {
+        "rows": len(X), "dim": X.shape[1], "dtype": "float32", "chunk_rows": chunk_rows, "n_chunks": n_chunks,
+        "compression": "none", "fingerprint": f"fp-train-{len(X)}", "ids_sha256": sha256_ids(ids),
+        "labels_sha256": sha256_labels(y), "classes": [str(c) for c in range(int(y.max()) + 1)], "complete": True,
+        "completed_at": "then", "skipped_rows": [],
+    }  # fmt: skip
+    root.attrs["featcache"] = {**root.attrs["featcache"], "splits": ["train"]}
+    return path

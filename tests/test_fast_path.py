@@ -168,7 +168,7 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
 
     dev = _split(paths, "imagefolder:mixed", "device", "val")
     bad_rows = [dev.ids.index("x/f_trunc.jpg"), dev.ids.index("x/g_header.jpg")]
-    assert dev.meta["skipped_rows"] == bad_rows
+    assert list(dev.meta.skipped_rows) == bad_rows
     feats = dev.read()
     assert not feats[bad_rows].any()
     good = [i for i in range(dev.rows) if i not in bad_rows]

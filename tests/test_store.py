@@ -8,11 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
 import zarr
-from store_factory import make_store, provenance
+from store_factory import make_store, make_v1_store, provenance
 
 from featcache.errors import (
     StoreError,
@@ -241,3 +242,37 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
         os.utime(lock_file, (0, 0))
         time.sleep(0.3)
         assert time.time() - lock_file.stat().st_mtime < 5
+
+
+# --- format v1 -----------------------------------------------------------------------------------------
+
+
+def test_v1_store_is_read_verified_and_not_extended(tmp_path, data):
+    X, y = data
+    path = make_v1_store(tmp_path / "old.zarr", X, y)
+    s = open_store(path)
+    assert s.version == 1 and s.provenance.checkpoint.stripped_prefix == "" and s.provenance.pool == ""
+    r = s.split("train")
+    np.testing.assert_array_equal(r.read(), X)
+    np.testing.assert_array_equal(r.take(np.array([49, 0, 17])), X[[49, 0, 17]])
+    assert r.n_views == 0 and s.verify() == []
+    (path / "_featcache" / "train" / "1.json").unlink()
+    assert any("1 of 4 chunks not written" in p for p in s.verify())
+    with pytest.raises(StoreError, match=r"format v1, which this featcache reads but does not extend.*--overwrite"):
+        StoreWriter(path, provenance(dim=8))
+    with StoreWriter(path, provenance(dim=8), overwrite=True) as w:
+        assert w.prov.format_version == FORMAT_VERSION
+
+
+def test_plain_zarr_lists_a_store_without_warnings(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    open_store(path).verify()  # records its verdict in the bookkeeping too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = zarr.open_group(path, mode="r")
+        assert "train" in list(g.group_keys())
+        tree = str(g.tree())
+        feats = g["train/features"]
+    assert "features" in tree and feats.metadata.dimension_names == ("row", "feature")
+    np.testing.assert_array_equal(feats[:], X)

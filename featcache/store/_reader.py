@@ -24,7 +24,7 @@ from ._format import (
     store_path,
     write_json_atomic,
 )
-from ._schema import ChunkMarker, Provenance, SplitMeta
+from ._schema import ChunkMarker, Provenance, SplitMeta, parse
 
 __all__ = ["FeatureArray", "SplitReader", "Store", "StoreSummary", "open_store", "list_stores"]
 
@@ -96,7 +96,7 @@ class FeatureArray:
             if doc is None:
                 continue
             try:
-                mark = ChunkMarker.from_dict(doc)
+                mark = parse(ChunkMarker, doc, str(self.marker(i)))
             except StoreError:
                 mark = None
             a, b = self.bounds(i)
@@ -269,7 +269,7 @@ class Store:
         if not isinstance(doc, dict):
             raise StoreError(f"{self.path} is a zarr group but not a featcache store")
         self.version = check_version(self.path, doc)
-        self.provenance = Provenance.from_dict(doc, f"{self.path}: provenance")
+        self.provenance = parse(Provenance, doc, f"{self.path}: provenance")
         self.layout = Layout(self.path, self.version)
 
     @property
@@ -301,7 +301,7 @@ class Store:
                 f"split '{name}' of store {self.path} is listed but has no metadata; "
                 "rerun `featcache extract --overwrite` to write it again"
             )
-        return SplitMeta.from_dict(doc, f"{self.path}/{name}: split metadata")
+        return parse(SplitMeta, doc, f"{self.path}/{name}: split metadata")
 
     def split(self, name: str, *, require_complete: bool = True) -> SplitReader:
         """Open split ``name``.

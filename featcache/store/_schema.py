@@ -2,20 +2,20 @@
 
 The writer builds these frozen dataclasses and writes them with :meth:`to_dict`; every reader (concat,
 probe, verify, ls) gets them back with :meth:`from_dict` and reads attributes, never string keys.
-``from_dict`` accepts the dicts of every readable format version: fields added by a later version have
-defaults, and keys it does not know are ignored (a newer *major* version is refused before that, by
-:func:`featcache.store._format.check_version`).
+``from_dict`` (:class:`featcache.records.Record`) accepts the dicts of every readable format version: fields
+added by a later version have defaults, and keys it does not know are ignored (a newer version is refused
+before that, by :func:`featcache.store._format.check_version`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import StoreError
+from ..records import Record, RecordError
 
 __all__ = [
     "Software",
@@ -28,63 +28,22 @@ __all__ = [
     "SplitMeta",
     "ChunkMarker",
     "identity_diff",
+    "parse",
 ]
 
-T = TypeVar("T")
+R = typing.TypeVar("R", bound=Record)
 
 
-class _Record:
-    """``to_dict``/``from_dict`` for the frozen dataclasses below (nested records, tuples, optionals)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls: type[T], doc: Any, where: str = "store metadata") -> T:
-        """Build from a JSON-like dict.
-
-        Raises:
-            StoreError: ``doc`` is not a dict, or lacks a field that has no default.
-        """
-        return _build(cls, doc, where)
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise StoreError(f"{where}: expected a mapping, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise StoreError(f"{where}: missing key '{f.name}'; the store is damaged or not a featcache store")
-        return tp(**kwargs)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):  # X | None
-        if value is None:
-            return None
-        return _build(next(a for a in args if a is not type(None)), value, where)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise StoreError(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(_build(args[0], v, where) for v in value)
-    return value
+def parse(cls: type[R], doc: Any, where: str) -> R:
+    """``cls.from_dict(doc)``, a malformed document becoming a StoreError that says the store is damaged."""
+    try:
+        return cls.from_dict(doc, where)
+    except RecordError as e:
+        raise StoreError(f"{e}; the store is damaged or not a featcache store") from None
 
 
 @dataclass(frozen=True)
-class Software(_Record):
+class Software(Record):
     """Versions that produced the features; part of the identity (a resume under other versions is refused)."""
 
     featcache: str
@@ -96,14 +55,14 @@ class Software(_Record):
 
 
 @dataclass(frozen=True)
-class DatasetRef(_Record):
+class DatasetRef(Record):
     name: str
     format: str
     limit: int | None = None  # the first ``limit`` samples of each split only
 
 
 @dataclass(frozen=True)
-class CheckpointRef(_Record):
+class CheckpointRef(Record):
     name: str
     arch: str
     sha256: str
@@ -114,20 +73,20 @@ class CheckpointRef(_Record):
 
 
 @dataclass(frozen=True)
-class PreprocessRef(_Record):
+class PreprocessRef(Record):
     backend: str  # pil (the research pipeline) or device (batched resize on the device)
     device: str
 
 
 @dataclass(frozen=True)
-class ComputeRef(_Record):
+class ComputeRef(Record):
     device: str
     channels_last: bool = False
     compiled: bool = False
 
 
 @dataclass(frozen=True)
-class Provenance(_Record):
+class Provenance(Record):
     """What made a store's features (``attrs["featcache"]`` of the root group).
 
     Everything but ``format_version``, ``created_at`` and ``splits`` is the store's *identity*.
@@ -165,7 +124,7 @@ NOT_IDENTITY = ("format_version", "created_at", "splits")  # managed by the stor
 
 
 @dataclass(frozen=True)
-class ViewsMeta(_Record):
+class ViewsMeta(Record):
     """Augmented views of a split: view k of row r is a pure function of (sample id, k, seed).
 
     ``augment`` holds the training transform's named parameters; ``count`` views (0..count-1) are complete.
@@ -177,7 +136,7 @@ class ViewsMeta(_Record):
 
 
 @dataclass(frozen=True)
-class SplitMeta(_Record):
+class SplitMeta(Record):
     """One split (``attrs["featcache_split"]`` of its group).
 
     ``complete`` is false until every chunk of the evaluation-view features is written and verified;
@@ -218,7 +177,7 @@ class SplitMeta(_Record):
 
 
 @dataclass(frozen=True)
-class ChunkMarker(_Record):
+class ChunkMarker(Record):
     """Chunk i of an array is written, fsynced and read back: its row count, checksum and undecodable rows."""
 
     rows: int

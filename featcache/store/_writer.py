@@ -33,7 +33,7 @@ from ._format import (
 )
 from ._lock import StoreLock
 from ._reader import FeatureArray
-from ._schema import ChunkMarker, Provenance, SplitMeta, ViewsMeta, identity_diff
+from ._schema import ChunkMarker, Provenance, SplitMeta, ViewsMeta, identity_diff, parse
 
 
 def _now() -> str:
@@ -101,7 +101,7 @@ class StoreWriter:
                     f"store {self.path} is in format v{version}, which this featcache reads but does not extend; "
                     f"pass --overwrite to write it again in v{FORMAT_VERSION}, or --store-name for a new store"
                 )
-            old = Provenance.from_dict(doc, f"{self.path}: provenance")
+            old = parse(Provenance, doc, f"{self.path}: provenance")
             diff = identity_diff(old.identity(), provenance.identity())
             if diff:
                 raise StoreMismatchError(
@@ -287,7 +287,7 @@ class SplitWriter(ArrayWriter):
         if not (self.dir / "zarr.json").exists():
             return None
         doc = zarr.open_group(self.dir, mode="r").attrs.get("featcache_split")
-        return SplitMeta.from_dict(doc, f"{self.dir}: split metadata") if isinstance(doc, dict) else None
+        return parse(SplitMeta, doc, f"{self.dir}: split metadata") if isinstance(doc, dict) else None
 
     def _create(self, data: SplitData, compression: str) -> zarr.Group:
         # A directory here is a creation that was killed: nothing in it is final, and no chunk
