@@ -21,9 +21,14 @@ from torchvision.models.resnet import BasicBlock, ResNet
 __all__ = [
     "EMA_SEED",
     "FORMATS",
+    "classifier_input",
+    "layer_output",
     "make_net",
+    "make_timm_net",
     "reference_features",
     "write_malicious",
+    "write_pickled_network",
+    "write_prefixed",
     "write_truncated",
 ]
 
@@ -49,6 +54,43 @@ def make_net(arch: str = "resnet10", seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
                 m.num_batches_tracked.fill_(100)
     return net.eval()
+
+
+def make_timm_net(name: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised timm network (classifier kept), every weight perturbed.
+
+    timm's init hides whole blocks (ConvNeXt's layer scale starts at 1e-6, LayerNorm at 1 and 0), so a
+    block that failed to load would go unnoticed; noise on every tensor makes each one count.
+    """
+    import timm
+
+    torch.manual_seed(seed)
+    net = timm.create_model(name, pretrained=False)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return net.eval()
+
+
+def layer_output(net: nn.Module, name: str, x: Tensor) -> Tensor:
+    """The output of module ``name`` of ``net`` on ``x``, taken by a forward hook."""
+    seen: list[Tensor] = []
+    handle = net.get_submodule(name).register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        net.eval()(x)
+    handle.remove()
+    return seen[-1]
+
+
+def classifier_input(net: nn.Module, classifier: str, x: Tensor) -> Tensor:
+    """The input of the classifier module ``classifier``, globally average-pooled if it is a map."""
+    seen: list[Tensor] = []
+    handle = net.get_submodule(classifier).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        net.eval()(x)
+    handle.remove()
+    return seen[-1] if seen[-1].ndim == 2 else seen[-1].mean(dim=(2, 3))
 
 
 def reference_features(net: nn.Module, x: Tensor) -> Tensor:
@@ -125,6 +167,18 @@ FORMATS: dict[str, Callable[[Path, dict[str, Tensor], str], Path]] = {
     "timm": write_timm,
     "argparse_namespace": write_namespace,
 }
+
+
+def write_prefixed(d: Path, sd: dict[str, Tensor], prefix: str, extra: dict[str, Tensor] | None = None) -> Path:
+    """A PyTorch Lightning-style file: every key under ``prefix`` (``model.``), plus ``extra`` keys as given."""
+    obj = {"state_dict": {**_prefixed(sd, prefix), **(extra or {})}, "epoch": 9, "global_step": 900,
+           "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 0.1}, "optimizer_states": []}  # fmt: skip
+    return _save(obj, d / f"prefixed_{prefix.strip('.').replace('.', '_') or 'none'}.ckpt")
+
+
+def write_pickled_network(d: Path, net: nn.Module) -> Path:
+    """A whole ``nn.Module`` pickled with ``torch.save(net)``: loads only with full unpickling."""
+    return _save(net, d / "whole_network.pt")
 
 
 class _CreatesFile:

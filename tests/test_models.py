@@ -1,4 +1,7 @@
-"""featcache.models: the backbone registry, and checkpoint loading in every format, accepted or refused."""
+"""featcache.models and featcache.checkpoints: the registry, and checkpoint loading in every format.
+
+Other families (timm, torchvision non-ResNets), preprocessing and layers are in test_backbones.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from ckpt_factory import EMA_SEED, FORMATS, make_net, reference_features, write_malicious, write_truncated
+from ckpt_factory import (
+    EMA_SEED,
+    FORMATS,
+    make_net,
+    reference_features,
+    write_malicious,
+    write_pickled_network,
+    write_prefixed,
+    write_truncated,
+)
 from torch import nn
 
 from featcache.config import CheckpointSpec
@@ -84,6 +96,8 @@ def test_loaded_backbone_is_frozen_with_provenance(ckpts):
     path = ckpts["torchvision"]
     loaded = load_backbone(spec(path))
     assert (loaded.arch, loaded.feature_dim, loaded.layer, loaded.path) == (ARCH, 512, FEATURE_LAYER, path)
+    assert (loaded.layers, loaded.pool, loaded.feature_dims) == ((FEATURE_LAYER,), None, (512,))
+    assert (loaded.stripped_prefix, loaded.ignored_keys) == ("", ())
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == file_sha256(path)
     assert not loaded.module.training
     assert not any(p.requires_grad for p in loaded.module.parameters())
@@ -99,9 +113,24 @@ def test_ema_flag_selects_ema_weights(ema, ckpts, net, x):
     assert (got - other).abs().max().item() > 1e-2
 
 
-def test_ema_asked_but_absent_is_refused(ckpts):
-    with pytest.raises(CheckpointError, match=r"no 'state_dict_ema'.*ema: true"):
-        load_backbone(spec(ckpts["imagenet_example"], ema=True))
+@pytest.mark.parametrize(
+    ("source", "fix"),
+    [("registry", r"drop 'ema: true' from its registry entry$"), ("option", r"drop --ema for this file$"),
+     (None, r"drop --ema \(or 'ema: true' from its registry entry\)$")],
+)  # fmt: skip
+def test_ema_asked_but_absent_is_refused_with_the_fitting_fix(source, fix, ckpts):
+    path = ckpts["imagenet_example"]
+    with pytest.raises(
+        CheckpointError, match=rf"{path} has no EMA weights \(no 'state_dict_ema' or 'model_ema'.*{fix}"
+    ):
+        load_backbone(spec(path, ema=True), ema_source=source)
+
+
+def test_model_ema_key_is_an_ema_container(net, tmp_path, x):
+    ema_net = make_net(ARCH, seed=EMA_SEED)
+    path = save_sd(tmp_path, {"model": net.state_dict(), "model_ema": ema_net.state_dict()})
+    loaded = load_backbone(spec(path, ema=True))
+    assert (features(loaded.module, x) - reference_features(ema_net, x)).abs().max().item() < TOL
 
 
 def test_namespace_loads_without_trust(ckpts):
@@ -121,14 +150,98 @@ def test_missing_num_batches_tracked_is_tolerated(net, tmp_path, x):
 def test_missing_keys_are_listed(net, tmp_path):
     sd = net.state_dict()
     del sd["layer2.0.conv1.weight"], sd["bn1.running_var"]
-    with pytest.raises(CheckpointError, match=r"missing keys: .*bn1\.running_var.*layer2\.0\.conv1\.weight"):
+    lacks = r"lacks 2 of the \d+ weights of resnet10, missing keys: bn1\.running_var, layer2\.0\.conv1\.weight; "
+    lacks += r"the file is incomplete"
+    with pytest.raises(CheckpointError, match=lacks):
         load_backbone(spec(save_sd(tmp_path, sd)))
 
 
-def test_unexpected_key_is_refused(net, tmp_path):
-    sd = {**net.state_dict(), "head.weight": torch.zeros(3)}
-    with pytest.raises(CheckpointError, match=r"unexpected keys: head\.weight.*--arch"):
+def test_keys_inside_the_backbone_it_lacks_mean_another_architecture(net, tmp_path):
+    # layer1.1.* is a block a resnet10 does not have: not an extra head, another network
+    sd = {**net.state_dict(), "layer1.1.conv1.weight": torch.zeros(64, 64, 3, 3)}
+    for ignore in (False, True):
+        with pytest.raises(CheckpointError, match=r"unexpected keys: layer1\.1\.conv1\.weight.*another architecture"):
+            load_backbone(spec(save_sd(tmp_path, sd)), ignore_extra_keys=ignore)
+
+
+SSL_EXTRAS = {"projector.0.weight": torch.zeros(8, 512), "projector.0.bias": torch.zeros(8),
+              "head.weight": torch.zeros(3)}  # fmt: skip
+
+
+def test_extra_keys_are_listed_with_the_option(net, tmp_path):
+    path = save_sd(tmp_path, {**net.state_dict(), **SSL_EXTRAS})
+    refusal = r"not part of resnet10: head\.weight, projector\.0\.bias, projector\.0\.weight; pass --ignore-extra-keys"
+    with pytest.raises(CheckpointError, match=refusal):
+        load_backbone(spec(path))
+
+
+def test_ignore_extra_keys_loads_and_records_them(net, tmp_path, x):
+    loaded = load_backbone(spec(save_sd(tmp_path, {**net.state_dict(), **SSL_EXTRAS})), ignore_extra_keys=True)
+    assert loaded.ignored_keys == ("head.weight", "projector.0.bias", "projector.0.weight")
+    assert (features(loaded.module, x) - reference_features(net, x)).abs().max().item() < TOL
+
+
+def test_classifier_of_another_shape_is_an_expected_extra(net, tmp_path, x):
+    # a fine-tuned head (10 classes) or an SSL MLP in place of fc: never part of the features
+    sd = {
+        **net.state_dict(),
+        "fc.weight": torch.zeros(10, 512),
+        "fc.bias": torch.zeros(10),
+        "fc.2.weight": torch.zeros(1),
+    }
+    loaded = load_backbone(spec(save_sd(tmp_path, sd)))
+    assert loaded.ignored_keys == ()
+    assert (features(loaded.module, x) - reference_features(net, x)).abs().max().item() < TOL
+
+
+# --- prefixes and whole networks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["model.", "backbone.", "encoder.", "model.backbone.", "model.module.encoder."])
+def test_uniform_prefix_is_stripped_and_recorded(prefix, net, tmp_path, x):
+    loaded = load_backbone(spec(write_prefixed(tmp_path, net.state_dict(), prefix)))
+    assert loaded.stripped_prefix == prefix and loaded.ignored_keys == ()
+    assert (features(loaded.module, x) - reference_features(net, x)).abs().max().item() < TOL
+
+
+def test_lightning_ssl_file_lists_its_projector_and_loads_without_it(net, tmp_path, x):
+    projector = {"model.projector.0.weight": torch.zeros(8, 512), "model.projector.0.bias": torch.zeros(8)}
+    path = write_prefixed(tmp_path, net.state_dict(), "model.backbone.", extra=projector)
+    with pytest.raises(CheckpointError, match=r"not part of resnet10: model\.projector\.0\.bias, model\.projector"):
+        load_backbone(spec(path))
+    loaded = load_backbone(spec(path), ignore_extra_keys=True)
+    assert loaded.stripped_prefix == "model.backbone."
+    assert loaded.ignored_keys == tuple(sorted(projector))
+    assert (features(loaded.module, x) - reference_features(net, x)).abs().max().item() < TOL
+
+
+def test_two_networks_in_one_file_are_refused(net, tmp_path):
+    sd = {**{f"student.{k}": v for k, v in net.state_dict().items()},
+          **{f"teacher.{k}": v for k, v in net.state_dict().items()}}  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"several networks that fit resnet10, under 'student\.', 'teacher\.'"):
         load_backbone(spec(save_sd(tmp_path, sd)))
+
+
+def test_pickled_network_loads_with_trust_through_its_state_dict(net, tmp_path, x):
+    loaded = load_backbone(spec(write_pickled_network(tmp_path, net)), trust=True)
+    assert (features(loaded.module, x) - reference_features(net, x)).abs().max().item() < TOL
+
+
+def test_pickled_network_is_refused_without_trust(net, tmp_path):
+    refusal = r"unsafe global torchvision\.models\.resnet\.ResNet.*pass --trust-checkpoint"
+    with pytest.raises(CheckpointError, match=refusal):
+        load_backbone(spec(write_pickled_network(tmp_path, net)))
+
+
+def test_safetensors_file_loads(net, tmp_path, x):
+    safetensors = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    safetensors.save_file(net.state_dict(), path)
+    loaded = load_backbone(spec(path))
+    assert (features(loaded.module, x) - reference_features(net, x)).abs().max().item() < TOL
+    write_truncated(path, tmp_path / "cut.safetensors")
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors is truncated or corrupt"):
+        load_backbone(spec(tmp_path / "cut.safetensors"))
 
 
 def test_shape_mismatch_lists_both_shapes(net, tmp_path):
@@ -226,9 +339,11 @@ def test_clean_state_dict_refuses_collisions():
 # --- registry -----------------------------------------------------------------------------------------
 
 BASIC_BLOCK = {"resnet10", "resnet18", "resnet34"}  # the others end in 2048-d bottlenecks
+RESNETS = ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+           "wide_resnet101_2", "resnext50_32x4d"]  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", list_backbones())
+@pytest.mark.parametrize("arch", RESNETS)
 def test_build_backbone_feature_dim(arch):
     module, dim = build_backbone(arch)
     assert dim == (512 if arch in BASIC_BLOCK else 2048)
@@ -238,7 +353,8 @@ def test_build_backbone_feature_dim(arch):
 
 
 def test_registry_lists_the_documented_architectures():
-    assert {"resnet10", "resnet18", "resnet50", "wide_resnet50_2", "resnext50_32x4d"} <= set(list_backbones())
+    documented = set(RESNETS) | {"vit_b_16", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_small", "swin_t"}
+    assert documented <= set(list_backbones())
 
 
 def test_unknown_arch_suggests_close_names():

@@ -1,0 +1,303 @@
+"""Checkpoint files to state dicts, and state dicts to the keys of a backbone: one path for every family.
+
+:func:`load_state_dict` reads a file (torch or safetensors) and finds the weights inside it;
+:func:`clean_state_dict` removes the wrapper prefixes and renames every training framework adds;
+:func:`match_state_dict` fits what is left to a backbone's own keys: it finds a uniform prefix
+(``model.``, ``backbone.``, ...), drops the removed classifier, and tells extra keys (an SSL projector)
+from keys of another architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import pickle
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+__all__ = ["KeyMatch", "file_sha256", "load_state_dict", "clean_state_dict", "match_state_dict"]
+
+log = logging.getLogger(__name__)
+
+# Where the state dict sits inside a checkpoint dict, in priority order.
+_CONTAINER_KEYS = (
+    "model_params",  # AlgoPerf (the seed's checkpoints)
+    "state_dict",  # PyTorch ImageNet example (`main.py`), timm, PyTorch Lightning
+    "model",  # DeiT/MAE-style training scripts
+)
+# EMA weights, tried (and required) only when asked for, in timm's order.
+_EMA_KEYS = (
+    "state_dict_ema",  # timm's train.py (ModelEmaV2/V3)
+    "model_ema",  # DeiT-style scripts
+)
+# The fix for a missing EMA copy depends on who asked for it.
+_EMA_HINTS = {
+    "registry": "drop 'ema: true' from its registry entry",
+    "option": "drop --ema for this file",
+    None: "drop --ema (or 'ema: true' from its registry entry)",
+}
+
+# Key prefixes added by wrappers; stripped repeatedly because AlgoPerf saves both
+# `_orig_mod.module.` and `module._orig_mod.` orders. Longer prefixes come first.
+_PREFIXES = (
+    "module.model0.",  # the research code's multi-model wrapper, under DDP
+    "module.",  # DistributedDataParallel / DataParallel
+    "_orig_mod.",  # torch.compile's OptimizedModule
+)
+# AlgoPerf's ResNet names the shortcut's layers; torchvision's is an nn.Sequential.
+_RENAMES = (
+    ("downsample.conv.", "downsample.0."),
+    ("downsample.bn.", "downsample.1."),
+)
+# BatchNorm's num_batches_tracked only drives momentum=None updates in training; eval features
+# ignore it, and older checkpoints predate it.
+_OPTIONAL_SUFFIX = "num_batches_tracked"
+_SHOW = 10  # keys listed in an error before "... (N in all)"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks so large checkpoints are not held in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _listing(keys: Collection[str]) -> str:
+    keys = list(keys)
+    more = f" ... ({len(keys)} in all)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _unsafe_global(message: str) -> str:
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", message)
+    if found:
+        return f"it holds the unsafe global {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", message)
+    return found.group(1).strip().rstrip(".") if found else "it holds objects other than tensors"
+
+
+def _torch_read(path: Path, trust: bool) -> object:
+    try:
+        # Research .pth.tar files often keep the training `args` Namespace; allow just that (as timm does).
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as e:
+        # torch.load signals a bad file with many types (KeyError for text, EOFError, RuntimeError from zip).
+        # an invalid opcode ("Unsupported operand") is a corrupt file, not an object needing trust
+        unsafe = "weights only" in str(e).lower() and "Unsupported operand" not in str(e)
+        if isinstance(e, pickle.UnpicklingError) and not trust and unsafe:
+            raise CheckpointError(
+                f"checkpoint {path} was refused by the weights-only loader ({_unsafe_global(str(e))}); "
+                "if you trust this file, pass --trust-checkpoint"
+            ) from None
+        reason = f"{type(e).__name__}: {e}".splitlines()[0].split(". ")[0]  # torch appends advice
+        raise CheckpointError(
+            f"checkpoint {path} is truncated, corrupt or not a torch file ({reason}); save or copy it again"
+        ) from e
+
+
+def _safetensors_read(path: Path, trust: bool) -> object:
+    # timm's Hugging Face Hub weights (`model.safetensors`): tensors only, nothing to unpickle.
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"checkpoint {path} is a safetensors file; pip install safetensors") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); save or copy it again") from e
+
+
+# File suffix -> reader(path, trust); anything else is read by torch.load.
+_READERS: dict[str, Callable[[Path, bool], object]] = {".safetensors": _safetensors_read}
+
+
+def _as_state_dict(obj: object) -> dict[str, Tensor] | None:
+    """The weights held by ``obj``: a plain state dict, or a whole pickled network's."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return obj
+    return None
+
+
+def load_state_dict(
+    path: str | os.PathLike, *, trust: bool = False, ema: bool = False, ema_source: str | None = None
+) -> dict[str, Tensor]:
+    """Read a checkpoint file and return the state dict inside it, keys as saved.
+
+    Args:
+        path: the checkpoint file (torch, or ``.safetensors``).
+        trust: unpickle arbitrary Python objects (``weights_only=False``); only for files you trust.
+            A whole pickled ``nn.Module`` (which only loads this way) gives its ``state_dict()``.
+        ema: return the EMA weights (``state_dict_ema``, ``model_ema``) instead of the regular ones.
+        ema_source: who asked for ``ema``, to word the fix when the file has none: ``"registry"``
+            (an ``ema: true`` entry), ``"option"`` (``--ema``) or None (unknown).
+
+    Returns:
+        The state dict found under the first container key present (see ``_CONTAINER_KEYS``),
+        or the top-level dict (or pickled network) itself.
+
+    Raises:
+        CheckpointError: the file is missing or corrupt, holds objects the weights-only unpickler
+            refuses (and ``trust`` is False), lacks the EMA weights asked for, or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} not found; check the path or the registry entry")
+    obj = _READERS.get(path.suffix.lower(), _torch_read)(path, trust)
+    if not isinstance(obj, dict | nn.Module):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+    top = obj if isinstance(obj, dict) else {}
+    if ema and not any(k in top for k in _EMA_KEYS):
+        what = f"top-level keys: {_listing(sorted(map(str, top)))}" if top else "a whole pickled network"
+        raise CheckpointError(
+            f"checkpoint {path} has no EMA weights (no {' or '.join(map(repr, _EMA_KEYS))}; {what}); "
+            f"{_EMA_HINTS.get(ema_source, _EMA_HINTS[None])}"
+        )
+    for key in _EMA_KEYS if ema else _CONTAINER_KEYS:
+        if (sd := _as_state_dict(top.get(key))) is not None:
+            log.debug("checkpoint %s: state dict under '%s'", path, key)
+            return sd
+    if (sd := _as_state_dict(obj)) is not None:
+        return sd
+    raise CheckpointError(
+        f"no state dict found in checkpoint {path}: top-level keys {_listing(sorted(map(str, top)))}; "
+        f"expected one of {list(_CONTAINER_KEYS)} or a plain state dict"
+    )
+
+
+def clean_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Strip wrapper prefixes until none applies, then rename AlgoPerf's downsample layers.
+
+    Args:
+        sd: a state dict as saved.
+
+    Returns:
+        A new dict with torchvision key names (``module._orig_mod.layer1.0.downsample.conv.weight``
+        becomes ``layer1.0.downsample.0.weight``).
+
+    Raises:
+        CheckpointError: two keys clean to the same name.
+    """
+    out: dict[str, Tensor] = {}
+    for raw, value in sd.items():
+        key = raw
+        while prefix := next((p for p in _PREFIXES if key.startswith(p)), None):
+            key = key[len(prefix) :]
+        for old, new in _RENAMES:
+            key = key.replace(old, new)
+        if key in out:
+            raise CheckpointError(f"state dict keys collide after cleaning: '{raw}' and another give '{key}'")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class KeyMatch:
+    """A state dict fitted to a backbone, and what was done to fit it."""
+
+    state_dict: dict[str, Tensor]  # the backbone's keys only, ready for load_state_dict
+    stripped_prefix: str  # the uniform prefix removed from the backbone's keys ("" when none)
+    ignored_keys: tuple[str, ...]  # extra non-backbone keys left out (ignore_extra_keys)
+
+
+def _prefixes(keys: Collection[str], need: Collection[str]) -> list[str]:
+    """Candidate prefixes: whatever precedes one required key of the backbone in the file's keys."""
+    anchor = min(need, key=lambda k: (k.count("."), k)) if need else ""
+    found = {k[: len(k) - len(anchor)] for k in keys if anchor and k.endswith(anchor)}
+    return sorted({""} | {p for p in found if p.endswith(".")}, key=lambda p: (len(p), p))
+
+
+def match_state_dict(
+    sd: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    *,
+    classifier: Collection[str],
+    where: str,
+    arch: str,
+    ignore_extra_keys: bool = False,
+) -> KeyMatch:
+    """Fit a cleaned state dict to a backbone's keys; refuse anything but an exact fit.
+
+    The backbone's keys are looked for under every prefix that makes them fit (``""`` first, then
+    ``model.``, ``backbone.``, ``model.backbone.`` and so on). Under the prefix that leaves none missing,
+    keys of the removed classifier (``classifier``, e.g. ``fc.``) are dropped; other keys are *extra*
+    when they lie outside the prefix or under a top-level name the backbone has no weights in
+    (``projector.*``, an SSL ``head.*``), and *foreign* when they lie inside the backbone's own modules
+    (``layer1.1.*`` for a one-block-per-stage net), which means another architecture.
+
+    Args:
+        sd: the state dict, after :func:`clean_state_dict`.
+        expected: the backbone's own ``state_dict()``.
+        classifier: module paths of the removed classifier, each ending in ``.`` (e.g. ``"fc."``).
+        where: how to name the file in errors (``"checkpoint /path/x.pth"``).
+        arch: the architecture, for errors.
+        ignore_extra_keys: leave extra keys out (and record them) instead of refusing the file.
+
+    Returns:
+        A :class:`KeyMatch`.
+
+    Raises:
+        CheckpointError: the file holds keys of another architecture, lacks most of the backbone's keys or
+            has other shapes (``--arch`` is probably wrong); lacks a few keys (an incomplete file); holds
+            extra keys and ``ignore_extra_keys`` is False (``--ignore-extra-keys``); or the backbone fits
+            under several prefixes (several networks in one file).
+    """
+    need = [k for k in expected if not k.endswith(_OPTIONAL_SUFFIX)]
+    scored = []
+    for prefix in _prefixes(sd, need):
+        inside = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        scored.append((sum(k not in inside for k in need), prefix, inside))
+    fits = [p for n, p, _ in scored if n == 0]
+    if len(fits) > 1 and "" not in fits:
+        raise CheckpointError(
+            f"{where} holds several networks that fit {arch}, under {', '.join(map(repr, fits))}; "
+            "save the one you want as its own state dict"
+        )
+    _, prefix, inside = min(scored, key=lambda s: (s[0], len(s[1])))
+
+    own_names = {k.split(".", 1)[0] for k in expected}
+    kept = {k: v for k, v in inside.items() if not k.startswith(tuple(classifier))}
+    missing = [k for k in need if k not in kept]
+    foreign = [k for k in kept if k not in expected and k.split(".", 1)[0] in own_names]
+    fix = f"it is probably for another architecture than '{arch}'; fix --arch or the registry entry"
+    after = f" (after stripping '{prefix}')" if prefix else ""
+    # Another architecture: keys inside the backbone's own modules it lacks, or most of its keys absent.
+    if foreign or 2 * len(missing) > len(need):
+        found = (("missing", missing), ("unexpected", foreign))
+        parts = [f"{what} keys: {_listing(keys)}" for what, keys in found if keys]
+        raise CheckpointError(f"{where} does not match {arch}{after}: {'; '.join(parts)}; {fix}")
+    shapes = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in kept.items() if k in expected}
+    wrong = [f"{k} {got} vs {want}" for k, (got, want) in shapes.items() if got != want]
+    if wrong:
+        raise CheckpointError(f"{where} has shapes (file vs {arch}) that differ: {_listing(wrong)}; {fix}")
+    if missing:
+        raise CheckpointError(
+            f"{where} lacks {len(missing)} of the {len(need)} weights of {arch}{after}, missing keys: "
+            f"{_listing(missing)}; the file is incomplete or from a modified network: save it again, or fix --arch"
+        )
+
+    extra = [prefix + k for k in kept if k not in expected] + [k for k in sd if not k.startswith(prefix)]
+    if extra and not ignore_extra_keys:
+        raise CheckpointError(
+            f"{where} has keys that are not part of {arch}: {_listing(sorted(extra))}; "
+            "pass --ignore-extra-keys to load the backbone without them"
+        )
+    if prefix:
+        log.info("%s: backbone keys found under the prefix '%s'", where, prefix)
+    if extra:
+        log.info("%s: ignoring %d extra keys: %s", where, len(extra), _listing(sorted(extra)))
+    return KeyMatch({k: v for k, v in kept.items() if k in expected}, prefix, tuple(sorted(extra)))
