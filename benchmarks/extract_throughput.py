@@ -14,8 +14,13 @@ c. :func:`featcache.extract.extract` end to end on the same files: dataset read,
 same call limited to one batch, so the fixed costs of a call (reading and hashing checkpoints, building models,
 creating the store) cancel, as they are absent from ``a`` and ``b`` (models built before the clock starts).
 Both are printed, with ``c/a``, ``c/b``, ``c*/a`` and ``c*/b``; the targets are read on ``c*``. With
-``--repeat R`` (default 3 on the CPU, 1 on CUDA and with ``--quick``) every measurement is taken R times,
+``--repeat R`` (default 2 on the CPU, 1 on CUDA and with ``--quick``) every measurement is taken R times,
 interleaved, and the fastest kept: a shared CPU is noisy.
+
+``FEATCACHE_SYNC_DEBUG=warn`` (CUDA only) runs featcache's own calls (``c``) under
+``torch.cuda.set_sync_debug_mode("warn")``: every operation that makes the host wait for the GPU warns. Those
+warnings are collected (the producer thread's too), counted by message and printed after each case, and
+written to ``--out``. The baseline and the forward-only timing are left out: they synchronise on purpose.
 
 Cases:
 1. ``cifar``: CIFAR-10 python pickles (uint8 32x32, written here and read by featcache's cifar10 reader)
@@ -25,10 +30,12 @@ Cases:
 3. ``5ckpt``: five checkpoints in one call on the CIFAR data: featcache's time against 5x the forward time of
    one model (``b`` column: N / (5 x one model's forward time)); the time ratio is ``b / c*``.
 
-On a machine without CUDA (or ``--device cpu``) every case runs small (77 s on the shared 2-core dev machine):
-ResNet18, CIFAR at the ``32px`` preset (the baseline uses the same cifar-32px PIL transform), 2,048 CIFAR images
-(about 1 s of forward passes on 2 idle cores: fewer would measure little but fixed costs), 32 JPEGs (batch 8),
-512 images for 5ckpt. CPU numbers say nothing about the GPU targets.
+On a machine without CUDA (or ``--device cpu``) every case runs small, best of 2: ResNet18, CIFAR at the
+``32px`` preset (the baseline uses the same cifar-32px PIL transform), 2,048 CIFAR images (about 1 s of forward
+passes on 2 idle cores: fewer would measure little but fixed costs), 24 JPEGs (batch 8), 384 images for 5ckpt.
+On the shared 2-core dev machine (2026-11-26) that took 53 s at load average 2.8, where the former defaults
+(best of 3, 32 JPEGs, 512 images for 5ckpt) took 89 s just before; 137 s under heavier load. CPU numbers say
+nothing about the GPU targets.
 
 Targets (checked and printed): on CUDA, cifar ``c*/a >= 5`` and ``c*/b >= 0.9``, jpeg ``c*/a >= 5``, 5ckpt time
 ratio ``<= 1.1``; on the CPU, cifar ``c*/a >= 1`` and 5ckpt ``<= 1.1`` (jpeg runs the same PIL pipeline as the
@@ -43,6 +50,9 @@ Usage (from the repository root; ``PYTHONPATH=.`` if featcache is not installed)
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -52,6 +62,7 @@ import pickle
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +88,8 @@ JPEG_UNIQUE = 64  # distinct encoded images, written round-robin (encoding thous
 SIZES = {
     ("cuda", False): ({"cifar": (20_000, 256), "jpeg": (5_000, 256), "5ckpt": (10_000, 256)}, "resnet50", "224px"),
     ("cuda", True): ({"cifar": (4_096, 256), "jpeg": (1_024, 256), "5ckpt": (2_048, 256)}, "resnet50", "224px"),
-    ("cpu", False): ({"cifar": (2_048, 64), "jpeg": (32, 8), "5ckpt": (512, 64)}, "resnet18", "32px"),
+    # CPU: sized to finish in under 3 min on the loaded 2-core machine (each measurement about 0.5-2 s)
+    ("cpu", False): ({"cifar": (2_048, 64), "jpeg": (24, 8), "5ckpt": (384, 64)}, "resnet18", "32px"),
     ("cpu", True): ({"cifar": (512, 64), "jpeg": (16, 8), "5ckpt": (256, 64)}, "resnet18", "32px"),
 }
 
@@ -97,7 +109,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=min(16, os.cpu_count() or 1),
         help="DataLoader processes, the same for the baseline and featcache (default: CPU cores, at most 16)",
     )
-    p.add_argument("--repeat", type=int, help="measure each R times, keep the fastest (default 3 on the CPU, else 1)")
+    p.add_argument("--repeat", type=int, help="measure each R times, keep the fastest (default 2 on the CPU, else 1)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     a = p.parse_args(argv)
     a.cases = [c for c in a.cases.split(",") if c]
@@ -218,11 +230,40 @@ def forward_only(
     return time.perf_counter() - t
 
 
-def extract_seconds(cfg: ExtractConfig, cache: Path) -> tuple[float, str]:
+SYNC_DEBUG = os.environ.get("FEATCACHE_SYNC_DEBUG", "")  # "warn" (or "error"): see the module docstring
+
+
+@contextlib.contextmanager
+def sync_debug(device: torch.device, seen: collections.Counter):
+    """On CUDA with ``FEATCACHE_SYNC_DEBUG`` set: the body under ``set_sync_debug_mode``, warnings counted in ``seen``.
+
+    One ``catch_warnings`` in the main thread around the whole call: the threads featcache starts live inside
+    it, and their warnings land in the same list.
+    """
+    if device.type != "cuda" or not SYNC_DEBUG:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode(SYNC_DEBUG)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    for w in caught:  # where: the Python line that made the call (torch attributes C++ warnings to it)
+        if "synchronizing" not in str(w.message):  # "called a synchronizing CUDA operation"
+            continue
+        where = "/".join(Path(w.filename).parts[-2:])
+        seen[f"{where}:{w.lineno} {w.category.__name__}: {str(w.message).splitlines()[0][:120]}"] += 1
+
+
+def extract_seconds(cfg: ExtractConfig, cache: Path, seen: collections.Counter | None = None) -> tuple[float, str]:
     """Wall seconds of one fresh :func:`extract` call into ``cache``, and its summary line."""
-    t = time.perf_counter()
-    report = extract(dataclasses.replace(cfg, cache_dir=cache))
-    return time.perf_counter() - t, report.summary()
+    with sync_debug(resolve_device(cfg.device), seen if seen is not None else collections.Counter()):
+        t = time.perf_counter()
+        report = extract(dataclasses.replace(cfg, cache_dir=cache))
+        seconds = time.perf_counter() - t
+    return seconds, report.summary()
 
 
 # --- the cases ---------------------------------------------------------------------------------------------
@@ -246,7 +287,8 @@ def run_case(case: str, n: int, batch: int, arch: str, a: argparse.Namespace, de
     with torch.no_grad():  # warm-up outside the clock, as b and c get
         for m in fp32:
             m(torch.zeros(batch, 3, tf.crop, tf.crop, device=device))
-    one = [prepare_model(load_backbone(ckpts[0]).module, device, compiled)]  # b: featcache's model, timed x len(ckpts)
+    # b: featcache's model, timed x len(ckpts); a copy, as prepare_model changes a module in place on CUDA
+    one = [prepare_model(copy.deepcopy(fp32[0]), device, compiled)]
     cfg = ExtractConfig(
         checkpoints=tuple(ckpts),
         dataset=ds_spec,
@@ -262,11 +304,12 @@ def run_case(case: str, n: int, batch: int, arch: str, a: argparse.Namespace, de
     extract_seconds(first, tmp / case / "warmup")  # loads kernels, fills the page cache
     best = {"a": math.inf, "b": math.inf, "c": math.inf, "c1": math.inf}
     summary = ""
+    syncs: collections.Counter = collections.Counter()  # FEATCACHE_SYNC_DEBUG: warnings in featcache's calls
     for r in range(a.repeat):
         best["a"] = min(best["a"], baseline(ds, fp32, batch, a.workers, device))
         best["b"] = min(best["b"], forward_only(one, n, batch, tf.crop, device, precision) * len(ckpts))
         best["c1"] = min(best["c1"], extract_seconds(first, tmp / case / f"one{r}")[0])
-        t, line = extract_seconds(cfg, tmp / case / f"full{r}")
+        t, line = extract_seconds(cfg, tmp / case / f"full{r}", syncs)
         if t < best["c"]:
             best["c"], summary = t, line
     del fp32, one
@@ -280,6 +323,10 @@ def run_case(case: str, n: int, batch: int, arch: str, a: argparse.Namespace, de
     print(f"[{case}] c  featcache     {n / t_c:10,.1f} images/s ({t_c:.2f} s; limited to one batch {t_one:.2f} s)")
     print(f"[{case}] c* steady        {steady:10,.1f} images/s")
     print(f"[{case}]    {summary}", flush=True)
+    if device.type == "cuda" and SYNC_DEBUG:
+        print(f"[{case}] sync debug ({SYNC_DEBUG}), full-size extract calls: {sum(syncs.values())} warning(s)")
+        for message, count in syncs.most_common():
+            print(f"[{case}]    {count:6d} x {message}")
     return {
         "case": case,
         "images": n,
@@ -295,6 +342,7 @@ def run_case(case: str, n: int, batch: int, arch: str, a: argparse.Namespace, de
         "c_steady": steady,
         "seconds": {"a": t_a, "b": t_b, "c": t_c, "c_one_batch": t_one},
         "summary": summary,
+        "sync_debug": {"mode": SYNC_DEBUG, "warnings": dict(syncs)} if device.type == "cuda" and SYNC_DEBUG else None,
     }
 
 
@@ -330,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
     device = resolve_device(a.device)
     sizes, arch, a.cifar_preset = SIZES[(device.type, a.quick)]
-    a.repeat = a.repeat or (1 if device.type == "cuda" or a.quick else 3)
+    a.repeat = a.repeat or (1 if device.type == "cuda" or a.quick else 2)
     plan = {}
     for case in a.cases:
         n, batch = sizes[case]
@@ -364,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in CASES:
             if case in plan:
                 rows.append(run_case(case, *plan[case], arch, a, device, reg, specs, paths.cache))
+                if a.out:  # after each case: a run stopped by a time limit keeps what it measured
+                    write_json(a, device, date, rows)
 
     mode = "GPU" if device.type == "cuda" else "CPU, small run: not the GPU targets"
     print()
@@ -376,23 +426,29 @@ def main(argv: list[str] | None = None) -> int:
     results = [c for r in rows for c in check(r, device)]
     print(f"targets held: {sum(ok for _, _, ok in results)}/{len(results)}")
     if a.out:
-        doc = {
-            "benchmark": "extract_throughput",
-            "featcache": __version__,
-            "device": device_name(device),
-            "device_type": device.type,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "date": date,
-            "quick": a.quick,
-            "workers": a.workers,
-            "repeat": a.repeat,
-            "rows": [{**r, "targets": [{"target": d, "value": v, "holds": ok} for d, v, ok in check(r, device)]}
-                     for r in rows],
-        }  # fmt: skip
-        a.out.write_text(json.dumps(doc, indent=2))
+        write_json(a, device, date, rows)
         print(f"wrote {a.out}")
     return 0
+
+
+def write_json(a: argparse.Namespace, device: torch.device, date: str, rows: list[dict]) -> None:
+    """The results so far, with each row's targets, as JSON in ``a.out``."""
+    doc = {
+        "benchmark": "extract_throughput",
+        "featcache": __version__,
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "date": date,
+        "quick": a.quick,
+        "workers": a.workers,
+        "repeat": a.repeat,
+        "sync_debug": SYNC_DEBUG if device.type == "cuda" else "",
+        "rows": [{**r, "targets": [{"target": d, "value": v, "holds": ok} for d, v, ok in check(r, device)]}
+                 for r in rows],
+    }  # fmt: skip
+    a.out.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

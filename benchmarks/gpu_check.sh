@@ -1,28 +1,50 @@
 #!/usr/bin/env bash
-# GPU check of the extraction speed (issue 4): `featcache doctor`, then benchmarks/extract_throughput.py on CUDA
-# at full size (20,000 CIFAR-format images and 5,000 500x375 JPEGs through ResNet50 at 224 px, 10,000 images x 5
-# checkpoints; batch 256), printing the images/s table and which targets hold.
+# The GPU check of issue 14, one command on a lent H100/H200 (bare, no network; commands run in the repo root):
 #
-# Installs nothing: it runs this checkout (PYTHONPATH=.) with the python on PATH (or $PYTHON), which needs torch
-# with CUDA, torchvision, numpy, Pillow, zarr >= 3.1.3, numcodecs, pyyaml and click; what is missing is listed first.
-# About 2-3 minutes on an H100/H200; the benchmark is stopped after GPU_CHECK_LIMIT seconds (default 270), so the
-# whole check stays under 5 minutes. Extra arguments go to extract_throughput.py (e.g. --quick, --cases cifar).
-# With OUT=<dir> set, the JSON results and a copy of the output are written there.
+#   device run: `bash benchmarks/gpu_check.sh`, carry [".whl"], timeout_s 540; logs and JSON come back from $OUT
 #
-#   bash benchmarks/gpu_check.sh
-#   OUT=/tmp/out bash benchmarks/gpu_check.sh --cases cifar,jpeg
+# Steps, each under its own `timeout`, in all under 8 minutes (the limits below add up to 480 s):
+#   doctor   featcache doctor: versions, CUDA, bf16, GPU JPEG decoding                                    30 s
+#   tests    pytest tests/test_cuda.py (the CUDA-only tests) and tests/test_fast_path.py                 110 s
+#   extract  benchmarks/extract_throughput.py --device cuda at full size (20,000 CIFAR-format images and     220 s
+#            5,000 500x375 JPEGs through ResNet50 at 224 px, 10,000 images x 5 checkpoints; batch 256), with
+#            FEATCACHE_SYNC_DEBUG=warn: each synchronising CUDA call in featcache's extract() counted by line
+#   probe    benchmarks/probe_heads.py --device cuda: 50,000 x 10,240 float16 resident on the GPU, the 6     120 s
+#            weight decays, 28 epochs, one multi-head pass vs six solo heads
+# GPU_CHECK_STEPS=tests,extract runs only those (a rerun after a fix); GPU_CHECK_LIMIT sets the extract step's
+# limit; extra arguments go to extract_throughput.py (e.g. --quick, --cases cifar). With OUT=<dir> the log
+# (gpu_check.log), pytest_cuda.xml, extract_throughput_gpu.json and probe_heads_gpu.json are written there.
+#
+# Installs nothing from a network. It runs this checkout (PYTHONPATH=.; `pip install -e .` would need a build
+# backend from an index) with $PYTHON or python3. On the lent machines that is torch 2.11 with torchvision 0.26,
+# not the 2.14.1/0.29.1 the project pins (a CUDA torch wheel is far over the 64 MiB a call can carry): the
+# versions are printed with the results. What featcache needs and that python lacks (there: zarr, numcodecs,
+# donfig, google-crc32c) is installed from the wheels in .whl/ into /tmp/featcache-site. Fetch them first, on a
+# machine with a network (this one), into the git-ignored .whl/ (about 10 MB):
+#
+#   bash benchmarks/gpu_check.sh --fetch-wheels
+#   OUT=/tmp/out GPU_CHECK_STEPS=extract bash benchmarks/gpu_check.sh --cases cifar,jpeg
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-PY=${PYTHON:-$(command -v python || command -v python3)}
+WHEELS=(zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0)  # the venv's versions
+if [ "${1:-}" = "--fetch-wheels" ]; then
+    FETCH_PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3)}
+    # the lent machines' python is CPython 3.12 on x86-64 Linux
+    exec "$FETCH_PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}"
+fi
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 if [ -z "$PY" ]; then
     echo "gpu_check: no python on PATH (set PYTHON=/path/to/python)" >&2
     exit 2
 fi
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-LIMIT=${GPU_CHECK_LIMIT:-270}
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT_DIR=${OUT:-}
+STEPS=${GPU_CHECK_STEPS:-doctor,tests,extract,probe}
 
-missing=$("$PY" - <<'EOF'
+lacking() {
+    "$PY" - <<'EOF'
 import importlib
 need = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow",
         "zarr": "zarr>=3.1.3", "numcodecs": "numcodecs", "yaml": "pyyaml", "click": "click"}
@@ -35,11 +57,20 @@ for module, package in need.items():
     if module == "zarr" and int(m.__version__.split(".")[0]) < 3:
         print(f"  {package:<14} (found zarr {m.__version__}; featcache writes zarr v3 stores)")
 EOF
-)
+}
+missing=$(lacking)
+if [ -n "$missing" ] && compgen -G ".whl/*.whl" >/dev/null; then
+    echo "gpu_check: installing the carried wheels: $(cd .whl && echo *.whl)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/featcache-site .whl/*.whl || exit 2
+    export PYTHONPATH="$PYTHONPATH:/tmp/featcache-site"
+    missing=$(lacking)
+fi
 if [ -n "$missing" ]; then
     echo "gpu_check: $PY lacks packages featcache needs:" >&2
     echo "$missing" >&2
-    echo "install them into that python (e.g. pip install 'zarr>=3.1.3' numcodecs pyyaml click), then rerun" >&2
+    echo "carry them as wheels: run 'bash benchmarks/gpu_check.sh --fetch-wheels' where there is a network," >&2
+    echo "then carry .whl (or pip install them into that python), and rerun" >&2
     exit 2
 fi
 if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -47,17 +78,50 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 3
 fi
 
-run() {
-    echo "== featcache doctor"
-    "$PY" -m featcache.cli doctor || echo "gpu_check: featcache doctor failed (rc $?)"
+wanted() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+step() {  # step NAME LIMIT COMMAND...: run it under `timeout`, say how it ended
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
     echo
-    echo "== extract_throughput.py --device cuda $*"
-    local out=()
-    [ -n "$OUT_DIR" ] && out=(--out "$OUT_DIR/extract_throughput_gpu.json")
-    timeout "$LIMIT" "$PY" benchmarks/extract_throughput.py --device cuda ${out[@]+"${out[@]}"} "$@"
-    local rc=$?
-    [ "$rc" = 124 ] && echo "gpu_check: benchmark stopped after ${LIMIT}s (GPU_CHECK_LIMIT); try --quick"
+    echo "== [$name] $* (limit ${limit} s)"
+    timeout --kill-after=10 "$limit" "$@"
+    rc=$?
+    [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "gpu_check: [$name] stopped at its limit of ${limit} s"
+    echo "== [$name] exit $rc after $((SECONDS - t0)) s"
     return "$rc"
+}
+
+run() {
+    local failed=() junit=() out=() probe_out=() per_test=()
+    if [ -n "$OUT_DIR" ]; then
+        junit=(--junitxml "$OUT_DIR/pytest_cuda.xml")
+        out=(--out "$OUT_DIR/extract_throughput_gpu.json")
+        probe_out=(--out "$OUT_DIR/probe_heads_gpu.json")
+    fi
+    echo "== gpu_check $(date '+%Y-%m-%d %H:%M:%S %z'), steps: $STEPS"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    "$PY" -c 'import sys, torch, torchvision as tv; print("python", sys.version.split()[0], "torch", torch.__version__,
+"torchvision", tv.__version__, "(the project pins torch 2.14.1, torchvision 0.29.1)")'
+    if wanted doctor; then
+        step doctor 30 "$PY" -m featcache.cli doctor || failed+=(doctor)
+    fi
+    if wanted tests; then
+        "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 90)  # a hung test fails alone
+        step tests 110 "$PY" -m pytest -q -rs -p no:cacheprovider ${per_test[@]+"${per_test[@]}"} \
+            ${junit[@]+"${junit[@]}"} tests/test_cuda.py tests/test_fast_path.py || failed+=(tests)
+    fi
+    if wanted extract; then
+        step extract "${GPU_CHECK_LIMIT:-220}" env FEATCACHE_SYNC_DEBUG=warn "$PY" benchmarks/extract_throughput.py \
+            --device cuda ${out[@]+"${out[@]}"} "$@" || failed+=(extract)
+    fi
+    if wanted probe; then
+        step probe 120 "$PY" benchmarks/probe_heads.py --device cuda ${probe_out[@]+"${probe_out[@]}"} \
+            || failed+=(probe)
+    fi
+    echo
+    echo "== gpu_check done after $SECONDS s; failed or stopped: ${failed[*]:-none}"
+    [ ${#failed[@]} -eq 0 ]
 }
 
 if [ -n "$OUT_DIR" ]; then

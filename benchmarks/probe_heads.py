@@ -45,7 +45,17 @@ from featcache import __version__
 from featcache.concat import ConcatView
 from featcache.devices import device_name, resolve_device
 from featcache.heads import HeadConfig, MultiHeadProbe
-from featcache.store import SplitData, Store, StoreWriter, chunk_rows_for
+from featcache.store import (
+    CheckpointRef,
+    DatasetRef,
+    PreprocessRef,
+    Provenance,
+    Software,
+    SplitData,
+    Store,
+    StoreWriter,
+    chunk_rows_for,
+)
 
 WEIGHT_DECAYS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)  # the CIFAR grid
 SEED_PROTOCOL = {"head": "bn-linear", "lr": 0.01, "momentum": 0.9, "nesterov": True, "milestones": (8, 16, 24)}
@@ -81,12 +91,12 @@ def build_stores(root: Path, n_stores: int, rows: int, dim: int, classes: int, s
     paths = []
     for k in range(n_stores):
         path = root / "synthetic" / f"store{k}.zarr"
-        prov = {
-            "dataset": {"name": "synthetic", "format": "array"},
-            "checkpoint": {"name": f"store{k}", "arch": "none", "sha256": f"synthetic-{k}", "path": "-", "ema": False},
-            "layer": "none", "feature_dim": dim, "dtype": "float16", "precision": "fp32",
-            "transform": {"name": "identity"}, "preprocess": {"backend": "numpy", "device": "cpu"},
-        }  # fmt: skip
+        prov = Provenance(
+            dataset=DatasetRef("synthetic", "array"),
+            checkpoint=CheckpointRef(f"store{k}", "none", f"synthetic-{k}", "-"),
+            layer="none", feature_dim=dim, dtype="float16", precision="fp32", transform={"name": "identity"},
+            preprocess=PreprocessRef("numpy", "cpu"), software=Software(*(["benchmark"] * 6)),
+        )  # fmt: skip
         srng = np.random.default_rng([seed, k])
         # Uneven offsets and scales per feature, so BatchNorm has something to normalise.
         offset = srng.uniform(0.0, 2.0, dim).astype(np.float32)

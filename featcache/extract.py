@@ -15,6 +15,8 @@ import platform
 import queue
 import threading
 import time
+from collections import deque
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from .config import CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ArrayDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
 from .errors import ConfigError
-from .loaders import BACKENDS, batches
+from .loaders import BACKENDS, Batch, batches
 from .models import LoadedBackbone, load_backbone
 from .progress import NullProgress, ProgressFactory
 from .store import (
@@ -111,16 +113,21 @@ class ExtractReport:
     images: int = 0
     seconds: float = 0.0
     data_s: float = 0.0
-    model_s: float = 0.0
+    model_s: float = 0.0  # host time in the forward step (on CUDA: queueing it and waiting for the GPU to keep up)
     write_s: float = 0.0
+    gpu_s: float | None = None  # CUDA only: the GPU's own time for the forward passes and feature copies
 
     def summary(self) -> str:
+        """One line: images, stores, rate and where the host's time went (on CUDA also the GPU's)."""
         rate = self.images / self.seconds if self.seconds else 0.0
-        return (
+        line = (
             f"{self.images} images x {sum(s['status'] != 'already complete' for s in self.stores)} store(s) "
             f"in {self.seconds:.1f}s ({rate:,.1f} images/s); waiting for data {self.data_s:.1f}s, "
             f"model {self.model_s:.1f}s, writer busy {self.write_s:.1f}s"
         )
+        if self.gpu_s is not None:
+            line += f"; GPU busy with the models {self.gpu_s:.1f}s (CUDA events; the host times above overlap it)"
+        return line
 
 
 class _ChunkWriter:
@@ -140,7 +147,7 @@ class _ChunkWriter:
                     t0 = time.perf_counter()
                     writer, i, feats, event, skipped = job
                     if event is not None:
-                        event.synchronize()
+                        event.synchronize()  # a blocking event: the thread sleeps instead of spinning
                     block = feats.numpy()
                     start = writer.bounds(i)[0]
                     block[[r - start for r in skipped]] = 0  # undecodable images: zero rows, listed as skipped
@@ -157,9 +164,11 @@ class _ChunkWriter:
         event = None
         if buf.device.type == "cuda":
             host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
-            host.copy_(buf, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+            host.copy_(buf, non_blocking=True)  # queued on buf's device's current stream
+            event = torch.cuda.Event(blocking=True)
+            # that stream, not the current device's: with cuda:N != current device the event would be
+            # recorded elsewhere, complete at once, and the writer would read the buffer before the copy lands
+            event.record(torch.cuda.current_stream(buf.device))
             buf = host
         self.q.put((writer, i, buf, event, skipped))
 
@@ -307,6 +316,7 @@ class _SplitRun:
 
     def execute(self, report: ExtractReport, bar) -> None:
         writer = _ChunkWriter()
+        gpu = _ComputeStream(self.device) if self.device.type == "cuda" else None
         try:
             it = batches(
                 self.dataset,
@@ -326,10 +336,16 @@ class _SplitRun:
                     break
                 if batch.bad and self.cfg.on_bad_image == "error":
                     raise batch.bad[0]
-                self._forward_all(batch, writer)
+                with gpu.run(batch) if gpu is not None else nullcontext():
+                    self._forward_all(batch, writer)
                 report.model_s += time.perf_counter() - t1
                 report.images += len(batch.x)
                 bar.update(len(batch.x))
+            if gpu is not None:
+                t0 = time.perf_counter()
+                gpu.drain()
+                report.model_s += time.perf_counter() - t0
+                report.gpu_s = (report.gpu_s or 0.0) + gpu.busy_s
             writer.close()
         finally:
             bar.close()
@@ -349,8 +365,7 @@ class _SplitRun:
             i = batch.start // w.chunk_rows
             if i not in pending:
                 continue
-            with torch.inference_mode(), self.autocast:
-                feats = _forward(model, x, self.pad_to)
+            feats = _forward(model, x, self.pad_to, self.autocast)
             key = (k, i)
             if key not in self.buffers:
                 a, b = w.bounds(i)
@@ -364,9 +379,60 @@ class _SplitRun:
                 writer.submit(w, i, self.buffers.pop(key), self.skipped.pop(key))
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor, pad_to: int) -> torch.Tensor:
-    # a compiled model is specialised to one batch shape: pad the last, short batch
-    if len(x) < pad_to:
-        pad = x.new_zeros((pad_to - len(x), *x.shape[1:]))
-        return model(torch.cat([x, pad]))[: len(x)]
-    return model(x)
+def _forward(model: torch.nn.Module, x: torch.Tensor, pad_to: int, autocast) -> torch.Tensor:
+    """``model(x)`` under inference mode and ``autocast``; a batch shorter than ``pad_to`` is padded with zeros.
+
+    A compiled model is specialised to one input: shape, strides and dispatch keys. So the padding is built
+    before inference mode (an inference tensor has other dispatch keys than the full batches) and in the full
+    batches' memory layout (channels_last on CUDA); otherwise the last batch compiles the model again.
+    """
+    n = len(x)
+    if n < pad_to:
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.inference_mode(), autocast:
+        return model(x)[:n]
+
+
+class _ComputeStream:
+    """CUDA: the forward passes on a stream of their own, at most ``depth`` batches queued ahead of the GPU.
+
+    The producer thread prepares batches on its thread's default stream, where torchvision's nvJPEG decoder
+    and every synchronising host-to-device copy also wait. On that same stream the forward passes would be
+    serialised with all of it, and prefetching would become lock-step. A pool stream is non-blocking, so it
+    is not ordered with the default stream: each batch is handed over with its ready event. The queue bound
+    keeps the host from running thousands of batches ahead (their inputs would pile up in GPU memory), and
+    the events time the GPU's own work for the report.
+    """
+
+    def __init__(self, device: torch.device, depth: int = 2):
+        self.device, self.depth = device, depth
+        self.stream = torch.cuda.Stream(device)
+        self.queued: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
+        self.busy_s = 0.0
+
+    @contextmanager
+    def run(self, batch: Batch):
+        """Run the body on the stream, after ``batch`` is ready; then wait for the oldest batch over ``depth``."""
+        if batch.ready is not None:
+            self.stream.wait_event(batch.ready)
+        batch.x.record_stream(self.stream)  # made on the producer's stream: not reused before this one is done
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True, blocking=True)
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            start.record(self.stream)
+            yield
+            end.record(self.stream)
+        self.queued.append((start, end))
+        while len(self.queued) > self.depth:
+            self._retire()
+
+    def drain(self) -> None:
+        """Wait for every queued batch."""
+        while self.queued:
+            self._retire()
+
+    def _retire(self) -> None:
+        start, end = self.queued.popleft()
+        end.synchronize()
+        self.busy_s += start.elapsed_time(end) / 1000

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featcache.errors import ConfigError, unknown_name
+from featcache.errors import ConfigError, FeatcacheError, unknown_name
 
-__all__ = ["HEADS", "Features", "HeadConfig", "MultiHeadProbe", "RowSource"]
+__all__ = ["HEADS", "EpochFeatures", "Features", "HeadConfig", "MultiHeadProbe", "NonFiniteLossError", "RowSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,24 @@ class RowSource(Protocol):
 
 
 Features = torch.Tensor | RowSource  # (N, D) float tensor on any device, or a row source
+
+
+@runtime_checkable
+class EpochFeatures(Protocol):
+    """Training features that change from epoch to epoch (augmented views): ``epoch(e)`` gives epoch e's
+    (N, D) :data:`Features`, the same N rows in the same order every epoch."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, e: int) -> Features: ...
+
+
+class NonFiniteLossError(FeatcacheError):
+    """A head's training loss became NaN or Inf: its features hold NaN/Inf, or its learning rate diverged."""
+
+    def __init__(self, heads: list[int], epoch: int):
+        self.heads, self.epoch = heads, epoch
+        super().__init__(f"training loss of head(s) {heads} became non-finite at epoch {epoch}")
 
 
 @dataclass(frozen=True)
@@ -69,19 +87,25 @@ class HeadConfig:
     init_std: float = 0.01  # std of the normal init of the Linear weight; the bias starts at 0
     seed: int = 0  # seeds the weight init and the per-epoch shuffle
     weight_decays: tuple[float, ...] = (1e-4,)  # one head per value; on the Linear weight and bias only
+    # A learning-rate grid: None trains every head at ``lr``; otherwise ``lr`` is unused and the heads are the
+    # product lrs x weight_decays (see :attr:`grid`). The milestones scale every head's lr alike.
+    lrs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Lists from a CLI or YAML become tuples, so the config stays hashable.
         object.__setattr__(self, "milestones", tuple(self.milestones))
         object.__setattr__(self, "weight_decays", tuple(self.weight_decays))
+        if self.lrs is not None:
+            object.__setattr__(self, "lrs", tuple(self.lrs))
         if self.head not in HEADS:
             raise unknown_name("head", self.head, HEADS, hint="choose one with --head")
-        wds, bs = self.weight_decays, self.batch_size
+        wds, bs, lrs = self.weight_decays, self.batch_size, (self.lr,) if self.lrs is None else self.lrs
         for ok, option, value, what in (
             (isinstance(self.epochs, int) and self.epochs > 0, "--epochs", self.epochs, "a positive integer"),
             # BatchNorm normalises by the batch variance, which a single row does not have.
             (isinstance(bs, int) and bs > 1, "--batch-size", bs, "an integer >= 2"),
             (0 < self.lr < math.inf, "--lr", self.lr, "a positive number"),
+            (len(lrs) > 0 and all(0 < lr < math.inf for lr in lrs), "--lr", lrs, "one or more positive numbers"),
             (len(wds) > 0 and all(0 <= wd < math.inf for wd in wds), "--wd", wds, "one or more numbers >= 0"),
             (0 <= self.momentum < 1, "--momentum", self.momentum, "in [0, 1)"),
             (self.momentum > 0 or not self.nesterov, "--momentum", self.momentum, "> 0 with Nesterov"),
@@ -89,12 +113,20 @@ class HeadConfig:
             if not ok:
                 raise ConfigError(f"{option} must be {what}, got {value!r}")
 
+    @property
+    def grid(self) -> tuple[tuple[float, float], ...]:
+        """Each head's (lr, weight decay): lr-major, so head h = i * len(weight_decays) + j is (lrs[i], wds[j])."""
+        lrs = (self.lr,) if self.lrs is None else self.lrs
+        return tuple((lr, wd) for lr in lrs for wd in self.weight_decays)
+
 
 class _SGD:
     """torch.optim.SGD (dampening 0) over stacked head tensors, with a weight-decay tensor per parameter.
 
     torch.optim.SGD takes one scalar decay per param group, but here the decay varies along the head axis,
     so each decay is a tensor broadcast against its parameter ((H, 1, 1) for a (H, C, D) weight) or None.
+    The lr of :meth:`step` is a float (every head alike) or, for a learning-rate grid, one such tensor per
+    parameter.
     """
 
     def __init__(self, params: list[torch.Tensor], decays: list, momentum: float, nesterov: bool):
@@ -102,7 +134,7 @@ class _SGD:
         self.bufs: list[torch.Tensor | None] = [None] * len(params)
 
     @torch.no_grad()
-    def step(self, grads: tuple[torch.Tensor, ...], lr: float) -> None:
+    def step(self, grads: tuple[torch.Tensor, ...], lr: float | list[torch.Tensor]) -> None:
         for i, (p, d, wd) in enumerate(zip(self.params, grads, self.decays, strict=True)):
             if wd is not None:
                 d = torch.addcmul(d, wd, p)  # d_p = grad + wd * p
@@ -112,7 +144,10 @@ class _SGD:
                 else:
                     self.bufs[i].mul_(self.momentum).add_(d)
                 d = d.add(self.bufs[i], alpha=self.momentum) if self.nesterov else self.bufs[i]
-            p.add_(d, alpha=-lr)
+            if isinstance(lr, list):
+                p.addcmul_(d, lr[i], value=-1)  # not in place on d: without Nesterov d is the buffer
+            else:
+                p.add_(d, alpha=-lr)
 
 
 class _Scratch:
@@ -155,7 +190,7 @@ def _bounds(n: int, batch_size: int, drop_single: bool = False) -> list[tuple[in
 
 
 class MultiHeadProbe:
-    """H = len(config.weight_decays) linear heads fitted together on cached features (estimator style).
+    """H = len(config.grid) linear heads fitted together on cached features (estimator style).
 
     Args:
         config: the heads' hyperparameters.
@@ -169,7 +204,8 @@ class MultiHeadProbe:
         gamma_, beta_ (H, D): each head's BatchNorm affine; None for the 'linear' head.
         running_mean_, running_var_ (D,): BatchNorm running statistics, shared by the heads (or None).
         num_batches_tracked_: SGD steps taken.
-        history_: one dict per epoch, ``{"epoch": e (1-based), "lr": lr, "train_loss": [H floats],
+        history_: one dict per epoch, ``{"epoch": e (1-based), "lr": lr (with ``config.lrs``: [H floats]),
+            "train_loss": [H floats],
             "<name>_top1": [H floats, %], "<name>_top5": [H floats, %]}`` for each evaluation set.
         seconds_: wall time of :meth:`fit`, evaluations included.
         fit_epochs_: epochs trained.
@@ -184,13 +220,19 @@ class MultiHeadProbe:
 
     @property
     def n_heads(self) -> int:
-        return len(self.config.weight_decays)
+        return len(self.config.grid)
 
-    def fit(self, X: Features, y, eval_sets: Mapping[str, tuple] | None = None) -> MultiHeadProbe:
+    @property
+    def head_grid(self) -> tuple[tuple[float, float], ...]:
+        """Each head's (lr, weight decay), in head order (``config.grid``)."""
+        return self.config.grid
+
+    def fit(self, X: Features | EpochFeatures, y, eval_sets: Mapping[str, tuple] | None = None) -> MultiHeadProbe:
         """Train all heads in one pass per epoch; score every ``eval_sets`` entry after each epoch.
 
         Args:
-            X: training features, a (N, D) float tensor on any device or a :class:`RowSource`.
+            X: training features, a (N, D) float tensor on any device or a :class:`RowSource`, or
+                :class:`EpochFeatures` giving each epoch's (augmented views of the same rows).
             y: (N,) integer class labels in [0, C), a tensor or numpy array.
             eval_sets: name -> (features, labels), scored with the running BatchNorm statistics.
         Returns:
@@ -198,9 +240,11 @@ class MultiHeadProbe:
         Raises:
             ValueError: shapes, dtypes or labels do not match ``n_features``/``n_classes``, or N < 2.
             TypeError: features are neither a tensor nor a row source.
+            NonFiniteLossError: a head's training loss became NaN or Inf (names the heads and the epoch).
         """
         cfg, dev, H = self.config, torch.device(self.device), self.n_heads
-        n = self._check_rows(X, "X")
+        per_epoch = isinstance(X, EpochFeatures)
+        n = len(X) if per_epoch else self._check_rows(X, "X")
         y = self._check_labels(y, n, "y")
         if n < 2:
             raise ValueError(f"X has {n} row(s); a BatchNorm head needs at least 2 training rows")
@@ -211,29 +255,45 @@ class MultiHeadProbe:
         start = time.perf_counter()
         self._init_state()
         params = [p for p in (self.weight_, self.bias_, self.gamma_, self.beta_) if p is not None]
-        wd = torch.tensor(cfg.weight_decays, device=dev, dtype=self.dtype)
+        wd = torch.tensor([wd for _, wd in cfg.grid], device=dev, dtype=self.dtype)
+        # One lr (lrs None or of length 1) stays a float, so that path is exactly the solo trainer's.
+        head_lrs = [lr for lr, _ in cfg.grid] if cfg.lrs is not None and len(cfg.lrs) > 1 else None
+        base_lr = cfg.lrs[0] if cfg.lrs is not None else cfg.lr
         decays = [wd[:, None, None], wd[:, None], None, None][: len(params)]  # none on gamma, beta
         sgd = _SGD(params, decays, cfg.momentum, cfg.nesterov)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         scratch = self._scratch(min(n, cfg.batch_size))
         self.history_: list[dict[str, Any]] = []
         for epoch in range(cfg.epochs):
-            lr = cfg.lr * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
+            lr = base_lr * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
+            step_lr: float | list[torch.Tensor] = lr
+            if head_lrs is not None:
+                # Per head, as a float would give it: lr_h * gamma^k rounded once, then cast.
+                factor = cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
+                lr = [h_lr * factor for h_lr in head_lrs]
+                lr_t = torch.tensor(lr, device=dev, dtype=self.dtype)
+                step_lr = [lr_t.view(-1, *[1] * (p.ndim - 1)) for p in params]
             order = torch.randperm(n, generator=shuffle)
             loss_sum, seen = torch.zeros(H, device=dev, dtype=torch.float64), 0
             for p in params:
                 p.requires_grad_(True)
-            for x, yb in self._batches(X, order, _bounds(n, cfg.batch_size, drop_single=True), y, scratch):
+            Xe = X.epoch(epoch) if per_epoch else X
+            if per_epoch and self._check_rows(Xe, f"X (epoch {epoch + 1})") != n:
+                raise ValueError(f"epoch {epoch + 1} features have {len(Xe)} rows, not {n}")
+            for x, yb in self._batches(Xe, order, _bounds(n, cfg.batch_size, drop_single=True), y, scratch):
                 logits = self._forward(x, train=True, scratch=scratch)  # (B, H, C)
                 # Row b * H + h of the flattened logits is head h on sample b, hence repeat_interleave.
                 losses = F.cross_entropy(logits.flatten(0, 1), yb.repeat_interleave(H), reduction="none")
                 losses = losses.view(-1, H).mean(0)  # (H,): each head's mean loss
                 # Heads share no parameter, so the sum gives each head exactly its solo gradient.
-                sgd.step(torch.autograd.grad(losses.sum(), params), lr)
+                sgd.step(torch.autograd.grad(losses.sum(), params), step_lr)
                 loss_sum += losses.detach().double() * len(yb)
                 seen += len(yb)
             for p in params:
                 p.requires_grad_(False)
+            bad = torch.nonzero(~torch.isfinite(loss_sum)).flatten().tolist()
+            if bad:  # its accuracy would be chance level: never report it as a result
+                raise NonFiniteLossError(bad, epoch + 1)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": (loss_sum / seen).tolist()}
             for name, (Xe, ye) in evals.items():
                 acc = self._accuracy(Xe, ye)
@@ -280,7 +340,7 @@ class MultiHeadProbe:
         """Unfolded parameters of head ``h``: a state_dict for ``Sequential(bn=BatchNorm1d, fc=Linear)``.
 
         Args:
-            h: head index, in the order of ``config.weight_decays``.
+            h: head index, in the order of ``config.grid`` (:attr:`head_grid`).
         Returns:
             ``fc.weight`` (C, D), ``fc.bias`` (C,) and, for 'bn-linear', ``bn.weight``, ``bn.bias``,
             ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``; copies, safe to save.
@@ -353,7 +413,9 @@ class MultiHeadProbe:
         """
         dev = torch.device(self.device)
         order_y = order.to(y.device)
-        if isinstance(X, torch.Tensor):
+        # Host features for heads on a GPU go the row source's way (below): gathered into pinned memory a batch
+        # ahead in a thread, copied without a sync. A pageable copy per batch would wait for the GPU each time.
+        if isinstance(X, torch.Tensor) and not (X.device.type == "cpu" and dev.type == "cuda"):
             order_x = order.to(X.device)
             for a, b in bounds:
                 # Move, then cast on the device: a float16 cache crosses the bus at half the bytes.
@@ -375,7 +437,10 @@ class MultiHeadProbe:
                     pending = pool.submit(self._take, X, order_np[slice(*bounds[i + 1])], pin)
                 yield scratch.put(rows.to(dev, non_blocking=pin)), y[order_y[a:b]]
 
-    def _take(self, source: RowSource, idx: np.ndarray, pin: bool) -> torch.Tensor:
+    def _take(self, source: RowSource | torch.Tensor, idx: np.ndarray, pin: bool) -> torch.Tensor:
+        if isinstance(source, torch.Tensor):  # a host tensor: gathered straight into the (pinned) batch
+            out = torch.empty((len(idx), source.shape[1]), dtype=source.dtype, pin_memory=pin)
+            return torch.index_select(source, 0, torch.from_numpy(idx), out=out)
         rows = np.asarray(source.take(idx))
         if rows.shape != (len(idx), self.n_features) or not np.issubdtype(rows.dtype, np.floating):
             raise ValueError(

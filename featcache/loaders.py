@@ -8,14 +8,20 @@ Two backends, recorded in every store because their pixels differ slightly:
   Array-backed sets (CIFAR, digits) are sliced straight from memory, no per-image work at all.
   JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA); files
   it cannot take (PNG, CMYK JPEG, truncated or corrupt files) fall back to PIL, per file.
+  nvJPEG's pixels are not libjpeg-turbo's (Pillow's) for chroma-subsampled files. Measured on an H200
+  (torch 2.11, torchvision 0.26, 2026-11-26): 4:4:4 and greyscale JPEGs decode bit-identically; 4:2:0
+  JPEGs differ by a mean of 1.1 uint8 levels at 500x375 and up to 4.3 at 33x47 (the chroma upsampling
+  filters differ), and after the resize and crop to 224 px by less than 2 levels. tests/test_cuda.py holds
+  decoding to these bounds; the store records the backend, so such features are never mixed unnoticed.
 
 A batch never spans two store chunks, so the same rows always form the same batches and a
 resumed extraction reproduces an uninterrupted one bit for bit (on the CPU).
 
 Overlap: on CUDA a background thread prepares batch i+1 (copy, decode, resize) while the device runs
-batch i. On the CPU it does not: the forward pass already keeps every core busy, so a second thread
-only competes with it (two OpenMP teams on the same cores); batches are prepared in the loop instead,
-and image files are still decoded ahead by the DataLoader's worker processes.
+batch i; the forward passes run on a stream of their own (see ``Batch.ready``), so the device work of the
+two threads is not serialised. On the CPU there is no such thread: the forward pass already keeps every
+core busy, so a second thread only competes with it (two OpenMP teams on the same cores); batches are
+prepared in the loop instead, and image files are still decoded ahead by the DataLoader's worker processes.
 """
 
 from __future__ import annotations
@@ -41,6 +47,31 @@ __all__ = ["Batch", "batches", "prefetch", "BACKENDS", "jpeg_components"]
 
 BACKENDS = ("pil", "device")
 RESIZE_GROUP = 64  # images resized in one call on the device backend
+# Errors of the device itself, not of a file: a per-file retry and PIL cannot help, and they would hide it.
+# (getattr: torch.AcceleratorError is missing from older releases than the one pinned.)
+_DEVICE_ERRORS = tuple(getattr(torch, n) for n in ("OutOfMemoryError", "AcceleratorError") if hasattr(torch, n))
+
+# torchvision 0.29 points to torchcodec for decoding; decode_jpeg works and is what we pin.
+_DECODE_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
+_DECODE_MODULE = r"torchvision\.io\.image"
+
+
+def _quiet_decode_deprecation() -> None:
+    """Ignore torchvision's decode deprecation warning, and only it, from now on in the whole process.
+
+    Not ``warnings.catch_warnings()`` around each call: that swaps the process-wide filter list in and out,
+    which is not thread-safe, and decoding runs in the producer thread. Called per decode, not only at import:
+    harnesses that restore the filter list (pytest does, around each test) drop the filter; then it is added
+    again, once, to the front of the list.
+    """
+    for action, message, category, module, _ in warnings.filters:
+        if action == "ignore" and category is DeprecationWarning and message is not None and module is not None:
+            if message.pattern == _DECODE_DEPRECATION and module.pattern == _DECODE_MODULE:
+                return
+    warnings.filterwarnings("ignore", _DECODE_DEPRECATION, DeprecationWarning, _DECODE_MODULE)
+
+
+_quiet_decode_deprecation()
 
 
 @dataclass
@@ -50,6 +81,8 @@ class Batch:
     start: int
     x: torch.Tensor
     bad: list[BadImageError] = field(default_factory=list)  # undecodable images, with .row set
+    # CUDA: recorded on the producer's stream once x is queued; the consumer's stream waits for it
+    ready: torch.cuda.Event | None = None
 
 
 def prefetch(items: Iterable, depth: int = 2) -> Iterator:
@@ -90,18 +123,22 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
 def jpeg_components(data: bytes) -> int | None:
     """Colour components of a JPEG (1 grey, 3 YCbCr, 4 CMYK/YCCK), or None if not a complete JPEG.
 
-    Reads only marker headers up to the first SOF. A file without the end-of-image marker near its end
-    counts as incomplete: GPU decoders may silently return a half-grey image for a truncated file.
+    Reads only marker headers, up to the start of the scan (SOS). A file without the end-of-image marker near
+    its end counts as incomplete: GPU decoders may silently return a half-grey image for a truncated file. A
+    file with a frame header but no scan counts as incomplete too: nvJPEG's batched decode crashed the process
+    on such a header-only file (H200, torchvision 0.26), where the CPU decoder raises.
     """
     if data[:2] != b"\xff\xd8" or data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0:
         return None
-    i = 2
-    while i + 9 < len(data):
+    i, components = 2, None
+    while i + 3 < len(data):
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT/JPG/DAC)
-            return data[i + 9]
+        if marker == 0xDA:  # SOS: the entropy-coded scan follows; the headers were complete
+            return components
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 < len(data):  # SOFn
+            components = data[i + 9]
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
@@ -153,11 +190,17 @@ def batches(
     """Yield preprocessed batches covering ``ranges`` (row intervals, each split into batches) in order.
 
     Undecodable images come back as zero images listed in ``Batch.bad``; the caller decides to fail or skip.
+
+    On CUDA each batch is prepared in a background thread on that thread's current stream (the legacy default
+    stream) and carries ``Batch.ready``, an event recorded after its last operation: a consumer on another
+    stream must ``wait_event`` it and ``record_stream`` ``Batch.x`` before using it.
     """
     pre = BatchPreprocess(spec)
     index_batches = _split(ranges, batch_size)
     pin = device.type == "cuda"
     threaded = device.type == "cuda"  # see the module docstring: no producer thread on the CPU
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the caller's; the thread's may differ
     if backend == "device" and isinstance(dataset, ArrayDataset):
         images = dataset.images
 
@@ -167,7 +210,7 @@ def batches(
                 x = (x.pin_memory() if pin else x.contiguous()).to(device, non_blocking=pin)
                 yield Batch(rows[0], pre(x, cropped=False))
 
-        yield from prefetch(produce(), depth=3 if threaded else 0)
+        yield from prefetch(_on_device(produce(), device), depth=3 if threaded else 0)
         return
     crop = pil_resize_crop(spec) if backend == "pil" else None
     if backend == "device" and not isinstance(dataset, FileDataset):
@@ -184,6 +227,7 @@ def batches(
     zero = torch.zeros(3, spec.crop, spec.crop, dtype=torch.uint8)
 
     def produce_files() -> Iterator[Batch]:
+        blank = None  # zero image on the device, made once (in the producer thread, on its stream)
         for items in loader:
             bad = [BadImageError(*why, row=i) for i, x, why in items if x is None]
             if crop is not None:
@@ -191,52 +235,75 @@ def batches(
                 x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
                 yield Batch(items[0][0], pre(x, cropped=True), bad)
             else:
-                yield Batch(items[0][0], _decode_on_device(dataset, items, pre, device, zero, bad), bad)
+                blank = _to_device(zero, device) if blank is None else blank
+                yield Batch(items[0][0], _decode_on_device(dataset, items, pre, device, blank, bad), bad)
 
-    yield from prefetch(produce_files(), depth=2 if threaded else 0)
+    yield from prefetch(_on_device(produce_files(), device), depth=2 if threaded else 0)
+
+
+def _on_device(produced: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
+    """``produced`` with, on CUDA, the thread's device set and a ready event on each batch; unchanged elsewhere."""
+    if device.type != "cuda":
+        yield from produced
+        return
+    torch.cuda.set_device(device)  # runs in the producer thread: its current device is its own
+    stream = torch.cuda.current_stream(device)
+    for batch in produced:
+        batch.ready = torch.cuda.Event()
+        batch.ready.record(stream)
+        yield batch
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; on CUDA through pinned memory, so the copy does not wait for the device."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _decode_on_device(
-    dataset: FileDataset, items: list, pre: BatchPreprocess, device: torch.device, zero: torch.Tensor, bad: list
+    dataset: FileDataset, items: list, pre: BatchPreprocess, device: torch.device, blank: torch.Tensor, bad: list
 ) -> torch.Tensor:
     """Decode a batch's JPEGs together on the device, fall back per file, resize and crop, stack.
 
     One undecodable file fails a batched ``decode_jpeg`` call; then each file is decoded alone on the device
     and only those that still fail go to PIL, so a file's pixels never depend on its batch neighbours.
-    Files PIL cannot read either are zero images listed in ``bad``.
+    Files PIL cannot read either are ``blank`` (a uint8 ``(3, crop, crop)`` zero image on the device),
+    listed in ``bad``. Out-of-memory and accelerator errors are raised, not taken for a bad file.
     """
     images: dict[int, torch.Tensor] = {}
     jpegs = [(k, t) for k, (_, t, kind) in enumerate(items) if kind == "jpeg"]
     if jpegs:
         try:
             images.update(zip((k for k, _ in jpegs), _decode_jpegs([t for _, t in jpegs], device), strict=True))
+        except _DEVICE_ERRORS:
+            raise
         except RuntimeError:
             for k, t in jpegs:
                 try:
                     images[k] = _decode_jpegs([t], device)[0]
+                except _DEVICE_ERRORS:
+                    raise
                 except RuntimeError:
                     try:
                         with Image.open(io.BytesIO(t.numpy().tobytes())) as im:
                             im.load()
-                            images[k] = torch.from_numpy(np.array(to_rgb(im))).permute(2, 0, 1).to(device)
+                            images[k] = _to_device(torch.from_numpy(np.array(to_rgb(im))).permute(2, 0, 1), device)
                     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                         row = items[k][0]
                         bad.append(BadImageError(str(dataset.paths[row]), f"{type(e).__name__}: {e}", row=row))
     for k, (_, t, kind) in enumerate(items):
         if kind == "pil":
-            images[k] = t.to(device)
+            images[k] = _to_device(t, device)
     crops = _resize_crop_by_size(images, pre)
-    blank = zero.to(device)
     return pre(torch.stack([crops.get(k, blank) for k in range(len(items))]), cropped=True)
 
 
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():
-        # torchvision 0.29 points to torchcodec for decoding; decode_jpeg works and is what we pin
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    _quiet_decode_deprecation()
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 def _resize_crop_by_size(images: dict[int, torch.Tensor], pre: BatchPreprocess) -> dict[int, torch.Tensor]:

@@ -1,6 +1,8 @@
-"""The fast extraction paths: bf16 autocast, JPEG decoding by torchvision with per-file fallback, the run report.
+"""The fast extraction paths: bf16 autocast, JPEG decoding by torchvision with per-file fallback, the run report,
+batch normalisation on the device, compiled models and the padded last batch, host features for GPU heads.
 
 All on the CPU: ``decode_jpeg`` runs there too, so the fallback logic of the GPU path is exercised without a GPU.
+What needs a GPU is in tests/test_cuda.py.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -15,11 +18,13 @@ import torch
 from conftest import save_checkpoint
 from data_factory import smooth_images, write_cifar10, write_truncated_jpeg
 from PIL import Image
+from torch import nn
 
 from featcache import loaders
 from featcache.data import build_dataset
 from featcache.errors import BadImageError
-from featcache.extract import ExtractConfig, extract
+from featcache.extract import ExtractConfig, ExtractReport, _forward, extract
+from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.loaders import batches, jpeg_components
 from featcache.store import open_store, store_path
 from featcache.transforms import BatchPreprocess
@@ -161,10 +166,11 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
     decoded_alone.clear()
     extract(dataclasses.replace(device_cfg, on_bad_image="skip"))
 
-    # the batched decode failed on g_header; each JPEG was retried alone and only g_header went on to PIL
-    n_jpegs = 7  # a_rgb_0..3, b_rgb, c_grey, g_header (CMYK, PNG and the truncated file never reach decode_jpeg)
-    assert decoded_alone == [n_jpegs] + [1] * n_jpegs
-    assert [f.getvalue() for f in pil_decoded if isinstance(f, io.BytesIO)] == [header_only]
+    # one batched decode of the 6 complete JPEGs: CMYK, PNG, the truncated and the header-only file (no scan:
+    # nvJPEG crashed on it) never reach decode_jpeg, and nothing needed a per-file retry
+    assert decoded_alone == [6]
+    assert [f for f in pil_decoded if isinstance(f, io.BytesIO)] == []
+    assert loaders.jpeg_components(header_only) is None and loaders.jpeg_components(_jpeg(_image(14))) == 3
 
     dev = _split(paths, "imagefolder:mixed", "device", "val")
     bad_rows = [dev.ids.index("x/f_trunc.jpg"), dev.ids.index("x/g_header.jpg")]
@@ -180,6 +186,94 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
     assert min(cos.values()) > 0.999
     prov = open_store(store_path(paths.cache, "imagefolder:mixed", "device")).provenance
     assert prov.preprocess.to_dict() == {"backend": "device", "device": "cpu"}
+
+
+@pytest.mark.parametrize("error", loaders._DEVICE_ERRORS)  # torch.OutOfMemoryError, torch.AcceleratorError
+def test_device_errors_are_raised_not_taken_for_bad_files(paths, registry, mixed, monkeypatch, error):
+    """An OOM or a device fault in decode_jpeg is no bad file: no per-file retry, no PIL, the error goes up."""
+    calls = []
+
+    def failing(data, device):
+        calls.append(len(data))
+        raise error("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(loaders, "_decode_jpegs", failing)
+    ds = build_dataset(registry.dataset("imagefolder:mixed"), "val")
+    spec = registry.transform(registry.dataset("imagefolder:mixed"), "224px")
+    with pytest.raises(error, match="simulated"):
+        list(batches(ds, spec, [(0, len(ds))], batch_size=len(ds), device=torch.device("cpu"), backend="device"))
+    assert calls == [6]  # the batched call only (a_rgb_0..3, b_rgb, c_grey)
+
+
+def test_decode_deprecation_is_ignored_by_one_narrow_filter():
+    """torchvision's decode_jpeg deprecation is ignored through one filter added to the process's list (no
+    catch_warnings, which is not thread-safe, around each call); other warnings, from there too, still show."""
+    data = torch.frombuffer(bytearray(_jpeg(_image(0))), dtype=torch.uint8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # as pytest's own filters: every DeprecationWarning shown
+        loaders._decode_jpegs([data], "cpu")
+        loaders._decode_jpegs([data], "cpu")
+        warnings.warn_explicit("another deprecation", DeprecationWarning, "image.py", 1, module="torchvision.io.image")
+        ours = [f for f in warnings.filters if f[1] is not None and f[1].pattern == loaders._DECODE_DEPRECATION]
+    assert [str(w.message) for w in seen] == ["another deprecation"]
+    assert len(ours) == 1 and ours[0][0] == "ignore"
+
+
+# --- normalisation on the device ----------------------------------------------------------------------
+
+
+def test_normalize_constants_are_made_once_and_the_fused_form_is_close(registry):
+    """mean/std are tensors made once per device (a list -> GPU tensor per batch waits for the GPU); the fused
+    single multiply-add used on CUDA is within 1e-6 of the exact ToDtype + Normalize used on the CPU."""
+    spec = registry.transform(registry.dataset("cifar10"), "32px")
+    pre = BatchPreprocess(spec)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    exact = pre(x, cropped=True)
+    mean, std = pre._constant(torch.device("cpu"), fused=False)
+    assert torch.equal(pre(x, cropped=True), exact)
+    assert pre._constant(torch.device("cpu"), fused=False)[0] is mean and len(pre._constants) == 1
+    fused = pre.normalize(x, fused=True)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, exact, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exact, (x.float() / 255 - mean) / std, rtol=0, atol=1e-6)
+
+
+# --- compiled models: the padded last batch -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_padded_short_batch_reuses_the_compiled_graph(layout):
+    """A short last batch is padded to the compiled shape outside inference mode and in the full batches'
+    layout: one dynamo graph for both (an inference tensor or NCHW padding of a channels_last batch recompiles)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    model = torch.compile(net.to(memory_format=layout), backend=counter)
+    x = torch.randn(8, 3, 12, 12).contiguous(memory_format=layout)
+    autocast = torch.autocast("cpu", enabled=False)
+    try:
+        full = _forward(model, x, 8, autocast)
+        short = _forward(model, x[:3], 8, autocast)
+        assert counter.frame_count == 1
+    finally:
+        torch._dynamo.reset()
+    assert short.shape == (3, 4)
+    torch.testing.assert_close(short, full[:3])
+
+
+# --- probe: host features, heads on a GPU -------------------------------------------------------------
+
+
+def test_host_tensor_rows_are_gathered_like_a_row_source():
+    """The gather behind host features + GPU heads (pinned there; pin=False is the same on the CPU)."""
+    probe = MultiHeadProbe(HeadConfig(), n_features=5, n_classes=3)
+    X = torch.randn(20, 5).half()
+    idx = np.array([3, 0, 7, 19, 3])
+    got = probe._take(X, idx, pin=False)
+    assert got.dtype == torch.float16 and torch.equal(got, X[torch.from_numpy(idx)])
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -198,3 +292,14 @@ def test_report_summary_has_rate_and_time_breakdown(paths, registry, ckpt):
     assert report.images == 20 and report.seconds > 0
     assert float(m[2].replace(",", "")) == pytest.approx(20 / report.seconds, abs=0.1)
     assert report.data_s + report.model_s <= report.seconds
+    assert report.gpu_s is None
+
+
+def test_report_summary_gives_the_gpu_time_apart():
+    """On CUDA the host's model time is queueing and waiting: the GPU's own time is reported, labelled."""
+    report = ExtractReport(images=10, seconds=2.0, data_s=0.5, model_s=1.0, write_s=0.2)
+    assert "GPU" not in report.summary()
+    report.gpu_s = 1.5
+    assert report.summary().endswith(
+        "writer busy 0.2s; GPU busy with the models 1.5s (CUDA events; the host times above overlap it)"
+    )

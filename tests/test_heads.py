@@ -68,6 +68,39 @@ def test_multi_head_pass_equals_solo_runs():
     assert multi.running_mean_.shape == (D,) and multi.gamma_.shape == (3, D)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_lr_by_weight_decay_grid_equals_solo_runs(nesterov):
+    x, y = _data(600, 0)
+    xt, yt = _data(300, 1)
+    lrs, wds = (0.01, 0.2), (1e-4, 5e-2)
+    small = {**SMALL, "nesterov": nesterov}
+    multi = MultiHeadProbe(HeadConfig(**small, lrs=lrs, weight_decays=wds), D, C).fit(x, y, {"test": (xt, yt)})
+    assert multi.head_grid == ((0.01, 1e-4), (0.01, 5e-2), (0.2, 1e-4), (0.2, 5e-2))  # lr-major
+    assert multi.history_[-1]["lr"] == pytest.approx([0.0001, 0.0001, 0.002, 0.002])  # milestones (2, 3)
+    for h, (lr, wd) in enumerate(multi.head_grid):
+        solo_cfg = HeadConfig(**{**small, "lr": lr}, weight_decays=(wd,))
+        solo = MultiHeadProbe(solo_cfg, D, C).fit(x, y, {"test": (xt, yt)})
+        for key, value in solo.head_state(0).items():
+            torch.testing.assert_close(multi.head_state(h)[key], value, atol=1e-5, rtol=0, msg=key)
+        for rm, rs in zip(multi.history_, solo.history_, strict=True):
+            for key in ("train_loss", "test_top1", "test_top5"):
+                assert rm[key][h] == pytest.approx(rs[key][0], abs=1e-5), (h, key)
+    # Heads of the same weight decay and another lr really differ, so the lr reached each head.
+    assert (multi.weight_[0] - multi.weight_[2]).abs().max() > 1e-2
+
+
+def test_single_lr_in_lrs_is_bit_identical_to_lr():
+    x, y = _data(300, 0)
+    wds = (1e-4, 1e-2)
+    a = MultiHeadProbe(HeadConfig(**SMALL, weight_decays=wds), D, C).fit(x, y)
+    b = MultiHeadProbe(HeadConfig(**{**SMALL, "lr": 9.0}, lrs=[SMALL["lr"]], weight_decays=wds), D, C).fit(x, y)
+    assert b.config.lrs == (0.05,) and b.head_grid == ((0.05, 1e-4), (0.05, 1e-2))
+    for h in range(2):
+        for key, value in a.head_state(h).items():
+            assert torch.equal(b.head_state(h)[key], value), key
+    assert a.history_ == b.history_
+
+
 def _torch_head(cfg: HeadConfig, dtype) -> torch.nn.Sequential:
     """The seed's head as torch modules, with the documented init (float32 normal draw, Generator(seed))."""
     layers = OrderedDict(bn=torch.nn.BatchNorm1d(D), fc=torch.nn.Linear(D, C))
@@ -182,6 +215,8 @@ def test_row_source_equals_tensor_input():
         ({"batch_size": 1}, "--batch-size"),
         ({"lr": -0.1}, "--lr"),
         ({"lr": 0.0}, "--lr"),
+        ({"lrs": (0.1, -0.1)}, "--lr"),
+        ({"lrs": ()}, "--lr"),
         ({"weight_decays": (1e-4, -1e-3)}, "--wd"),
         ({"weight_decays": ()}, "--wd"),
         ({"head": "mlp"}, "--head"),
