@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -55,56 +56,70 @@ def _format_option(fn):
         type=click.Choice(FORMATS),
         default="table",
         show_default=True,
-        help="table to read, csv or json to load elsewhere.",
+        help="table to read, markdown to paste, csv or json to load elsewhere.",
     )(fn)
 
 
+# Roots: given before the command (with environment variables and defaults) or after it (overriding those).
+ROOTS = (
+    ("--data-dir", "data", "FEATCACHE_DATA", "./data",
+     "Dataset root (env FEATCACHE_DATA); registry roots are relative to it."),
+    ("--cache-dir", "cache", "FEATCACHE_CACHE", "./cache",
+     "Store root (env FEATCACHE_CACHE): <cache>/<dataset>/<store>.zarr."),
+    ("--checkpoint-dir", "checkpoints", "FEATCACHE_CHECKPOINTS", "./checkpoints",
+     "Checkpoint root (env FEATCACHE_CHECKPOINTS); registry paths are relative to it."),
+    ("--config-dir", "config", "FEATCACHE_CONFIG", None,
+     "Extra registries (env FEATCACHE_CONFIG) read after the packaged ones and ./configs; same names override."),
+    ("--results", "results", "FEATCACHE_RESULTS", None,
+     "Results log (env FEATCACHE_RESULTS; default <cache>/results.jsonl), e.g. to probe a read-only cache."),
+)  # fmt: skip
+
+
+def _root_options(fn, *, group: bool = False):
+    for flag, key, env, default, help_ in reversed(ROOTS):
+        fn = click.option(
+            flag,
+            f"root_{key}",
+            envvar=env if group else None,
+            default=default if group else None,
+            show_default=group and default is not None,
+            help=help_ if group else f"{help_.split(';')[0].split(' (env')[0]}; as before the command.",
+        )(fn)
+    return fn
+
+
+def _command(fn):
+    """A subcommand: the root options after it too, the roots as its first argument, one-line errors."""
+
+    @functools.wraps(fn)
+    @click.pass_context
+    def wrapper(ctx, *args, **kwargs):
+        given = {key: kwargs.pop(f"root_{key}") for _, key, *_ in ROOTS}
+        paths = dataclasses.replace(ctx.obj, **{k: Path(v) for k, v in given.items() if v is not None})
+        return _clean_errors(fn)(paths, *args, **kwargs)
+
+    return _root_options(wrapper)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option(
-    "--data-dir",
-    envvar="FEATCACHE_DATA",
-    default="./data",
-    show_default=True,
-    help="Dataset root (env FEATCACHE_DATA); registry roots are relative to it.",
-)
-@click.option(
-    "--cache-dir",
-    envvar="FEATCACHE_CACHE",
-    default="./cache",
-    show_default=True,
-    help="Store root (env FEATCACHE_CACHE): <cache>/<dataset>/<store>.zarr, and results.jsonl.",
-)
-@click.option(
-    "--checkpoint-dir",
-    envvar="FEATCACHE_CHECKPOINTS",
-    default="./checkpoints",
-    show_default=True,
-    help="Checkpoint root (env FEATCACHE_CHECKPOINTS); registry paths are relative to it.",
-)
-@click.option(
-    "--config-dir",
-    envvar="FEATCACHE_CONFIG",
-    default="./configs",
-    show_default=True,
-    help="Registries (env FEATCACHE_CONFIG): checkpoints.yaml, datasets.yaml, probes.yaml.",
-)
+@functools.partial(_root_options, group=True)
 @click.option("-v", "--verbose", count=True, help="More log output; -vv for debug.")
-@click.version_option(package_name="featcache")
+@click.version_option(package_name="featcache", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx, data_dir, cache_dir, checkpoint_dir, config_dir, verbose):
+def main(ctx, verbose, **roots):
     """featcache: extract frozen features of pretrained checkpoints once, then probe any ensemble of them.
 
     \b
     featcache demo                                   # the whole pipeline on scikit-learn's digits
     featcache extract --ckpt full --dataset cifar10  # 5 backbones, each batch decoded once
-    featcache probe --stores full --dataset cifar10  # concatenated features, weight-decay grid
-    featcache results cifar10 cat5                   # query the results log
+    featcache probe --stores full --dataset cifar10  # concatenated features, the research protocol
+    featcache results --dataset cifar10              # query the results log
     """
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = Paths.from_env(data=data_dir, cache=cache_dir, checkpoints=checkpoint_dir, config=config_dir)
+    ctx.obj = Paths.from_env(**{k.removeprefix("root_"): v for k, v in roots.items()})
 
 
 @main.command(short_help="Extract checkpoints' penultimate features into stores.")
@@ -199,8 +214,7 @@ def main(ctx, data_dir, cache_dir, checkpoint_dir, config_dir, verbose):
     help="Rows per store chunk (default: about 16 MiB of features, e.g. 4096 rows of 2048 float16).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.pass_obj
-@_clean_errors
+@_command
 def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, quiet, **opts):
     """Run checkpoints once over a dataset and write their penultimate features to stores.
 
@@ -236,138 +250,194 @@ def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, quiet, **o
     click.echo(report.summary())
 
 
+def _size(ctx, param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1] if text and text[-1] in units else ""
+    try:
+        n = float(text[: len(text) - len(unit)] if unit else text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size; use e.g. 8G, 512M or a number of bytes") from None
+    if not n > 0:
+        raise click.BadParameter(f"{value!r}: give a positive size, e.g. 8G")
+    return int(n * units[unit])
+
+
+def _views(ctx, param, value: str | None) -> int | None:
+    if value in (None, "auto"):
+        return None
+    if value == "none":
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use auto, none or a number of views, e.g. 8") from None
+    if n < 0:
+        raise click.BadParameter(f"{value!r}: a number of views must be >= 0")
+    return n
+
+
 @main.command(short_help="Fit linear heads on concatenated stores; select on val, test once.")
 @click.option(
     "--stores",
     required=True,
     help="Comma-separated store names (under <cache>/<dataset>/), checkpoint set names (full, step80k), "
-    "or store paths. Their features are concatenated in this order.",
+    "or store paths (which need no --dataset). Their features are concatenated in this order.",
 )
-@click.option("--dataset", default="digits", show_default=True, help="Dataset the stores were extracted on.")
+@click.option("--dataset", help="Dataset the named stores were extracted on (default: read from store paths).")
 @click.option(
     "--preset",
-    default="seed",
-    show_default=True,
-    help="Probe preset from probes.yaml: seed (research protocol: BN+Linear, SGD Nesterov, 28 epochs, "
-    "lr x0.1 at 8/16/24, batch 256) or quick.",
+    help="Probe preset from probes.yaml (default: the dataset's: cifar = the research protocol with batch 256, "
+    "imagenet and inat = batch 32, digits; or quick).",
 )
 @click.option(
     "--wd",
     callback=_floats,
-    help="Weight-decay grid, e.g. 1e-4,5e-4 (default: the dataset's grid). "
-    "All values train together as parallel heads in one pass.",
+    help="Weight-decay grid, e.g. 1e-4,5e-4 (default: the preset's). All values train together as parallel heads.",
+)
+@click.option(
+    "--lr",
+    callback=_floats,
+    help="Learning rate, or a grid (0.001,0.01,0.1): the heads are then every lr x weight decay pair, "
+    "trained in one pass and selected on val (default: the preset's single lr).",
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the preset's).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate (default: preset's).")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Batch size (default: the preset's).")
 @click.option("--head", type=click.Choice(["bn-linear", "linear"]), help="BatchNorm1d + Linear, or Linear only.")
-@click.option("--seed", type=int, help="Seeds the val split, head init and shuffling (default: the preset's).")
-@click.option("--val-fraction", type=float, help="Share of train held out to select weight decay and epoch (0.1).")
-@click.option("--train-split", default="train", show_default=True, help="Split to train on.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    help="Seeds the val split, head init, shuffling and view order (default: the preset's).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="Share of train held out to select the grid point and epoch (default: the preset's, 0.1).",
+)
+@click.option(
+    "--views",
+    "views",
+    callback=_views,
+    help="Augmented views to train on, one per image per epoch (every view before one repeats): auto (the "
+    "preset's count, at most what the stores hold), none (centre crops), or a number.",
+)
+@click.option("--train-split", help="Split to train on (default: train).")
 @click.option("--test-split", help="Split to report on (default: test, else val).")
+@click.option(
+    "--allow-same-split",
+    is_flag=True,
+    help="Allow --train-split and --test-split to be the same split (the test number is then not a test).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when visible), cpu, cuda or cuda:N.")
+@click.option(
+    "--max-memory",
+    callback=_size,
+    help="RAM the features may take, e.g. 8G (default: half of the available RAM). Within it all views stay "
+    "resident; else one view is loaded per epoch; else rows are streamed from the memory-mapped stores.",
+)
 @click.option(
     "--in-memory",
     type=click.Choice(["auto", "yes", "no"]),
     default="auto",
     show_default=True,
-    help="Load the concatenation once (auto: when it takes < half the free memory) or stream it from "
-    "memory-mapped stores batch by batch.",
+    help="auto: plan by --max-memory; yes: hold everything resident; no: stream from the stores.",
 )
 @click.option(
     "--allow-transform-mix",
     is_flag=True,
     help="Concatenate stores whose transform, preprocessing backend or precision differ.",
 )
-@click.option("--tag", default="", help="Free text stored with the result, for `featcache results` queries.")
+@click.option("--tag", default="", help="Free text stored with the result, for `featcache results --tag`.")
 @_format_option
-@click.pass_obj
-@_clean_errors
-def probe(
-    paths: Paths,
-    stores,
-    dataset,
-    preset,
-    wd,
-    epochs,
-    lr,
-    batch_size,
-    head,
-    seed,
-    val_fraction,
-    train_split,
-    test_split,
-    device,
-    in_memory,
-    allow_transform_mix,
-    tag,
-    fmt,
-):
+@_command
+def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt, **opts):
     """Fit linear heads on the concatenated features of stores; select on val, report test once.
 
-    Appends one record to <cache>/results.jsonl (see `featcache results`).
+    Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
     """
     from .probe import ProbeConfig, heads_from_preset, resolve_stores, run_probe
     from .results import append_record, format_probe
+    from .store import open_store
 
     reg = load_registry(paths)
+    sets = reg.sets if dataset is not None or any(t.strip() in reg.sets for t in stores.split(",")) else {}
+    store_paths = tuple(resolve_stores(stores, dataset, paths.cache, sets))
+    held = open_store(store_paths[0]).provenance.dataset.name
+    preset = preset or reg.preset_for(dataset or held)
+    chosen = reg.probe_preset(preset)
+    lrs = lr if lr and len(lr) > 1 else None
     heads, vf = heads_from_preset(
-        reg.probe_preset(preset),
-        wd or reg.wd_grid(dataset),
+        chosen,
+        wd,
         epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        head=head,
-        seed=seed,
-        val_fraction=val_fraction,
+        lr=lr[0] if lr and len(lr) == 1 else None,
+        lrs=lrs,
+        batch_size=opts.pop("batch_size"),
+        head=opts.pop("head"),
+        seed=opts.pop("seed"),
+        val_fraction=opts.pop("val_fraction"),
     )
-    cfg = ProbeConfig(
-        stores=tuple(resolve_stores(stores, dataset, paths.cache, reg.sets)),
-        heads=heads,
-        val_fraction=vf,
-        device=device,
-        allow_transform_mix=allow_transform_mix,
-        train_split=train_split,
-        test_split=test_split,
-        in_memory=in_memory,
-        preset=preset,
-        tag=tag,
-        dataset=dataset,
-    )
+    if views is None:  # auto: the preset's count, capped by what every store holds
+        views = min(int(chosen.get("views", 0)), _shared_views(store_paths, opts.get("train_split")))
+    cfg = ProbeConfig(stores=store_paths, heads=heads, val_fraction=vf, views=views, preset=preset, tag=tag,
+                      dataset=dataset, **opts)  # fmt: skip
     record = run_probe(cfg)
-    path = append_record(paths.cache, record)
-    click.echo(format_probe(record, fmt))
-    click.echo(f"result {record['id']} appended to {path}", err=fmt != "table")
+    click.echo(format_probe(record, fmt))  # first: a log that cannot be written loses nothing the user saw
+    path = append_record(paths.results_log, record)
+    click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
 
 
-@main.command(short_help="Query the results log by patterns.")
+def _shared_views(store_paths, split: str | None) -> int:
+    from .store import open_store
+
+    counts = []
+    for p in store_paths:
+        s = open_store(p)
+        name = split or ("train" if "train" in s.splits else s.splits[0])
+        counts.append(s.split_meta(name).n_views if name in s.splits else 0)
+    return min(counts)
+
+
+@main.command(short_help="Query the results log by fields and patterns.")
 @click.argument("patterns", nargs=-1)
+@click.option("--dataset", help="Only this dataset (exactly: cifar10 never matches cifar100).")
+@click.option("--features", help="Only this concatenation size, e.g. cat5.")
+@click.option("--tag", help="Only records whose tag has this word.")
+@click.option("--preset", help="Only this probe preset.")
+@click.option("--solver", help="Only this solver (sgd, lbfgs, knn).")
+@click.option("--views", help="Only records trained on this many views (0: centre crops).")
+@click.option("--store", help="Only records that used this store.")
 @click.option("--last", type=click.IntRange(min=1), help="Only the N newest matching records.")
 @_format_option
-@click.pass_obj
-@_clean_errors
-def results(paths: Paths, patterns, last, fmt):
-    """Query the results log: records where every PATTERN occurs, newest first.
+@_command
+def results(paths: Paths, patterns, last, fmt, **fields):
+    """Query the results log: records matching every field exactly and every PATTERN as a whole word, newest
+    first. The table shows the columns that tell the rows apart.
 
-    Example: `featcache results inat 1e-5 cat 80k`.
+    Example: `featcache results --dataset inaturalist18 --features cat5 1e-5`.
     """
-    from .results import SUMMARY_COLUMNS, filter_records, load_records, results_path, summary_rows
+    from .results import SUMMARY_COLUMNS, load_records, select_records, summary_rows, varying_columns
 
-    records = filter_records(load_records(paths.cache), patterns)[:last]
+    found = select_records(load_records(paths.results_log), patterns, **fields)[:last]
     if fmt == "json":
-        click.echo(render(records, columns=sorted({k for r in records for k in r}), fmt="json"))
+        click.echo(json.dumps([r.to_dict() for r in found], indent=1, default=str))
         return
-    if not records:
-        click.echo(f"no results{' matching ' + ' '.join(patterns) if patterns else ''} in {results_path(paths.cache)}")
+    if not found:
+        what = " ".join([*patterns, *(f"{k}={v}" for k, v in fields.items() if v is not None)])
+        click.echo(f"no results{' matching ' + what if what else ''} in {paths.results_log}")
         return
-    click.echo(render(summary_rows(records), SUMMARY_COLUMNS, fmt))
+    rows = summary_rows(found)
+    always = ("time", "dataset", "features", "stores", "params", "epoch", "val_top1", "test_top1", "id")
+    cols = SUMMARY_COLUMNS if fmt == "csv" else varying_columns(rows, always, SUMMARY_COLUMNS)
+    click.echo(render(rows, cols, fmt))
 
 
 @main.command(name="ls", short_help="List stores: status, rows, dim, dtype, checkpoint, transform.")
 @click.option("--dataset", help="Only this dataset's stores.")
 @_format_option
-@click.pass_obj
-@_clean_errors
+@_command
 def ls(paths: Paths, dataset, fmt):
     """List stores with status, rows, feature dim, dtype, checkpoint and transform."""
     from .store import list_stores
@@ -405,8 +475,7 @@ def ls(paths: Paths, dataset, fmt):
 @click.argument("stores", nargs=-1, required=True)
 @click.option("--dataset", default="digits", show_default=True, help="Dataset of stores given by name.")
 @click.option("--quick", is_flag=True, help="Structure only (markers, chunk sizes); skip hashing every chunk.")
-@click.pass_obj
-@_clean_errors
+@_command
 def verify(paths: Paths, stores, dataset, quick):
     """Check stores: every chunk present, right size and checksum, no NaN/Inf, ids/labels hashes, completion.
 
@@ -451,8 +520,7 @@ def doctor():
 @main.command(short_help="Run the whole pipeline on scikit-learn's digits (CPU, ~1 min).")
 @click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True, help="Pretraining epochs.")
 @click.option("--retrain", is_flag=True, help="Pretrain again even if the demo checkpoints exist.")
-@click.pass_obj
-@_clean_errors
+@_command
 def demo(paths: Paths, epochs, retrain):
     """The whole pipeline on scikit-learn's digits, on the CPU in a few minutes.
 

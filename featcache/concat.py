@@ -157,12 +157,26 @@ class ConcatView:
             array.take(idx, out[:, lo:hi])
         return out
 
-    def load(self, rows: np.ndarray | None = None, block: int = 8192) -> np.ndarray:
-        """Materialise ``rows`` (default: all) in memory, reading in blocks to bound temporaries."""
+    def load(self, rows: np.ndarray | None = None, block: int = 8192, finite: bool = False) -> np.ndarray:
+        """Materialise ``rows`` (default: all) in memory, reading in blocks to bound temporaries.
+
+        Raises:
+            StoreError: with ``finite``, a store's rows hold NaN or Inf (the store and split are named).
+        """
         rows = np.arange(self.rows) if rows is None else np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=self.dtype)
         for start in range(0, len(rows), block):
-            self.take(rows[start : start + block], out[start : start + block])
+            part = out[start : start + block]
+            self.take(rows[start : start + block], part)
+            if finite and not np.isfinite(part).all():
+                for store, array, lo, hi in zip(
+                    self.stores, self.arrays, self.offsets[:-1], self.offsets[1:], strict=True
+                ):
+                    if not np.isfinite(part[:, lo:hi]).all():
+                        raise StoreError(
+                            f"store {store.path} split '{self.split}' ({array.label}) holds NaN or Inf features: a "
+                            f"damaged chunk or a bad checkpoint; run `featcache verify {store.path}`"
+                        )
         return out
 
     def describe(self) -> list[dict]:

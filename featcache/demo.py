@@ -80,19 +80,19 @@ def pretrain(reg: Registry, spec: CheckpointSpec, seed: int, epochs: int) -> flo
 
 def _summary(records: list[dict]) -> list[dict]:
     rows = []
-    for n in sorted({len(r["stores"]) for r in records}):
-        rs = [r for r in records if len(r["stores"]) == n]
-        acc = [r["selected"]["test_top1"] for r in rs]
+    for n in sorted({len(r.stores) for r in records}):
+        rs = [r for r in records if len(r.stores) == n]
+        acc = [r.selected.test_top1 for r in rs]
         rows.append(
             {
                 "features": f"cat{n}",
                 "probes": len(rs),
-                "dim": rs[0]["feature_dim"],
+                "dim": rs[0].feature_dim,
                 "test_top1_mean": statistics.mean(acc),
                 "test_top1_std": statistics.pstdev(acc),
                 "min": min(acc),
                 "max": max(acc),
-                "research_top1_mean": statistics.mean(r["research"]["test_top1"] for r in rs),
+                "research_top1_mean": statistics.mean(r.research.test_top1 for r in rs),
             }
         )
     return rows
@@ -134,14 +134,15 @@ def _run(paths: Paths, epochs: int, retrain: bool, echo: Callable[[str], None]) 
     )
     report = extract(cfg)
     echo(f"extracted digits 5-9 features: {report.summary()}")
-    heads, val_fraction = heads_from_preset(reg.probe_preset("quick"), reg.wd_grid(TRANSFER))
+    heads, val_fraction = heads_from_preset(reg.probe_preset("quick"))
     names = [s.name for s in specs]
     records = []
     for n in range(1, len(names) + 1):
         for combo in itertools.islice(itertools.combinations(names, n), MAX_COMBOS):
             paths_ = tuple(store_path(paths.cache, TRANSFER, c) for c in combo)
-            record = run_probe(ProbeConfig(paths_, heads, val_fraction, device="cpu", preset="quick", tag="demo"))
-            append_record(paths.cache, record)
+            cfg = ProbeConfig(paths_, heads, val_fraction, device="cpu", views=0, preset="quick", tag="demo")
+            record = run_probe(cfg)
+            append_record(paths.results_log, record)
             records.append(record)
     rows = _summary(records)
     echo("")

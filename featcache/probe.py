@@ -1,15 +1,22 @@
-"""Phase 2: fit linear heads on concatenated stores and report a soundly selected accuracy.
+"""Phase 2: fit heads on concatenated stores and report a soundly selected accuracy.
 
-Reads only stores (:mod:`featcache.concat`), never a backbone, a model or a dataset. Protocol:
+Reads only stores (:mod:`featcache.concat`), never a backbone, a model or a dataset. The SGD protocol:
 
 1. Hold out a seeded, stratified ``val_fraction`` of the train split.
-2. Pass A: every weight decay of the grid is a head of one :class:`MultiHeadProbe`, trained on
-   train-minus-val and scored on val after each epoch. The (weight decay, epoch) with the best
-   val top-1 is selected (ties: the later epoch, then the smaller weight decay).
-3. Pass B: the same grid retrained on the whole train split, scored on test after each epoch.
-   The reported test accuracy is the selected head's at the selected epoch: test never chose it.
-   Pass B also gives the research-style number (best test accuracy over epochs and the grid),
-   which is selected on test and labelled so.
+2. Select pass: every point of the grid (weight decays, optionally x learning rates) is a head of one
+   :class:`MultiHeadProbe`, trained on train-minus-val and scored on val after each epoch. The (head, epoch)
+   with the best val top-1 is selected (ties: the later epoch, then the earlier head).
+3. Final pass: the same grid retrained on the whole train split, scored on test after each epoch. The
+   reported test accuracy is the selected head's at the selected epoch: test never chose it. This pass also
+   gives the research-style number (best test accuracy over epochs and grid), selected on test and labelled so.
+
+Views. On stores with augmented views (``extract --views K``) each epoch trains on one view per image, as the
+research code trains on fresh crops: epoch e uses view ``schedule[e]``, a seeded sequence in which every view
+is used before one repeats. Val and test are always read on the evaluation view (centre crop).
+
+Memory. The training features (K views of them) are held *resident* when they fit the budget (``max_memory``,
+default half of the available RAM; on a GPU also half of its free memory), else loaded *per epoch* (one view's
+rows at a time, read chunk by chunk), else *streamed* from the memory-mapped stores batch by batch.
 """
 
 from __future__ import annotations
@@ -29,45 +36,62 @@ import torch
 from . import __version__
 from .concat import ConcatView
 from .devices import resolve_device
-from .errors import ConfigError, StoreError
-from .heads import HeadConfig, MultiHeadProbe
+from .errors import ConfigError, FeatcacheError, StoreError
+from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
+from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
 from .store import Store, store_path
 
 __all__ = [
     "ProbeConfig",
+    "ProbeError",
     "run_probe",
     "resolve_stores",
     "heads_from_preset",
     "val_split",
+    "view_schedule",
     "SELECTION_NOTE",
     "RESEARCH_NOTE",
+    "MEMORY_SHARE",
 ]
 
 log = logging.getLogger(__name__)
 
 SELECTION_NOTE = (
-    "weight decay and epoch selected on a held-out val split of train; the grid is then retrained on the "
-    "full train split and test is read once, at the selected head and epoch"
+    "selected on a held-out val split of train (head and epoch); the grid is then retrained on the full train "
+    "split and test is read once, at the selected head and epoch"
 )
-RESEARCH_NOTE = "research-style: best test accuracy over all epochs and weight decays (selected on test)"
-MEMORY_SHARE = 0.5  # load the concatenation when it takes at most this share of free (GPU) memory
+RESEARCH_NOTE = "research-style: best test accuracy over all epochs and grid points (selected on test)"
+MEMORY_SHARE = 0.5  # default budget: this share of the available RAM (and of free GPU memory)
+PRESET_KEYS = ("val_fraction", "views")  # preset keys that are not HeadConfig fields
+
+
+class ProbeError(FeatcacheError):
+    """The probe cannot give a sound number (non-finite features or loss, too few classes, ...)."""
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """One ``featcache probe`` call."""
+    """One ``featcache probe`` call.
+
+    ``views``: augmented views to train on (None: every view the stores share; 0: centre crops only).
+    ``max_memory``: bytes of RAM the features may take (None: MEMORY_SHARE of what is available).
+    ``in_memory``: ``auto`` plans by the budget; ``yes`` forces resident, ``no`` streaming.
+    """
 
     stores: tuple[Path, ...]
     heads: HeadConfig
     val_fraction: float = 0.1
     device: str = "auto"
     allow_transform_mix: bool = False
-    train_split: str = "train"
+    train_split: str | None = None  # default: "train", else the stores' first split
     test_split: str | None = None  # default: "test", else "val"
-    in_memory: str = "auto"  # auto | yes | no
-    preset: str = "seed"
+    views: int | None = None
+    max_memory: int | None = None
+    in_memory: str = "auto"
+    preset: str = "cifar"
     tag: str = ""
     dataset: str | None = None  # what the caller believes the stores hold (e.g. --dataset); checked
+    allow_same_split: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -76,46 +100,68 @@ class ProbeConfig:
             raise ConfigError(f"--in-memory {self.in_memory!r} is not one of auto, yes, no")
         if not self.stores:
             raise ConfigError("--stores is empty; name at least one store")
+        if self.views is not None and self.views < 0:
+            raise ConfigError(f"--views must be a count >= 0 or 'none', got {self.views}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError(f"--max-memory must be a positive size, got {self.max_memory}")
 
 
-def heads_from_preset(preset: dict, weight_decays: Sequence[float], **overrides) -> tuple[HeadConfig, float]:
+def heads_from_preset(
+    preset: dict, weight_decays: Sequence[float] | None = None, **overrides
+) -> tuple[HeadConfig, float]:
     """A preset of probes.yaml plus the options given (None: keep the preset's) -> (HeadConfig, val_fraction).
 
+    ``weight_decays`` (or the preset's ``weight_decays``) is the grid; ``views`` is read by the caller.
+
     Raises:
-        ConfigError: the preset has keys HeadConfig does not know.
+        ConfigError: the preset has keys HeadConfig does not know, or no weight-decay grid.
     """
     p = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
     val_fraction = float(p.pop("val_fraction", 0.1))
+    p.pop("views", None)
+    if weight_decays is not None:
+        p["weight_decays"] = tuple(weight_decays)
+    if "weight_decays" not in p:
+        raise ConfigError("the probe preset has no weight_decays; add them to probes.yaml or pass --wd")
     p["milestones"] = tuple(p.get("milestones", ()))
     known = {f.name for f in dataclasses.fields(HeadConfig)}
     unknown = sorted(set(p) - known)
     if unknown:
-        raise ConfigError(f"probe preset has unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
-    return HeadConfig(**p, weight_decays=tuple(weight_decays)), val_fraction
+        raise ConfigError(
+            f"probe preset has unknown key(s) {unknown}; known: {', '.join(sorted(known | set(PRESET_KEYS)))}"
+        )
+    return HeadConfig(**p), val_fraction
 
 
 def resolve_stores(
-    spec: str, dataset: str, cache_dir: Path, sets: dict[str, Sequence[str]] | None = None
+    spec: str, dataset: str | None, cache_dir: Path, sets: dict[str, Sequence[str]] | None = None
 ) -> list[Path]:
     """Resolve ``--stores``: store names under ``<cache>/<dataset>/``, checkpoint set names, or paths.
 
+    A store given by path (ending in ``.zarr`` or holding a ``/``) needs no dataset.
+
     Raises:
+        ConfigError: an empty list, or names given without a dataset.
         StoreError: a named store does not exist (the extract command that makes it is suggested).
     """
     out: list[Path] = []
-    for token in (t.strip() for t in spec.split(",")):
+    tokens = [t.strip() for t in spec.split(",")]
+    if not any(tokens):
+        raise ConfigError("--stores is empty; name at least one store, set or store path")
+    for token in tokens:
         if not token:
             continue
-        if token in (sets or {}):
-            names = list(sets[token])
-        else:
-            names = [token]
+        names = list(sets[token]) if token in (sets or {}) else [token]
         for name in names:
-            path = Path(name) if (name.endswith(".zarr") or os.sep in name) else store_path(cache_dir, dataset, name)
+            if name.endswith(".zarr") or os.sep in name:
+                path = Path(name)
+            elif dataset is None:
+                raise ConfigError(f"--stores '{name}' is a store name: pass --dataset to say whose, or give its path")
+            else:
+                path = store_path(cache_dir, dataset, name)
             if not (path / "zarr.json").exists():
-                raise StoreError(
-                    f"no store {path}; create it with `featcache extract --ckpt {name} --dataset {dataset}`"
-                )
+                hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
+                raise StoreError(f"no store {path}; create it with `{hint}`")
             if path not in out:
                 out.append(path)
     return out
@@ -137,8 +183,18 @@ def val_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) 
     return np.setdiff1d(rows, val_rows), val_rows
 
 
+def view_schedule(n_views: int, epochs: int, seed: int) -> list[int]:
+    """Which view each epoch trains on: seeded permutations of the views, one after another, so every view is
+    used once before any repeats."""
+    rng = np.random.default_rng([seed, n_views])
+    out: list[int] = []
+    while len(out) < epochs:
+        out += rng.permutation(n_views).tolist()
+    return out[:epochs]
+
+
 class _Rows:
-    """A row subset of a lazy view, as a row source for :class:`MultiHeadProbe`."""
+    """A row subset of a lazy view, as a row source for :class:`MultiHeadProbe` (streamed)."""
 
     def __init__(self, view: ConcatView, rows: np.ndarray):
         self.view, self.rows = view, rows
@@ -150,27 +206,56 @@ class _Rows:
         return self.view.take(self.rows[np.asarray(idx)])
 
 
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+def _available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _features(view: ConcatView, rows: np.ndarray, device: torch.device, in_memory: bool, copies: int = 1):
-    """Rows of ``view``: loaded once (on the GPU when ``copies`` of them fit there), else streamed."""
-    if not in_memory:
-        return _Rows(view, rows)
-    x = torch.from_numpy(view.load(rows))
-    fits = copies * x.nbytes < MEMORY_SHARE * _free_bytes(device) if device.type == "cuda" else False
-    return x.to(device) if fits else x
+def _load(view: ConcatView, rows: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(view.load(rows, finite=True))
 
 
-def _subset(features, view: ConcatView, all_rows: np.ndarray, rows: np.ndarray):
-    """``rows`` (a subset of ``all_rows``) taken from features already loaded for ``all_rows``, or streamed."""
-    if isinstance(features, _Rows):
-        return _Rows(view, rows)
-    pos = torch.from_numpy(np.searchsorted(all_rows, rows)).to(features.device)
-    return features.index_select(0, pos)
+class _Arrays:
+    """Train-split features of the evaluation view (key None) and of augmented views (key k), for rows ``rows``.
+
+    ``mode``: resident (loaded once), per-epoch (loaded when asked, one at a time) or streamed (row sources).
+    """
+
+    def __init__(self, train: ConcatView, rows: np.ndarray, keys: list[int | None], mode: str, device: torch.device):
+        self.train, self.rows, self.mode, self.device = train, rows, mode, device
+        self.resident = {k: _load(self.view(k), rows).to(device) for k in keys} if mode == "resident" else {}
+        self._last: tuple = (object(), None, None)
+
+    def view(self, k: int | None) -> ConcatView:
+        return self.train if k is None else self.train.view(k)
+
+    def get(self, k: int | None, positions: np.ndarray | None):
+        """Features of view ``k`` at ``positions`` of ``rows`` (None: all of them)."""
+        if self._last[0] == k and self._last[1] is positions:
+            return self._last[2]
+        rows = self.rows if positions is None else self.rows[positions]
+        if self.mode == "streamed":
+            out = _Rows(self.view(k), rows)
+        elif k in self.resident:
+            full = self.resident[k]
+            out = full if positions is None else full.index_select(0, torch.as_tensor(positions, device=full.device))
+        else:
+            self._last = (object(), None, None)  # free the previous epoch's features before loading the next
+            out = _load(self.view(k), rows).to(self.device)
+        self._last = (k, positions, out)
+        return out
+
+
+class _Epochs:
+    """Training features per epoch (the heads' EpochFeatures): view ``schedule[e]`` at ``positions``."""
+
+    def __init__(self, arrays: _Arrays, positions: np.ndarray | None, schedule: list[int | None]):
+        self.arrays, self.positions, self.schedule = arrays, positions, schedule
+
+    def __len__(self) -> int:
+        return len(self.arrays.rows) if self.positions is None else len(self.positions)
+
+    def epoch(self, e: int):
+        return self.arrays.get(self.schedule[e], self.positions)
 
 
 def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -> tuple[int, int]:
@@ -183,106 +268,202 @@ def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -
     return -neg_head, epoch
 
 
-def run_probe(cfg: ProbeConfig) -> dict:
-    """Fit the grid, select on val, report test; returns the results record (not yet appended).
-
-    Raises:
-        StoreError, StoreIncompleteError, StoreMismatchError: stores that cannot be probed together.
-        ConfigError: bad hyperparameters or splits.
-    """
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+def _open(cfg: ProbeConfig) -> tuple[list[Store], ConcatView, ConcatView]:
     stores = [Store(p) for p in cfg.stores]
     first = stores[0]
     held = first.provenance.dataset.name
     if cfg.dataset is not None and held != cfg.dataset:
         raise ConfigError(f"store {first.path} holds dataset '{held}', not '{cfg.dataset}'; pass --dataset {held}")
-    test_split = cfg.test_split or ("test" if "test" in first.splits else "val")
-    for split in (cfg.train_split, test_split):
+    train_split = cfg.train_split or ("train" if "train" in first.splits else first.splits[0])
+    test_split = cfg.test_split or next((s for s in ("test", "val") if s in first.splits), None)
+    if test_split is None:
+        raise ConfigError(f"store {first.path} has no test or val split (it has {', '.join(first.splits)}); "
+                          "pass --test-split")  # fmt: skip
+    for option, split in (("--train-split", train_split), ("--test-split", test_split)):
         if split not in first.splits:
-            raise ConfigError(f"store {first.path} has no split '{split}' (it has {', '.join(first.splits)})")
-    train = ConcatView(stores, cfg.train_split, allow_transform_mix=cfg.allow_transform_mix)
+            raise ConfigError(
+                f"{option} {split}: store {first.path} has no such split (it has {', '.join(first.splits)})"
+            )
+    if train_split == test_split and not cfg.allow_same_split:
+        raise ConfigError(
+            f"--train-split and --test-split are both '{train_split}': the test number would be measured on "
+            "training data; pick another --test-split, or pass --allow-same-split to do it on purpose"
+        )
+    train = ConcatView(stores, train_split, allow_transform_mix=cfg.allow_transform_mix)
     test = ConcatView(stores, test_split, allow_transform_mix=cfg.allow_transform_mix)
     if train.classes != test.classes:
-        raise StoreError(f"splits '{cfg.train_split}' and '{test_split}' of {first.path} list different classes")
-    n_classes = len(train.classes) or int(train.labels.max()) + 1
-    # in memory: train is read once, and fit + val are copies taken from it, so train counts twice
-    in_memory = cfg.in_memory == "yes" or (
-        cfg.in_memory == "auto" and 2 * train.nbytes + test.nbytes < MEMORY_SHARE * _free_bytes(torch.device("cpu"))
-    )
+        raise StoreError(f"splits '{train_split}' and '{test_split}' of {first.path} list different classes")
+    return stores, train, test
+
+
+def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_classes: int) -> list[str]:
+    """Refuse a train split with fewer than 2 classes; name the classes a split lacks (a skewed probe)."""
+    names = train.classes or [str(c) for c in range(n_classes)]
+
+    def present(labels) -> set[int]:
+        return set(np.unique(labels).tolist())
+
+    tr, fit, val, te = (present(x) for x in (train.labels[train.valid_rows], train.labels[fit_rows],
+                                             train.labels[val_rows], test.labels[test.valid_rows]))  # fmt: skip
+    if len(tr) < 2:
+        raise ProbeError(
+            f"split '{train.split}' holds {len(tr)} class(es) ({', '.join(names[c] for c in sorted(tr))}); "
+            "a probe needs at least 2: extract more samples (a larger --limit) or another split"
+        )
+    notes = []
+    for what, missing in (
+        (f"not in val (a single '{train.split}' row each, kept for fitting)", fit - val),
+        (f"in '{train.split}' but not in '{test.split}'", tr - te),
+        (f"in '{test.split}' but not in '{train.split}': no head can predict them", te - tr),
+    ):
+        if missing:
+            shown = ", ".join(names[c] for c in sorted(missing)[:10]) + (" ..." if len(missing) > 10 else "")
+            notes.append(f"{len(missing)} class(es) {what}: {shown}")
+    for n in notes:
+        log.warning("%s", n)
+    return notes
+
+
+def _plan(cfg: ProbeConfig, train: ConcatView, test: ConcatView, n_arrays: int, fit: int, val: int) -> str:
+    item = train.dtype.itemsize * train.dim
+    train_b, fit_b, val_b = len(train.valid_rows) * item, fit * item, val * item
+    test_b = len(test.valid_rows) * test.dtype.itemsize * test.dim
+    if cfg.in_memory != "auto":
+        return "resident" if cfg.in_memory == "yes" else "streamed"
+    budget = cfg.max_memory or MEMORY_SHARE * _available_bytes()
+    if n_arrays * train_b + fit_b + val_b + test_b <= budget:
+        return "resident"
+    return "per-epoch" if 2 * train_b + val_b + test_b <= budget else "streamed"
+
+
+def _views_used(train: ConcatView, cfg: ProbeConfig) -> ViewsUsed:
+    count = train.n_views if cfg.views is None else cfg.views
+    if count == 0:
+        return ViewsUsed(0)
+    meta = train.view(count - 1).readers[0].meta.views  # view() checks every store has the same crops
+    return ViewsUsed(count, meta.seed, dict(meta.augment))
+
+
+def run_probe(cfg: ProbeConfig) -> ProbeRecord:
+    """Fit the grid, select on val, report test; returns the results record (not yet appended).
+
+    Raises:
+        StoreError, StoreIncompleteError, StoreMismatchError: stores that cannot be probed together.
+        ConfigError: bad hyperparameters or splits.
+        ProbeError: non-finite features or training loss, or fewer than 2 classes to train on.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    stores, train, test = _open(cfg)
+    n_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     fit_rows, val_rows = val_split(train.labels, train.valid_rows, cfg.val_fraction, cfg.heads.seed)
-    test_rows = test.valid_rows
-    X = {"train": _features(train, train.valid_rows, device, in_memory, copies=2)}
-    X["fit"] = _subset(X["train"], train, train.valid_rows, fit_rows)
-    X["val"] = _subset(X["train"], train, train.valid_rows, val_rows)
-    X["test"] = _features(test, test_rows, device, in_memory)
-    y = {
-        "fit": train.labels[fit_rows],
-        "val": train.labels[val_rows],
-        "train": train.labels[train.valid_rows],
-        "test": test.labels[test_rows],
-    }
+    notes = _class_notes(train, test, fit_rows, val_rows, n_classes)
+    views = _views_used(train, cfg)
+    keys: list[int | None] = list(range(views.count)) if views.count else [None]
+    mode = _plan(cfg, train, test, len(keys), len(fit_rows), len(val_rows))
+    on_gpu = device.type == "cuda" and mode == "resident" and _fits_gpu(train, test, len(keys), device)
+    where = device if on_gpu else torch.device("cpu")
+    arrays = _Arrays(train, train.valid_rows, keys, mode, where)
+    fit_pos = np.searchsorted(train.valid_rows, fit_rows)
+    val_pos = np.searchsorted(train.valid_rows, val_rows)
+    schedule = (
+        [keys[0]] * cfg.heads.epochs
+        if views.count == 0
+        else view_schedule(views.count, cfg.heads.epochs, cfg.heads.seed)
+    )
+    if mode == "streamed":
+        X_val, X_test = _Rows(train, val_rows), _Rows(test, test.valid_rows)
+    else:
+        X_val = arrays.get(None, val_pos) if None in arrays.resident else _load(train, val_rows).to(where)
+        X_test = _load(test, test.valid_rows).to(where)
+    y_train = train.labels[train.valid_rows]
     t_load = time.perf_counter()
 
-    def fit(name: str, eval_name: str) -> MultiHeadProbe:
+    def fit(positions: np.ndarray | None, eval_name: str, X_eval, y_eval) -> MultiHeadProbe:
         probe = MultiHeadProbe(cfg.heads, train.dim, n_classes, device=device)
-        return probe.fit(X[name], y[name], eval_sets={eval_name: (X[eval_name], y[eval_name])})
+        y = y_train if positions is None else y_train[positions]
+        try:
+            return probe.fit(_Epochs(arrays, positions, schedule), y, eval_sets={eval_name: (X_eval, y_eval)})
+        except NonFiniteLossError as e:
+            grid = cfg.heads.grid
+            which = ", ".join(f"lr={grid[h][0]:g} wd={grid[h][1]:g}" for h in e.heads)
+            raise ProbeError(
+                f"training loss of head(s) {which} became non-finite at epoch {e.epoch} on stores "
+                f"{', '.join(s.name for s in stores)}: check them with `featcache verify`, or lower --lr"
+            ) from None
 
-    select = fit("fit", "val")
-    final = fit("train", "test")
+    select = fit(fit_pos, "val", X_val, train.labels[val_rows])
+    final = fit(None, "test", X_test, test.labels[test.valid_rows])
+    record = _record(cfg, stores, train, test, select, final, views, notes, n_classes)
+    timings = {"load_s": t_load - t0, "select_s": select.seconds_, "final_s": final.seconds_,
+               "total_s": time.perf_counter() - t0}  # fmt: skip
+    rows = {"fit": len(fit_rows), "val": len(val_rows), "train": len(train.valid_rows), "test": len(test.valid_rows)}
+    memory = mode + (" on GPU" if on_gpu else "")
+    return dataclasses.replace(record, rows=rows, timings=timings, device=str(device), memory=memory)
+
+
+def _fits_gpu(train: ConcatView, test: ConcatView, n_arrays: int, device: torch.device) -> bool:
+    need = (n_arrays + 1) * train.nbytes + test.nbytes
+    return need < MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
+
+
+def _record(cfg, stores, train, test, select, final, views, notes, n_classes) -> ProbeRecord:
+    grid = cfg.heads.grid
+    lr_grid = cfg.heads.lrs is not None
+
+    def params(h: int) -> dict[str, float]:
+        lr, wd = grid[h]
+        return {"lr": lr, "weight_decay": wd} if lr_grid else {"weight_decay": wd}
+
+    def top5(history, e, h, key):
+        return history[e - 1][key][h] if n_classes >= 6 else None
+
+    heads = []
+    for h in range(len(grid)):
+        _, eh = _select(select.history_, "val_top1", heads=[h])
+        heads.append(
+            GridPoint(
+                params=params(h),
+                val_top1=select.history_[eh - 1]["val_top1"][h],
+                val_epoch=eh,
+                test_top1=final.history_[eh - 1]["test_top1"][h],
+                test_top5=top5(final.history_, eh, h, "test_top5"),
+                best_test_top1=max(r["test_top1"][h] for r in final.history_),
+            )
+        )
     h, e = _select(select.history_, "val_top1")
     rh, re_ = _select(final.history_, "test_top1")
-    wds = cfg.heads.weight_decays
-    heads = []
-    for k, wd in enumerate(wds):
-        _, ek = _select(select.history_, "val_top1", heads=[k])
-        heads.append(
-            {
-                "weight_decay": wd,
-                "val_top1": select.history_[ek - 1]["val_top1"][k],
-                "val_epoch": ek,
-                "test_top1": final.history_[ek - 1]["test_top1"][k],
-                "test_top5": final.history_[ek - 1]["test_top5"][k],
-                "best_test_top1": max(r["test_top1"][k] for r in final.history_),
-            }
-        )
-    t_end = time.perf_counter()
-    return {
-        "id": uuid.uuid4().hex[:12],
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tag": cfg.tag,
-        "dataset": first.provenance.dataset.name,
-        "features": f"cat{len(stores)}",
-        "stores": train.describe(),
-        "feature_dim": train.dim,
-        "transform": first.provenance.transform_name,
-        "precision": first.provenance.precision,
-        "splits": {"train": cfg.train_split, "test": test_split},
-        "rows": {"fit": len(fit_rows), "val": len(val_rows), "train": len(train.valid_rows), "test": len(test_rows)},
-        "preset": cfg.preset,
-        "hyperparameters": {**dataclasses.asdict(cfg.heads), "val_fraction": cfg.val_fraction},
-        "heads": heads,
-        "selected": {
-            "weight_decay": wds[h],
-            "epoch": e,
-            "val_top1": select.history_[e - 1]["val_top1"][h],
-            "test_top1": final.history_[e - 1]["test_top1"][h],
-            "test_top5": final.history_[e - 1]["test_top5"][h],
-            "method": SELECTION_NOTE,
-        },
-        "research": {
-            "test_top1": final.history_[re_ - 1]["test_top1"][rh],
-            "weight_decay": wds[rh],
-            "epoch": re_,
-            "note": RESEARCH_NOTE,
-        },
-        "timings": {
-            "load_s": t_load - t0,
-            "select_s": select.seconds_,
-            "final_s": final.seconds_,
-            "total_s": t_end - t0,
-        },
-        "device": str(device),
-        "in_memory": in_memory,
-        "versions": {"featcache": __version__, "torch": torch.__version__},
-    }
+    first = stores[0].provenance
+    return ProbeRecord(
+        id=uuid.uuid4().hex[:12],
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        tag=cfg.tag,
+        dataset=first.dataset.name,
+        features=f"cat{len(stores)}",
+        stores=tuple(
+            StoreUsed(s.name, str(s.path), s.provenance.checkpoint.to_dict(), d)
+            for s, d in zip(stores, train.dims, strict=True)
+        ),  # fmt: skip
+        feature_dim=train.dim,
+        transform=first.transform_name,
+        precision=first.precision,
+        train_split=train.split,
+        test_split=test.split,
+        rows={},
+        preset=cfg.preset,
+        solver="sgd",
+        hyperparameters={**dataclasses.asdict(cfg.heads), "val_fraction": cfg.val_fraction},
+        views=views,
+        heads=tuple(heads),
+        selected=Selection(
+            params=params(h),
+            epoch=e,
+            val_top1=select.history_[e - 1]["val_top1"][h],
+            test_top1=final.history_[e - 1]["test_top1"][h],
+            test_top5=top5(final.history_, e, h, "test_top5"),
+            method=SELECTION_NOTE,
+        ),
+        research=ResearchNumber(final.history_[re_ - 1]["test_top1"][rh], params(rh), re_, RESEARCH_NOTE),
+        notes=tuple(notes),
+        versions={"featcache": __version__, "torch": torch.__version__},
+    )

@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["render", "FORMATS"]
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "markdown", "csv", "json")
 
 
 def _cell(value: Any) -> str:
@@ -26,7 +26,8 @@ def _cell(value: Any) -> str:
 def render(rows: Sequence[dict], columns: Sequence[str] | None = None, fmt: str = "table") -> str:
     """Format ``rows`` (dicts) with ``columns`` (default: keys of the first row, in order).
 
-    ``table`` right-aligns numbers; ``csv`` and ``json`` keep full precision for loading elsewhere.
+    ``table`` right-aligns numbers; ``markdown`` is a GitHub table; ``csv`` and ``json`` keep full precision
+    for loading elsewhere.
     """
     columns = list(columns or (rows[0].keys() if rows else []))
     if fmt == "json":
@@ -38,9 +39,14 @@ def render(rows: Sequence[dict], columns: Sequence[str] | None = None, fmt: str 
         for r in rows:
             w.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
         return buf.getvalue().rstrip("\n")
-    if fmt != "table":
+    if fmt not in ("table", "markdown"):
         raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    if fmt == "markdown":
+        numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows) for c in columns]
+        rule = ["---:" if num else "---" for num in numeric]
+        return "\n".join("| " + " | ".join(v.replace("|", "\\|") for v in row) + " |"
+                         for row in [list(columns), rule, *cells])  # fmt: skip
     widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(columns)]
     numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows) for c in columns]
 

@@ -37,15 +37,19 @@ def make_store(
     finalize: bool = True,
     chunks: int | None = None,
     compression: str = "none",
+    views: dict[str, list[np.ndarray]] | None = None,
+    views_seed: int = 0,
     **prov_over,
 ) -> Path:
-    """Write ``splits`` (name -> (features, labels)); ``chunks`` limits how many chunks get written."""
+    """Write ``splits`` (name -> (features, labels)) and ``views`` (name -> one array per augmented view);
+    ``chunks`` limits how many chunks get written."""
     dim = next(iter(splits.values()))[0].shape[1]
     prov = provenance(name, dim, dtype=dtype, **prov_over)
     with StoreWriter(path, prov) as w:
         for split, (X, y) in splits.items():
             split_ids = (ids or {}).get(split) or [f"{split}/{i}" for i in range(len(X))]
-            classes = [str(c) for c in range(int(y.max()) + 1)] if len(y) else []
+            top = max((int(labels.max()) for _, labels in splits.values() if len(labels)), default=-1)
+            classes = [str(c) for c in range(top + 1)]  # the same class list for every split
             sw = w.split(
                 SplitData(split, split_ids, y, f"fp-{split}-{len(X)}", classes),
                 dim,
@@ -56,8 +60,14 @@ def make_store(
             for i in sw.pending()[:chunks]:
                 a, b = sw.bounds(i)
                 sw.write_chunk(i, X[a:b])
+            split_views = (views or {}).get(split, [])
+            if split_views:
+                for k, vw in enumerate(sw.views(len(split_views), views_seed, {"name": "test-augment"})):
+                    for i in vw.pending()[:chunks]:
+                        a, b = vw.bounds(i)
+                        vw.write_chunk(i, split_views[k][a:b])
             if finalize and chunks is None:
-                sw.finalize()
+                sw.finalize(views=len(split_views))
     return path
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from conftest import REPO
 
-from featcache.config import Paths, load_registry
+from featcache.config import Paths, load_registry, packaged_config_dir
 from featcache.errors import ConfigError
 
 
@@ -63,27 +63,70 @@ def test_expand_mixes_names_sets_and_files(registry, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("yaml", "match"),
+    ("yaml", "name", "match"),
     [
-        ("checkpoints:\n  run0: {arch: resnet50, path: x.pth}\n", "'run0' is registered twice"),
-        ("sets:\n  full: [run0]\n", "'full' is already a checkpoint or set"),
-        ("sets:\n  mine: [run0, run9]\n", "unknown checkpoint 'run9'.*listed in set 'mine'"),
-        ("checkpoints:\n  evil: {arch: resnet50, path: ../../etc/passwd}\n", "escapes its root"),
-        ("checkpoints:\n  abs: {arch: resnet50, path: /etc/passwd}\n", "is an absolute path"),
-        ("checkpoints:\n  noarch: {path: x.pth}\n", "checkpoints.noarch: missing key 'arch'"),
-        ("x: [unclosed\n", "not valid YAML"),
+        ("checkpoints:\n  run0: {arch: resnet50, path: x.pth}\n", "run0", "'run0' is registered twice"),
+        ("sets:\n  full: [run0]\n", "full", "set name 'full' is registered twice"),
+        ("sets:\n  run1: [run0]\n", "run1", "set name 'run1' is already a checkpoint"),
+        ("sets:\n  mine: [run0, run9]\n", "mine", "unknown checkpoint 'run9'.*listed in set 'mine'"),
+        ("checkpoints:\n  evil: {arch: resnet50, path: ../../etc/passwd}\n", "evil", "escapes its root"),
+        ("checkpoints:\n  abs: {arch: resnet50, path: /etc/passwd}\n", "abs", "is an absolute path"),
+        ("checkpoints:\n  noarch: {path: x.pth}\n", "noarch", "checkpoints.noarch: missing key 'arch'"),
     ],
 )
-def test_bad_registry_entries_refused(tmp_path, config_dir, yaml, match):
+def test_a_broken_entry_stops_only_what_uses_it(tmp_path, config_dir, yaml, name, match):
     (config_dir / "checkpoints.d").mkdir()
     (config_dir / "checkpoints.d" / "extra.yaml").write_text(yaml)
+    reg = _registry(tmp_path, config_dir)
     with pytest.raises(ConfigError, match=match):
-        _registry(tmp_path, config_dir)
+        reg.expand_checkpoints(name)
+    assert [s.name for s in reg.expand_checkpoints("run3")] == ["run3"]  # the other entries still work
+    assert reg.dataset("cifar10").probe == "cifar"
+
+
+def test_invalid_yaml_stops_the_registry_of_its_kind_only(tmp_path, config_dir):
+    (config_dir / "checkpoints.d").mkdir()
+    (config_dir / "checkpoints.d" / "extra.yaml").write_text("x: [unclosed\n")
+    reg = _registry(tmp_path, config_dir)
+    with pytest.raises(ConfigError, match="extra.yaml is not valid YAML"):
+        reg.expand_checkpoints("run3")
+    assert reg.dataset("cifar10").name == "cifar10" and reg.probe_preset("cifar")["batch_size"] == 256
 
 
 def test_missing_config_dir(tmp_path):
     with pytest.raises(ConfigError, match="config dir .* not found; pass --config-dir or set FEATCACHE_CONFIG"):
         _registry(tmp_path, tmp_path / "nope")
+
+
+def test_layers_add_and_override_the_packaged_registries(tmp_path, monkeypatch):
+    """Packaged registries, then ./configs, then --config-dir: later layers add entries or replace them by name."""
+    work, extra = tmp_path / "work", tmp_path / "extra"
+    (work / "configs").mkdir(parents=True)
+    extra.mkdir()
+    (work / "configs" / "checkpoints.yaml").write_text(
+        "checkpoints:\n  mine: {arch: resnet18, path: m.pth}\n  run3: {arch: resnet18, path: local3.pth}\n"
+    )
+    (extra / "probes.yaml").write_text("presets:\n  cifar: {epochs: 3, batch_size: 16}\n")
+    monkeypatch.chdir(work)
+    reg = load_registry(Paths(tmp_path / "data", tmp_path / "cache", tmp_path / "ckpts", extra))
+    assert reg.dirs[0] == packaged_config_dir() and len(reg.dirs) == 3
+    assert reg.checkpoint("mine").arch == "resnet18"
+    assert reg.checkpoint("run3").path.name == "local3.pth" and reg.checkpoint("run4").arch == "resnet50"
+    assert reg.probe_preset("cifar") == {"epochs": 3, "batch_size": 16} and "imagenet" in reg.probe_presets
+    monkeypatch.chdir(tmp_path)  # no ./configs here: the packaged registries alone
+    alone = load_registry(Paths(tmp_path / "data", tmp_path / "cache", tmp_path / "ckpts"))
+    assert alone.dirs == [packaged_config_dir()] and alone.checkpoint("run3").path.name == "checkpoint_run3.pth.tar"
+
+
+def test_files_with_the_same_name_in_different_folders_get_distinct_names(tmp_path, registry):
+    for d in ("runs/a", "runs/b", "other/a"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "model.pt").write_bytes(b"x")
+    (tmp_path / "solo.pt").write_bytes(b"x")
+    files = [tmp_path / d / "model.pt" for d in ("runs/a", "runs/b", "other/a")] + [tmp_path / "solo.pt"]
+    specs = registry.expand_checkpoints(",".join(map(str, files)), arch="resnet18")
+    assert [s.name for s in specs] == ["runs-a-model", "b-model", "other-a-model", "solo"]
+    assert [s.path for s in specs] == [f.resolve() for f in files]
 
 
 def test_datasets_transforms_and_grids(registry):
@@ -93,8 +136,12 @@ def test_datasets_transforms_and_grids(registry):
     assert registry.transform(cifar, "32px").resize == 36
     with pytest.raises(ConfigError, match="unknown transform '64px'.*for dataset 'cifar10'"):
         registry.transform(cifar, "64px")
-    assert registry.wd_grid("inaturalist18") == [1e-6, 1e-5, 1e-4]
-    assert registry.wd_grid("cifar100") == [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]
+    assert registry.probe_preset(registry.dataset("inaturalist18").probe)["weight_decays"] == [1e-6, 1e-5, 1e-4]
+    cifar_preset = registry.probe_preset(registry.preset_for("cifar100"))
+    assert cifar_preset["weight_decays"] == [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2] and cifar_preset["batch_size"] == 256
+    assert registry.probe_preset(registry.preset_for("imagenet1k"))["batch_size"] == 32
+    assert registry.transform(cifar, "32px").augment.scale == (0.8, 1.0)
+    assert registry.transform(registry.dataset("imagenet1k"), None).augment.interpolation == "bilinear"
     assert registry.dataset("imagenet1k").test_split == "val"
 
 
@@ -103,7 +150,16 @@ def test_imagefolder_splits_follow_the_directory(registry, paths):
     (paths.data / "withsplits" / "val").mkdir()
     (paths.data / "flat" / "cat").mkdir(parents=True)
     assert registry.dataset("imagefolder:withsplits").splits == ("train", "val")
+    assert registry.dataset("imagefolder:withsplits/").name == "imagefolder:withsplits"  # trailing slash: same
     flat = registry.dataset("imagefolder:flat")
     assert flat.splits == ("all",) and flat.train_split == flat.test_split == "all"
-    with pytest.raises(ConfigError, match="escapes its root"):
-        registry.dataset("imagefolder:../outside")
+    assert flat.root == paths.data.resolve() / "flat"  # a bare name lives under the data root
+
+
+def test_imagefolder_paths_resolve_like_other_paths(registry, paths, tmp_path, monkeypatch):
+    (tmp_path / "here" / "pics" / "train").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    a = registry.dataset("imagefolder:./pics")
+    b = registry.dataset(f"imagefolder:{tmp_path / 'here' / 'pics'}/")
+    assert a.name == b.name == f"imagefolder:{tmp_path / 'here' / 'pics'}" and a.root == b.root
+    assert a.splits == ("train",)

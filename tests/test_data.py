@@ -43,7 +43,7 @@ def spec(fmt: str, root: Path, splits=("train", "test"), **options) -> DatasetSp
         train_split=splits[0],
         test_split=splits[-1],
         transforms={},
-        wd_grid="",
+        probe="cifar",
         options=options,
     )
 

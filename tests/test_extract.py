@@ -9,7 +9,8 @@ import pytest
 import torch
 from ckpt_factory import reference_features
 from conftest import save_checkpoint
-from data_factory import write_cifar10, write_imagefolder, write_inat, write_truncated_jpeg
+from data_factory import smooth_images, write_cifar10, write_imagefolder, write_inat, write_truncated_jpeg
+from PIL import Image
 
 from featcache import store as store_mod
 from featcache.config import CheckpointSpec
@@ -218,3 +219,24 @@ def test_bad_image_stops_the_run_or_is_skipped_and_recorded(paths, registry, fol
     r = open_store(path).split("val")
     row = r.ids.index("dog/dog_zzz.jpg")
     assert r.meta.skipped_rows == (row,) and not r.read()[row].any() and r.read()[row - 1].any()
+
+
+@pytest.mark.parametrize("backend", ["pil", "device"])
+def test_a_skipped_image_in_a_later_chunk_zeroes_only_its_row(paths, registry, folder, ckpt, backend):
+    """The skipped row is zeroed at its place inside its chunk, not at its row number (they differ past chunk 0)."""
+    spec, _ = ckpt
+    target = paths.data / "folder" / "val" / "dog" / "dog_zzz.jpg"
+    cfg = _config(paths, registry, [spec], dataset="imagefolder:folder", transform="224px", splits=("val",),
+                  backend=backend, chunk_rows=3, on_bad_image="skip")  # fmt: skip
+    write_truncated_jpeg(target)
+    extract(dataclasses.replace(cfg, store_name="skipped"))
+    Image.fromarray(smooth_images(np.random.default_rng(5), 1, 30, 40)[0]).save(target)  # now a sound image
+    extract(dataclasses.replace(cfg, store_name="whole"))
+    skipped, whole = (_features(paths, "imagefolder:folder", s, "val") for s in ("skipped", "whole"))
+    row = skipped.ids.index("dog/dog_zzz.jpg")
+    assert row // 3 >= 1 and row % 3 != row  # in a later chunk, at another offset inside it
+    assert skipped.meta.skipped_rows == (row,)
+    got, want = skipped.read(), whole.read()
+    assert not got[row].any() and want[row].any()
+    others = np.arange(len(got)) != row
+    np.testing.assert_array_equal(got[others], want[others])

@@ -36,7 +36,7 @@ class FeatureArray:
     """
 
     def __init__(self, layout: Layout, split: str, meta: SplitMeta, view: int | None = None):
-        self.layout, self.split, self.meta, self.view = layout, split, meta, view
+        self.layout, self.split, self.meta, self.view_index = layout, split, meta, view
         self.rows, self.dim = meta.rows, meta.dim
         self.dtype = np.dtype(meta.dtype).newbyteorder("<")
         self.chunk_rows, self.n_chunks = meta.chunk_rows, meta.n_chunks
@@ -46,10 +46,10 @@ class FeatureArray:
 
     @property
     def label(self) -> str:
-        return "features" if self.view is None else f"view {self.view}"
+        return "features" if self.view_index is None else f"view {self.view_index}"
 
     def chunk_file(self, i: int) -> Path:
-        return self.layout.chunk_file(self.split, self.view, i)
+        return self.layout.chunk_file(self.split, self.view_index, i)
 
     def bounds(self, i: int) -> tuple[int, int]:
         return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.rows)
@@ -60,10 +60,11 @@ class FeatureArray:
                 shape = (self.chunk_rows, self.dim)
                 self._chunks[i] = np.memmap(self.chunk_file(i), dtype=self.dtype, mode="r", shape=shape)
             else:  # compressed: zarr decodes the whole chunk; keep only the latest one
-                self._array = self._array or zarr.open_array(self.layout.array_dir(self.split, self.view), mode="r")
+                where = self.layout.array_dir(self.split, self.view_index)
+                self._array = self._array or zarr.open_array(where, mode="r")
                 self._chunks.clear()
                 a, b = self.bounds(i)
-                self._chunks[i] = self._array[a:b] if self.view is None else self._array[self.view, a:b]
+                self._chunks[i] = self._array[a:b] if self.view_index is None else self._array[self.view_index, a:b]
         return self._chunks[i]
 
     def take(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -86,7 +87,7 @@ class FeatureArray:
         return self.take(np.arange(start, stop))
 
     def marker(self, i: int) -> Path:
-        return self.layout.marker(self.split, self.view, i)
+        return self.layout.marker(self.split, self.view_index, i)
 
     def markers(self) -> dict[int, ChunkMarker | None]:
         """Present markers by chunk index; an unreadable or malformed one maps to None."""
@@ -114,17 +115,17 @@ class FeatureArray:
 
     def _array_problems(self) -> list[str]:
         # the zarr view of the array must agree with the split metadata, or zarr readers see other rows
-        doc_path = self.layout.array_dir(self.split, self.view) / "zarr.json"
+        doc_path = self.layout.array_dir(self.split, self.view_index) / "zarr.json"
         try:
             doc = json.loads(doc_path.read_text())
         except (OSError, ValueError):
             return [f"{doc_path} is missing or unreadable"]
         shape = doc.get("shape") or []
         chunks = doc.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
-        if self.view is None:
+        if self.view_index is None:
             ok = shape == [self.rows, self.dim] and chunks == [self.chunk_rows, self.dim]
         else:  # views may be allocated beyond the complete ones
-            ok = len(shape) == 3 and shape[0] > self.view and shape[1:] == [self.rows, self.dim]
+            ok = len(shape) == 3 and shape[0] > self.view_index and shape[1:] == [self.rows, self.dim]
             ok = ok and chunks == [1, self.chunk_rows, self.dim]
         if ok and doc.get("data_type") == str(np.dtype(self.meta.dtype)):
             return []

@@ -1,0 +1,82 @@
+"""Plant plausible bugs one at a time and check that the suite catches each (a mutation check, not a test).
+
+    .venv/bin/python tests/planted_bugs.py            # every bug; prints CAUGHT or MISSED per bug
+    .venv/bin/python tests/planted_bugs.py 1 4        # only bugs whose names start with these
+
+Each bug is a one-line edit of the source; the file is restored afterwards whatever happens.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name: (file, the line as it is, the line with the bug, the tests that must catch it)
+BUGS = {
+    "1 reported head and epoch selected on test": (
+        "featcache/probe.py",
+        '    h, e = _select(select.history_, "val_top1")\n',
+        '    h, e = _select(final.history_, "test_top1")\n',
+        ["tests/test_probe.py"],
+    ),
+    "2 ties broken toward the earlier epoch": (
+        "featcache/probe.py",
+        "acc, epoch, neg_head = max((rec[key][h], e, -h)",
+        "acc, epoch, neg_head = max((rec[key][h], -e, -h)",
+        ["tests/test_probe.py"],
+    ),
+    "3 research number read off the val history": (
+        "featcache/probe.py",
+        '    rh, re_ = _select(final.history_, "test_top1")\n',
+        '    rh, re_ = _select(select.history_, "val_top1")\n',
+        ["tests/test_probe.py"],
+    ),
+    "4 skipped row zeroed at its absolute row index": (
+        "featcache/extract.py",
+        "block[[r - start for r in skipped]] = 0",
+        "block[skipped] = 0",
+        ["tests/test_extract.py"],
+    ),
+    "5 views repeat before every view was used": (
+        "featcache/probe.py",
+        "        out += rng.permutation(n_views).tolist()\n",
+        "        out += rng.integers(0, n_views, n_views).tolist()\n",
+        ["tests/test_probe.py"],
+    ),
+    "6 training on the evaluation view when views are asked for": (
+        "featcache/probe.py",
+        "        return self.arrays.get(self.schedule[e], self.positions)\n",
+        "        return self.arrays.get(None, self.positions)\n",
+        ["tests/test_probe.py"],
+    ),
+}
+
+
+def main(only: list[str]) -> int:
+    missed = 0
+    for name, (rel, old, new, tests) in BUGS.items():
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        path = REPO / rel
+        src = path.read_text()
+        if src.count(old) != 1:
+            print(f"{name}: cannot plant (the original line is not in {rel} exactly once; update this file)")
+            missed += 1
+            continue
+        try:
+            path.write_text(src.replace(old, new))
+            cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+            r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        finally:
+            path.write_text(src)
+        verdict = "CAUGHT" if r.returncode else "MISSED"
+        missed += r.returncode == 0
+        print(f"{name}: {verdict} ({r.stdout.strip().splitlines()[-1]})", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
