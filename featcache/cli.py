@@ -129,16 +129,58 @@ def main(ctx, verbose, **roots):
     help="Checkpoint registry name (run3), set name (full, step80k), comma-separated mix, or a file path "
     "(then --arch is required and the store is named after the file stem).",
 )
-@click.option("--arch", help="Architecture of a checkpoint file (resnet18/34/50/101/152, wide_resnet50_2, ...).")
+@click.option(
+    "--arch",
+    help="Architecture of a checkpoint file: any torchvision classifier (resnet50, vit_b_16, convnext_tiny, ...), "
+    "resnet10, or timm:<name> (pip install 'featcache[timm]').",
+)
 @click.option("--ema", is_flag=True, help="Use the EMA weights (timm's state_dict_ema); an error if a file has none.")
+@click.option(
+    "--layer",
+    "--layers",
+    "layers",
+    help="Intermediate module(s) to take features from, pooled (comma-separated: one store each, named "
+    "<ckpt>@<layer>, from one forward pass). Default: the pre-logits vector.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["avg", "avg-nhwc", "cls", "mean-patch"]),
+    help="Pooling of --layer outputs: avg (conv maps over H,W; token sequences over tokens), avg-nhwc "
+    "(channels-last maps), cls (a ViT's class token), mean-patch (mean of a ViT's patch tokens).",
+)
+@click.option(
+    "--ignore-extra-keys",
+    is_flag=True,
+    help="Load a checkpoint that also holds non-backbone weights (an SSL projector, ...); they are recorded.",
+)
 @click.option(
     "--dataset",
     default="digits",
     show_default=True,
-    help="Registered dataset (cifar10, cifar100, imagenet1k, inaturalist18, digits) or imagefolder:<path>.",
+    help="Registered dataset (cifar10, cifar100, imagenet1k, inaturalist18, digits) or imagefolder:<path> (a bare "
+    "name: a folder under --data-dir; else a path).",
 )
 @click.option("--split", help="Comma-separated splits (default: all of the dataset's, e.g. train,test).")
-@click.option("--transform", help="Transform preset of the dataset, e.g. 224px or 32px (default: the dataset's first).")
+@click.option(
+    "--transform",
+    help="Transform preset of the dataset, e.g. 224px or 32px. Default: the architecture's own evaluation "
+    "preprocessing when it defines one (timm, torchvision weights), else the dataset's first preset.",
+)
+@click.option(
+    "--views",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Augmented views of each train image to store (the research training transform: RandomResizedCrop "
+    "+ flip), next to the evaluation view. Asking for more later adds the missing ones only.",
+)
+@click.option(
+    "--views-seed",
+    type=click.IntRange(min=0, max=2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the views: view k of an image depends only on (sample id, k, seed). Recorded in the store.",
+)
 @click.option("--store-name", help="Store name for a single checkpoint (default: the checkpoint's name).")
 @click.option(
     "--batch-size",
@@ -169,8 +211,24 @@ def main(ctx, verbose, **roots):
     show_default=True,
     help="DataLoader processes decoding image files (0: decode in the main process).",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N samples of each split (quick tries).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Only N samples of each split, a stratified subset (every class in proportion; the same every time).",
+)
 @click.option("--overwrite", is_flag=True, help="Delete an existing store of the same name and start over.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Check every chunk of the stores and re-extract exactly those that fail (deleted, truncated, damaged).",
+)
+@click.option(
+    "--dry-run",
+    "--explain",
+    "dry_run",
+    is_flag=True,
+    help="Print each store's resolved preprocessing, layer, precision, device and path; extract nothing.",
+)
 @click.option(
     "--trust-checkpoint",
     is_flag=True,
@@ -191,8 +249,8 @@ def main(ctx, verbose, **roots):
     type=click.Choice(["auto", "pil", "device"]),
     default="auto",
     show_default=True,
-    help="pil: research pipeline (PIL resize per image in workers). device: batched resize on the device, "
-    "GPU JPEG decoding. auto: device for in-memory sets and on GPUs, pil for files on CPU.",
+    help="pil: the research pipeline (PIL resize per image in workers; pixel for pixel). device: batched "
+    "resize on the device, GPU JPEG decoding. auto: device on GPUs, pil on the CPU.",
 )
 @click.option(
     "--on-bad-image",
@@ -215,25 +273,38 @@ def main(ctx, verbose, **roots):
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_command
-def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, quiet, **opts):
+def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, layers, quiet, dry_run, **opts):
     """Run checkpoints once over a dataset and write their penultimate features to stores.
 
     Several checkpoints in one call share each decoded batch. A complete store is left alone; an
-    interrupted one is resumed where it stopped.
+    interrupted one is resumed where it stopped; --views K adds augmented views of the train split.
     """
-    from .extract import ExtractConfig
+    from .extract import ExtractConfig, plan_extract
     from .extract import extract as run_extract
 
     reg = load_registry(paths)
     ds = reg.dataset(dataset)
+    specs = reg.expand_checkpoints(ckpt, arch)
+    if ema:
+        specs = [dataclasses.replace(c, ema=True, ema_source=c.ema_source or "option") for c in specs]
     cfg = ExtractConfig(
-        checkpoints=tuple(dataclasses.replace(c, ema=c.ema or ema) for c in reg.expand_checkpoints(ckpt, arch)),
+        checkpoints=tuple(specs),
         dataset=ds,
         transform=reg.transform(ds, transform),
+        model_preprocessing=transform is None,
         cache_dir=paths.cache,
         splits=tuple(s for s in (split or "").split(",") if s),
+        layers=tuple(x.strip() for x in (layers or "").split(",") if x.strip()),
         **opts,  # the remaining options are named like ExtractConfig's fields
     )
+    if dry_run:
+        plan = plan_extract(cfg)
+        click.echo(render(plan.describe()))
+        if cfg.views:
+            click.echo(
+                f"views: {cfg.views} of {', '.join(plan.view_splits)} with {plan.augment}, seed {cfg.views_seed}"
+            )
+        return
     report = run_extract(cfg, NullProgress if quiet else ProgressBar)
     rows = [
         {
@@ -241,6 +312,7 @@ def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, quiet, **o
             "checkpoint": s["checkpoint"],
             "status": s["status"],
             "rows": " ".join(f"{k}:{v}" for k, v in s["rows"].items()),
+            "views": s["views"],
             "dim": s["dim"],
             "path": s["path"],
         }

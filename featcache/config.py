@@ -123,6 +123,7 @@ class CheckpointSpec:
     arch: str | None
     path: Path  # absolute once resolved
     ema: bool = False
+    ema_source: str | None = None  # who asked for the EMA weights: "registry" (ema: true) or "option" (--ema)
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,8 @@ class Registry:
                 raise ConfigError(f"{where}: missing key 'arch'")
             if not isinstance(rel, str):
                 raise ConfigError(f"{where}: missing key 'path'")
-            return CheckpointSpec(name, arch, resolve_under(self.paths.checkpoints, rel, f"{where}: path"), ema)
+            path = resolve_under(self.paths.checkpoints, rel, f"{where}: path")
+            return CheckpointSpec(name, arch, path, ema, "registry" if ema else None)
 
         return _Entry(where, build)
 

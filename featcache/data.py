@@ -14,6 +14,7 @@ Formats register in :data:`FORMATS`; :func:`build_dataset` is the one entry poin
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import pickle
 from collections.abc import Callable
@@ -122,6 +123,17 @@ class ImageDataset:
     def load(self, i: int) -> Image.Image:
         raise NotImplementedError(f"{type(self).__name__} must implement load(i)")
 
+    def subset(self, rows: np.ndarray) -> ImageDataset:
+        """The same dataset restricted to ``rows``, in that order (``extract --limit``'s stratified subset)."""
+        out = copy.copy(self)
+        out.targets = self.targets[rows]
+        out.ids = [self.ids[r] for r in rows]
+        self._take_content(out, rows)
+        return out
+
+    def _take_content(self, out: ImageDataset, rows: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement _take_content")
+
     def _content_digest(self, h: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement _content_digest")
 
@@ -160,6 +172,9 @@ class ArrayDataset(ImageDataset):
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i])
 
+    def _take_content(self, out: ImageDataset, rows: np.ndarray) -> None:
+        out.images = np.ascontiguousarray(self.images[rows])
+
     def _content_digest(self, h: Any) -> None:
         h.update(repr(self.images.shape).encode())
         h.update(self.images.data)
@@ -183,6 +198,9 @@ class FileDataset(ImageDataset):
                 return to_rgb(im)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise BadImageError(str(path), f"{type(e).__name__}: {e}", row=i) from None
+
+    def _take_content(self, out: ImageDataset, rows: np.ndarray) -> None:
+        out.paths = [self.paths[r] for r in rows]
 
     def read_bytes(self, i: int) -> bytes:
         """The encoded file of sample ``i``.

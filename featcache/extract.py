@@ -8,6 +8,7 @@ device and finished chunks are written, so the device rarely waits.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,14 +27,16 @@ import torchvision
 import zarr
 
 from . import __version__
-from .config import CheckpointSpec, DatasetSpec, TransformSpec
-from .data import ArrayDataset, build_dataset
+from .augment import ViewMaker
+from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
+from .data import ImageDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
 from .errors import ConfigError
 from .loaders import BACKENDS, Batch, batches
-from .models import LoadedBackbone, load_backbone
+from .models import LoadedBackbone, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
 from .store import (
+    ArrayWriter,
     CheckpointRef,
     ComputeRef,
     DatasetRef,
@@ -41,13 +44,22 @@ from .store import (
     Provenance,
     Software,
     SplitData,
+    SplitReader,
     SplitWriter,
     StoreWriter,
     chunk_rows_for,
     store_path,
 )
 
-__all__ = ["ExtractConfig", "ExtractReport", "extract", "prepare_model"]
+__all__ = [
+    "ExtractConfig",
+    "ExtractPlan",
+    "ExtractReport",
+    "extract",
+    "plan_extract",
+    "prepare_model",
+    "stratified_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +73,13 @@ def _choice(value: str, allowed, option: str) -> None:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything one ``featcache extract`` call needs; validated on construction."""
+    """Everything one ``featcache extract`` call needs; validated on construction.
+
+    ``transform`` is the dataset preset (its default or ``--transform``); with ``model_preprocessing`` an
+    architecture that defines its own evaluation preprocessing (timm, torchvision weights) uses that instead.
+    ``views`` augmented views (made with the preset's training transform, seeded by ``views_seed``) are stored
+    for the dataset's train split only.
+    """
 
     checkpoints: tuple[CheckpointSpec, ...]
     dataset: DatasetSpec
@@ -74,7 +92,7 @@ class ExtractConfig:
     precision: str = "auto"
     device: str = "auto"
     workers: int = min(8, os.cpu_count() or 1)
-    limit: int | None = None
+    limit: int | None = None  # a stratified subset of this many samples per split
     overwrite: bool = False
     trust_checkpoint: bool = False
     compile: str = "auto"
@@ -82,16 +100,25 @@ class ExtractConfig:
     on_bad_image: str = "error"
     compression: str = "none"
     chunk_rows: int | None = None  # rows per store chunk; default about CHUNK_BYTES
+    views: int = 0
+    views_seed: int = 0
+    layers: tuple[str, ...] = ()  # intermediate layers (one store each); empty: the pre-logits features
+    pool: str | None = None
+    ignore_extra_keys: bool = False
+    repair: bool = False  # re-extract the chunks that fail verification
+    model_preprocessing: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ConfigError(f"--chunk-rows must be a positive integer, got {self.chunk_rows}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be a positive integer, got {self.limit}")
+        for option, value, low in (
+            ("--batch-size", self.batch_size, 1),
+            ("--workers", self.workers, 0),
+            ("--chunk-rows", self.chunk_rows, 1),
+            ("--limit", self.limit, 1),
+            ("--views", self.views, 0),
+            ("--views-seed", self.views_seed, 0),
+        ):
+            if value is not None and not (isinstance(value, int) and value >= low):
+                raise ConfigError(f"{option} must be an integer >= {low}, got {value!r}")
         _choice(self.dtype, ("float16", "float32"), "--dtype")
         _choice(self.precision, ("auto", *PRECISIONS), "--precision")
         _choice(self.compile, ("auto", "on", "off"), "--compile")
@@ -103,6 +130,57 @@ class ExtractConfig:
         for s in self.splits:
             if s not in self.dataset.splits:
                 raise ConfigError(f"--split {s!r}: dataset '{self.dataset.name}' has {', '.join(self.dataset.splits)}")
+
+
+@dataclass(frozen=True)
+class StorePlan:
+    """One store to write: which checkpoint, which of its outputs (a layer), where."""
+
+    checkpoint: CheckpointSpec
+    output: int | None  # index into the model's outputs with several layers; None: its single output
+    layer: str | None  # the layer asked for (None: the pre-logits features)
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """One resolved plan per extraction: where, how precise, which preprocessing and which stores.
+
+    Built without reading a checkpoint or a dataset, so ``extract --dry-run`` can print it first.
+    """
+
+    device: torch.device
+    precision: str
+    backend: str
+    compiled: bool
+    transform: TransformSpec
+    transform_source: str  # "dataset preset" or the architecture that defines it
+    augment: AugmentSpec | None
+    stores: tuple[StorePlan, ...]
+    view_splits: tuple[str, ...]  # the splits that get views
+
+    def describe(self) -> list[dict]:
+        """One row per store, for ``featcache extract --dry-run``."""
+        t = self.transform
+        pre = f"{t.name} ({self.transform_source}): resize {t.resize} {t.interpolation}, crop {t.crop}"
+        views = "-" if self.augment is None else f"{','.join(self.view_splits)}"
+        return [
+            {
+                "store": sp.name,
+                "checkpoint": sp.checkpoint.name,
+                "arch": sp.checkpoint.arch,
+                "layer": sp.layer or "pre-logits",
+                "preprocessing": pre,
+                "views on": views,
+                "device": str(self.device),
+                "precision": self.precision,
+                "backend": self.backend,
+                "compile": self.compiled,
+                "path": str(sp.path),
+            }
+            for sp in self.stores
+        ]
 
 
 @dataclass
@@ -183,9 +261,62 @@ class _ChunkWriter:
         self.check()
 
 
-def _provenance(
-    cfg: ExtractConfig, bb: LoadedBackbone, device: torch.device, precision: str, backend: str, compiled: bool
-) -> Provenance:
+def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPlan:
+    """Resolve device, precision, backend, compile, preprocessing and store names, before any work.
+
+    Raises:
+        ConfigError: unknown architecture, checkpoints whose preprocessing differs, --views without a training
+            transform, or two checkpoints (or layers) that would write one store.
+    """
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    transform, source = cfg.transform, "dataset preset"
+    if cfg.model_preprocessing:
+        own = {c.arch: resolve_preprocessing(c.arch) for c in cfg.checkpoints if c.arch}
+        found = {spec for spec in own.values() if spec is not None}
+        if len(found) > 1 or (found and None in own.values()):
+            names = ", ".join(f"{a}: {t.name if t else 'the dataset preset'}" for a, t in own.items())
+            raise ConfigError(f"the checkpoints preprocess differently ({names}); extract them in separate calls, "
+                              "or pass --transform to use one preset for all")  # fmt: skip
+        if found:
+            transform, source = found.pop(), next(a for a, t in own.items() if t is not None)
+    augment = None
+    view_splits: tuple[str, ...] = ()
+    if cfg.views:
+        if cfg.transform.augment is None:
+            raise ConfigError(f"--views: transform preset '{cfg.transform.name}' defines no training augmentation "
+                              "(a 'train:' entry in datasets.yaml)")  # fmt: skip
+        augment = dataclasses.replace(cfg.transform.augment, size=transform.crop)
+        view_splits = tuple(s for s in (cfg.splits or cfg.dataset.splits) if s == cfg.dataset.train_split)
+        if not view_splits:
+            raise ConfigError(f"--views are made for the train split ('{cfg.dataset.train_split}'), which --split "
+                              "leaves out; add it")  # fmt: skip
+    # auto: the research pipeline's PIL transforms on the CPU (pixel for pixel), batched on the GPU
+    backend = cfg.backend if cfg.backend != "auto" else ("device" if device.type == "cuda" else "pil")
+    rows_total = rows_total or 0
+    big = device.type == "cuda" and rows_total >= COMPILE_MIN_ROWS
+    compiled = cfg.compile == "on" or (cfg.compile == "auto" and big)
+    stores = []
+    for c in cfg.checkpoints:
+        base = cfg.store_name or c.name
+        for out, layer in enumerate(cfg.layers or (None,)):
+            name = base if len(cfg.layers) <= 1 else f"{base}@{layer}"
+            stores.append(StorePlan(c, out if len(cfg.layers) > 1 else None, layer, name,
+                                    store_path(cfg.cache_dir, cfg.dataset.name, name)))  # fmt: skip
+    seen: dict[Path, StorePlan] = {}
+    for sp in stores:
+        if sp.path in seen:
+            other = seen[sp.path]
+            raise ConfigError(
+                f"checkpoints '{other.checkpoint.name}' ({other.checkpoint.path}) and '{sp.checkpoint.name}' "
+                f"({sp.checkpoint.path}) would both write store {sp.path}; give them distinct names or extract "
+                "them in separate calls with --store-name"
+            )
+        seen[sp.path] = sp
+    return ExtractPlan(device, precision, backend, compiled, transform, source, augment, tuple(stores), view_splits)
+
+
+def _provenance(cfg: ExtractConfig, plan: ExtractPlan, sp: StorePlan, bb: LoadedBackbone, dim: int) -> Provenance:
     versions = (__version__, torch.__version__, torchvision.__version__, zarr.__version__, np.__version__)
     return Provenance(
         software=Software(*versions, platform.python_version()),
@@ -195,33 +326,74 @@ def _provenance(
             arch=bb.arch,
             sha256=bb.sha256,
             path=str(bb.path),
-            ema=any(c.ema for c in cfg.checkpoints if c.name == bb.name),
+            ema=sp.checkpoint.ema,
+            stripped_prefix=bb.stripped_prefix,
+            ignored_keys=tuple(bb.ignored_keys),
         ),
-        layer=bb.layer,
-        feature_dim=bb.feature_dim,
+        layer=sp.layer or bb.layer,
+        pool=(bb.pool or "") if sp.layer else "",
+        feature_dim=dim,
         dtype=cfg.dtype,
-        precision=precision,
-        transform=cfg.transform.to_dict(),
-        preprocess=PreprocessRef(backend, device.type),
-        compute=ComputeRef(device.type, channels_last=device.type == "cuda", compiled=compiled),
+        precision=plan.precision,
+        transform=plan.transform.to_dict(),
+        preprocess=PreprocessRef(plan.backend, plan.device.type),
+        compute=ComputeRef(plan.device.type, channels_last=plan.device.type == "cuda", compiled=plan.compiled),
     )
 
 
-def _split_data(dataset, split: str, limit: int | None) -> SplitData:
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+def stratified_rows(targets: np.ndarray, n: int) -> np.ndarray:
+    """``n`` rows (sorted) spread over the classes in proportion to their sizes, the same every time.
+
+    Each class contributes its first rows in dataset order; leftover places go to the classes with the largest
+    remainders, ties to the smaller class index.
+    """
+    targets = np.asarray(targets)
+    if n >= len(targets):
+        return np.arange(len(targets))
+    classes, counts = np.unique(targets, return_counts=True)
+    share = counts * n / len(targets)
+    take = np.floor(share).astype(int)
+    order = np.lexsort((classes, -(share - take)))  # largest remainder first
+    take[order[: n - take.sum()]] += 1
+    rows = [np.flatnonzero(targets == c)[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(rows))
+
+
+def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[ImageDataset, SplitData]:
     fp = dataset.fingerprint()
-    if limit is not None:  # a prefix is a different sample set: it gets its own fingerprint
-        fp = hashlib.sha256(f"{fp}:first{n}".encode()).hexdigest()
-    return SplitData(split, dataset.ids[:n], dataset.targets[:n], fp, dataset.classes)
+    if limit is not None and limit < len(dataset):
+        rows = stratified_rows(dataset.targets, limit)
+        dataset = dataset.subset(rows)
+        # another sample set: another fingerprint
+        fp = hashlib.sha256(f"{fp}:stratified{limit}:".encode() + rows.astype("<i8").tobytes()).hexdigest()
+        missing = sorted(set(np.unique(dataset.targets)) ^ set(range(len(dataset.classes))))
+        if missing:
+            names = ", ".join(dataset.classes[c] for c in missing[:10])
+            log.warning("--limit %d leaves %d class(es) of %s/%s without a sample: %s", limit, len(missing),
+                        dataset.name, split, names)  # fmt: skip
+    return dataset, SplitData(split, dataset.ids, dataset.targets, fp, dataset.classes)
 
 
-def _segments(writers: list[SplitWriter]) -> list[tuple[int, int]]:
-    """Row intervals to compute: cut at every chunk boundary of every store, kept if any store needs them."""
+def _segments(writers: list) -> list[tuple[int, int]]:
+    """Row intervals to compute: cut at every chunk boundary of every array, kept if any array needs them."""
     cuts = sorted({b for w in writers for i in range(w.n_chunks) for b in w.bounds(i)})
-    need = [
-        (a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=False) if any(not w.done(a // w.chunk_rows) for w in writers)
-    ]
-    return need
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=False)
+            if any(not w.done(a // w.chunk_rows) for w in writers)]  # fmt: skip
+
+
+def _repair(writer: SplitWriter) -> int:
+    """Forget the chunks of a split (and of its views) that fail verification; returns how many."""
+    reader = SplitReader(writer.layout, writer.name, writer.meta)
+    arrays = [reader] + [reader.view(k) for k in range(reader.n_views)]
+    forgotten = 0
+    for array in arrays:
+        bad = array.bad_chunks()
+        if bad:
+            where = f"{writer.name} {array.label} of {writer.store.path}"
+            log.warning("%s: re-extracting chunk(s) %s", where, sorted(bad))
+            writer.invalidate(array.view_index, sorted(bad))
+            forgotten += len(bad)
+    return forgotten
 
 
 def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> ExtractReport:
@@ -236,51 +408,57 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
         StoreError, StoreLockedError, StoreMismatchError: the store cannot be written.
     """
     t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     splits = cfg.splits or cfg.dataset.splits
     # Validate data and checkpoints before creating any store: bad input leaves nothing behind.
-    datasets = {s: build_dataset(cfg.dataset, s) for s in splits}
-    data = {s: _split_data(ds, s, cfg.limit) for s, ds in datasets.items()}
-    backbones = [load_backbone(c, trust=cfg.trust_checkpoint) for c in cfg.checkpoints]
-    arrays = all(isinstance(ds, ArrayDataset) for ds in datasets.values())
-    backend = cfg.backend if cfg.backend != "auto" else ("device" if arrays or device.type == "cuda" else "pil")
-    rows_total = sum(len(d.ids) for d in data.values())
-    compiled = cfg.compile == "on" or (
-        cfg.compile == "auto" and device.type == "cuda" and rows_total >= COMPILE_MIN_ROWS
-    )
+    built = {s: _split_data(build_dataset(cfg.dataset, s), s, cfg.limit) for s in splits}
+    datasets = {s: ds for s, (ds, _) in built.items()}
+    data = {s: d for s, (_, d) in built.items()}
+    plan = plan_extract(cfg, rows_total=sum(len(d.ids) for d in data.values()))
+    layers = tuple(cfg.layers)
+    backbones = {}
+    for c in cfg.checkpoints:
+        backbones[c.name] = load_backbone(c, trust=cfg.trust_checkpoint, layers=layers, pool=cfg.pool,
+                                          ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source)  # fmt: skip
+    maker = ViewMaker(plan.augment, cfg.views_seed) if plan.augment is not None else None
     report = ExtractReport()
     stores: list[StoreWriter] = []
     try:
-        for bb in backbones:
-            path = store_path(cfg.cache_dir, cfg.dataset.name, cfg.store_name or bb.name)
-            prov = _provenance(cfg, bb, device, precision, backend, compiled)
-            stores.append(StoreWriter(path, prov, overwrite=cfg.overwrite))
-        models = [prepare_model(bb.module, device, compiled) for bb in backbones]
-        chunk_rows = cfg.chunk_rows or chunk_rows_for(max(bb.feature_dim for bb in backbones), cfg.dtype)
+        dims = []
+        for sp in plan.stores:
+            bb = backbones[sp.checkpoint.name]
+            dim = bb.feature_dims[sp.output] if sp.output is not None else bb.feature_dim
+            dims.append(dim)
+            stores.append(StoreWriter(sp.path, _provenance(cfg, plan, sp, bb, dim), overwrite=cfg.overwrite))
+        models = {name: prepare_model(bb.module, plan.device, plan.compiled) for name, bb in backbones.items()}
+        chunk_rows = cfg.chunk_rows or chunk_rows_for(max(dims), cfg.dtype)
         status = {s.path: "already complete" for s in stores}
         for split in splits:
-            writers = [
-                s.split(data[split], bb.feature_dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
-                for s, bb in zip(stores, backbones, strict=True)
-            ]
-            for w in writers:
-                if not w.complete:
-                    started = len(w.pending()) < w.n_chunks or status[w.store.path] == "resumed"
-                    status[w.store.path] = "resumed" if started else "written"
-            run = _SplitRun(cfg, datasets[split], writers, models, device, precision, compiled, backend)
+            writers = [s.split(data[split], dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
+                       for s, dim in zip(stores, dims, strict=True)]  # fmt: skip
+            want_views = cfg.views if split in plan.view_splits else 0
+            targets = []
+            for sp, w in zip(plan.stores, writers, strict=True):
+                if cfg.repair and _repair(w):
+                    status[w.store.path] = "repaired"
+                arrays = [w, *(w.views(want_views, cfg.views_seed, maker.describe()) if want_views else [])]
+                targets += [_Target(a, sp.checkpoint.name, sp.output) for a in arrays]
+                pending = [a for a in arrays if not a.complete]
+                if pending and status[w.store.path] == "already complete":
+                    resumed = any(len(a.pending()) < a.n_chunks for a in pending)
+                    status[w.store.path] = "resumed" if resumed else "written"
+            run = _SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views)
             bar = progress(run.n_rows, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
             run.execute(report, bar)
-        for s, bb in zip(stores, backbones, strict=True):
-            rows = {sp: len(data[sp].ids) for sp in splits}
+        for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
             report.stores.append(
                 {
-                    "name": s.path.stem,
-                    "checkpoint": bb.name,
+                    "name": sp.name,
+                    "checkpoint": sp.checkpoint.name,
                     "path": str(s.path),
                     "status": status[s.path],
-                    "dim": bb.feature_dim,
-                    "rows": rows,
+                    "dim": dim,
+                    "rows": {split: len(data[split].ids) for split in splits},
+                    "views": cfg.views if plan.view_splits else 0,
                 }
             )
     finally:
@@ -298,19 +476,33 @@ def prepare_model(module: torch.nn.Module, device: torch.device, compiled: bool)
     return torch.compile(module) if compiled else module
 
 
-class _SplitRun:
-    """One split, all its unfinished stores: batches in, whole chunks out."""
+@dataclass
+class _Target:
+    """One array to fill: a split's features or one of its views, from one model output."""
 
-    def __init__(self, cfg, dataset, writers, models, device, precision, compiled, backend):
-        self.cfg, self.dataset, self.device, self.backend = cfg, dataset, device, backend
-        self.writers = [w for w in writers if not w.complete]
-        # (writer, model, chunks it still needs): listed once here, not stat-ed per batch (NFS round trips)
-        self.todo = [(w, m, set(p)) for w, m in zip(writers, models, strict=True) if (p := w.pending())]
-        self.segments = _segments([w for w, _, _ in self.todo]) if self.todo else []
+    array: ArrayWriter
+    model: str  # the checkpoint whose model computes it
+    output: int | None  # which output, with several layers
+    pending: set[int] = field(default_factory=set)
+
+
+class _SplitRun:
+    """One split, all its unfinished arrays (every store's features and views): batches in, whole chunks out."""
+
+    def __init__(self, cfg, plan: ExtractPlan, dataset, writers, targets: list[_Target], models, maker, views: int):
+        self.cfg, self.plan, self.dataset, self.device = cfg, plan, dataset, plan.device
+        self.writers, self.models, self.maker, self.n_views = writers, models, maker, views
+        # chunks each array still needs: listed once here, not stat-ed per batch (NFS round trips)
+        for t in targets:
+            t.pending = set(t.array.pending())
+        self.todo = [t for t in targets if t.pending]
+        self.views = sorted({t.array.view for t in self.todo if t.array.view is not None})
+        self.segments = _segments([t.array for t in self.todo]) if self.todo else []
         self.n_rows = sum(b - a for a, b in self.segments)
-        self.pad_to = cfg.batch_size if compiled else 0
-        self.autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
-        self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # (store k, chunk i) -> rows being filled
+        self.pad_to = cfg.batch_size if plan.compiled else 0
+        dtype, enabled = PRECISIONS[plan.precision], plan.precision != "fp32"
+        self.autocast = torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
+        self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # (target k, chunk i) -> rows being filled
         self.filled: dict[tuple[int, int], int] = {}
         self.skipped: dict[tuple[int, int], list[int]] = {}
 
@@ -320,12 +512,14 @@ class _SplitRun:
         try:
             it = batches(
                 self.dataset,
-                self.cfg.transform,
+                self.plan.transform,
                 self.segments,
                 batch_size=self.cfg.batch_size,
                 device=self.device,
-                backend=self.backend,
+                backend=self.plan.backend,
                 workers=self.cfg.workers,
+                maker=self.maker,
+                views=self.views,
             )
             while True:
                 t0 = time.perf_counter()
@@ -354,29 +548,36 @@ class _SplitRun:
                 writer.thread.join()
             report.write_s += writer.busy_s
         for w in self.writers:
-            w.finalize()
+            w.finalize(views=self.n_views)
 
     def _forward_all(self, batch, writer: _ChunkWriter) -> None:
-        x = batch.x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else batch.x
-        n, bad = len(x), [e.row for e in batch.bad]
+        n, bad = len(batch.x), [e.row for e in batch.bad]
         if bad:
             log.warning("skipping %d undecodable image(s), first: %s", len(bad), batch.bad[0].path)
-        for k, (w, model, pending) in enumerate(self.todo):
-            i = batch.start // w.chunk_rows
-            if i not in pending:
+        outputs: dict[tuple[str, int | None], object] = {}  # each model runs once per input view
+        for k, t in enumerate(self.todo):
+            i = batch.start // t.array.chunk_rows
+            if i not in t.pending:
                 continue
-            feats = _forward(model, x, self.pad_to, self.autocast)
+            view = t.array.view
+            if (t.model, view) not in outputs:
+                x = batch.x if view is None else batch.views[view]
+                if self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                outputs[(t.model, view)] = _forward(self.models[t.model], x, self.pad_to, self.autocast)
+            out = outputs[(t.model, view)]
+            feats = out if t.output is None else out[t.output]
             key = (k, i)
             if key not in self.buffers:
-                a, b = w.bounds(i)
+                a, b = t.array.bounds(i)
                 self.buffers[key] = torch.empty(b - a, feats.shape[1], dtype=torch.float32, device=self.device)
                 self.filled[key], self.skipped[key] = 0, []
-            off = batch.start - w.bounds(i)[0]
+            off = batch.start - t.array.bounds(i)[0]
             self.buffers[key][off : off + n] = feats.float()
             self.filled[key] += n
             self.skipped[key] += bad
             if self.filled[key] == len(self.buffers[key]):
-                writer.submit(w, i, self.buffers.pop(key), self.skipped.pop(key))
+                writer.submit(t.array, i, self.buffers.pop(key), self.skipped.pop(key))
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, pad_to: int, autocast) -> torch.Tensor:
@@ -392,7 +593,8 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, pad_to: int, autocast) -> 
         x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     with torch.inference_mode(), autocast:
-        return model(x)[:n]
+        out = model(x)
+        return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
 
 
 class _ComputeStream:

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import ViewMaker
 from .config import TransformSpec
 from .data import ArrayDataset, FileDataset, ImageDataset, to_rgb
 from .errors import BadImageError
@@ -76,11 +77,15 @@ _quiet_decode_deprecation()
 
 @dataclass
 class Batch:
-    """Rows [start, start + len(x)) preprocessed, float32 (B, 3, crop, crop) on the device."""
+    """Rows [start, start + len(x)) preprocessed, float32 (B, 3, crop, crop) on the device.
+
+    ``views`` holds the augmented views asked for, each preprocessed like ``x`` (the evaluation view).
+    """
 
     start: int
     x: torch.Tensor
     bad: list[BadImageError] = field(default_factory=list)  # undecodable images, with .row set
+    views: dict[int, torch.Tensor] = field(default_factory=dict)
     # CUDA: recorded on the producer's stream once x is queued; the consumer's stream waits for it
     ready: torch.cuda.Event | None = None
 
@@ -148,10 +153,13 @@ def _split(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]
 
 
 class _Items(Dataset):
-    """What a DataLoader worker does for one row: PIL crop (``pil``) or encoded bytes (``device``)."""
+    """What a DataLoader worker does for one row: PIL crops (``pil``) or encoded bytes (``device``).
 
-    def __init__(self, dataset: ImageDataset, crop: Callable | None):
-        self.dataset, self.crop = dataset, crop
+    PIL crops are the evaluation crop then the asked-for views, stacked: uint8 ``(1 + len(views), 3, s, s)``.
+    """
+
+    def __init__(self, dataset: ImageDataset, crop: Callable | None, maker: ViewMaker | None, views: Sequence[int]):
+        self.dataset, self.crop, self.maker, self.views = dataset, crop, maker, list(views)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -159,7 +167,13 @@ class _Items(Dataset):
     def __getitem__(self, i: int):
         try:
             if self.crop is not None:
-                return i, self.crop(self.dataset.load(i)), ""
+                img = self.dataset.load(i)
+                crops = [self.crop(img)]
+                if self.views:
+                    sample_id = self.dataset.ids[i]
+                    crops += [self.maker.pil(img, self.maker.params(sample_id, k, img.height, img.width))
+                              for k in self.views]  # fmt: skip
+                return i, torch.stack(crops), ""
             data = self.dataset.read_bytes(i)
             if jpeg_components(data) in (1, 3):
                 return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), "jpeg"
@@ -186,9 +200,12 @@ def batches(
     device: torch.device,
     backend: str,
     workers: int = 0,
+    maker: ViewMaker | None = None,
+    views: Sequence[int] = (),
 ) -> Iterator[Batch]:
     """Yield preprocessed batches covering ``ranges`` (row intervals, each split into batches) in order.
 
+    With ``maker``, each batch also carries augmented views ``views`` of its images (``Batch.views``).
     Undecodable images come back as zero images listed in ``Batch.bad``; the caller decides to fail or skip.
 
     On CUDA each batch is prepared in a background thread on that thread's current stream (the legacy default
@@ -201,6 +218,7 @@ def batches(
     threaded = device.type == "cuda"  # see the module docstring: no producer thread on the CPU
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # the caller's; the thread's may differ
+    views = list(views) if maker is not None else []
     if backend == "device" and isinstance(dataset, ArrayDataset):
         images = dataset.images
 
@@ -208,7 +226,8 @@ def batches(
             for rows in index_batches:
                 x = torch.from_numpy(images[rows[0] : rows[-1] + 1]).permute(0, 3, 1, 2)
                 x = (x.pin_memory() if pin else x.contiguous()).to(device, non_blocking=pin)
-                yield Batch(rows[0], pre(x, cropped=False))
+                made = maker.on_device(list(x), dataset.ids[rows[0] : rows[-1] + 1], views) if views else {}
+                yield Batch(rows[0], pre(x, cropped=False), views={k: pre(v, cropped=True) for k, v in made.items()})
 
         yield from prefetch(_on_device(produce(), device), depth=3 if threaded else 0)
         return
@@ -216,7 +235,7 @@ def batches(
     if backend == "device" and not isinstance(dataset, FileDataset):
         crop = pil_resize_crop(spec)  # no encoded bytes to hand to a device decoder
     loader = DataLoader(
-        _Items(dataset, crop),
+        _Items(dataset, crop, maker, views),
         batch_sampler=index_batches,
         num_workers=workers,
         collate_fn=_collate,
@@ -225,18 +244,21 @@ def batches(
         persistent_workers=False,
     )
     zero = torch.zeros(3, spec.crop, spec.crop, dtype=torch.uint8)
+    zeros = zero.expand(1 + len(views), -1, -1, -1)
 
     def produce_files() -> Iterator[Batch]:
         blank = None  # zero image on the device, made once (in the producer thread, on its stream)
         for items in loader:
             bad = [BadImageError(*why, row=i) for i, x, why in items if x is None]
-            if crop is not None:
-                x = torch.stack([zero if t is None else t for _, t, _ in items])
+            if crop is not None:  # (B, 1 + views, 3, s, s) -> the evaluation view and each augmented one
+                x = torch.stack([zeros if t is None else t for _, t, _ in items])
                 x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
-                yield Batch(items[0][0], pre(x, cropped=True), bad)
+                made = {k: pre(x[:, 1 + n], cropped=True) for n, k in enumerate(views)}
+                yield Batch(items[0][0], pre(x[:, 0], cropped=True), bad, views=made)
             else:
                 blank = _to_device(zero, device) if blank is None else blank
-                yield Batch(items[0][0], _decode_on_device(dataset, items, pre, device, blank, bad), bad)
+                x, made = _decode_on_device(dataset, items, pre, device, blank, bad, maker, views)
+                yield Batch(items[0][0], x, bad, views=made)
 
     yield from prefetch(_on_device(produce_files(), device), depth=2 if threaded else 0)
 
@@ -262,9 +284,17 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _decode_on_device(
-    dataset: FileDataset, items: list, pre: BatchPreprocess, device: torch.device, blank: torch.Tensor, bad: list
-) -> torch.Tensor:
-    """Decode a batch's JPEGs together on the device, fall back per file, resize and crop, stack.
+    dataset: FileDataset,
+    items: list,
+    pre: BatchPreprocess,
+    device: torch.device,
+    blank: torch.Tensor,
+    bad: list,
+    maker: ViewMaker | None = None,
+    views: Sequence[int] = (),
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Decode a batch's JPEGs together on the device, fall back per file, resize and crop, stack; and make the
+    asked-for augmented views of the decoded images (a bad file's views are ``blank`` too).
 
     One undecodable file fails a batched ``decode_jpeg`` call; then each file is decoded alone on the device
     and only those that still fail go to PIL, so a file's pixels never depend on its batch neighbours.
@@ -296,7 +326,17 @@ def _decode_on_device(
         if kind == "pil":
             images[k] = _to_device(t, device)
     crops = _resize_crop_by_size(images, pre)
-    return pre(torch.stack([crops.get(k, blank) for k in range(len(items))]), cropped=True)
+    x = pre(torch.stack([crops.get(k, blank) for k in range(len(items))]), cropped=True)
+    if not views:
+        return x, {}
+    good = sorted(images)
+    made = maker.on_device([images[k] for k in good], [dataset.ids[items[k][0]] for k in good], views)
+    out = {}
+    for v, stack in made.items():
+        full = blank.expand(len(items), -1, -1, -1).clone()
+        full[good] = stack
+        out[v] = pre(full, cropped=True)
+    return x, out
 
 
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

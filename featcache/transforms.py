@@ -38,6 +38,7 @@ __all__ = [
     "pil_reference",
     "pil_resize_crop",
     "resize_like_pil",
+    "resize_uint8",
     "resized_size",
 ]
 
@@ -127,6 +128,24 @@ def resize_like_pil(
         x: uint8 batch on any device.
         size: target length of the shorter side.
         interpolation: bicubic or bilinear.
+        native: see :func:`resize_uint8`.
+
+    Returns:
+        uint8 batch on the same device.
+    """
+    height, width = x.shape[-2:]
+    return resize_uint8(x, resized_size(height, width, size), interpolation, native)
+
+
+def resize_uint8(
+    x: torch.Tensor, size: tuple[int, int], interpolation: v2.InterpolationMode, native: bool | None = None
+) -> torch.Tensor:
+    """Resize a uint8 batch ``(B, C, H, W)`` to ``size`` = (height, width) as Pillow does.
+
+    Args:
+        x: uint8 batch on any device.
+        size: output (height, width).
+        interpolation: bicubic or bilinear.
         native: use torchvision's uint8 kernel (CPU only; Pillow's own algorithm). ``None``: on CPU only.
             Otherwise two float32 passes (width, then height, as Pillow) rounded and clamped to 0..255
             after each pass: Pillow keeps a uint8 image between its passes, and that rounding and clamping
@@ -136,7 +155,7 @@ def resize_like_pil(
         uint8 batch on the same device.
     """
     height, width = x.shape[-2:]
-    new_h, new_w = resized_size(height, width, size)
+    new_h, new_w = size
     if (new_h, new_w) == (height, width):
         return x
     if native if native is not None else x.device.type == "cpu":

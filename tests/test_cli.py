@@ -17,7 +17,7 @@ from featcache.cli import main
 from featcache.config import load_registry
 from featcache.data import build_dataset
 from featcache.store import open_store, store_path
-from featcache.transforms import BatchPreprocess
+from featcache.transforms import pil_reference
 
 
 @pytest.fixture
@@ -158,8 +158,6 @@ def test_ema_flag_extracts_the_ema_weights(run, paths):
     ema_net, plain_net = make_net("resnet10", seed=EMA_SEED), make_net("resnet10", seed=0)
     reg = load_registry(paths)
     ds = build_dataset(reg.dataset("cifar10"), "test")
-    x = BatchPreprocess(reg.transform(reg.dataset("cifar10"), "32px"))(
-        torch.from_numpy(ds.images).permute(0, 3, 1, 2), cropped=False
-    )
+    x = torch.stack([pil_reference(reg.transform(reg.dataset("cifar10"), "32px"))(ds.load(i)) for i in range(len(ds))])
     for name, net in (("ema", ema_net), ("plain", plain_net)):
         assert np.abs(read[name].split("test").read() - reference_features(net, x).numpy()).max() < 1e-4

@@ -16,7 +16,7 @@ from featcache import store as store_mod
 from featcache.config import CheckpointSpec
 from featcache.data import build_dataset
 from featcache.errors import BadImageError, CheckpointError, DatasetError, StoreError
-from featcache.extract import ExtractConfig, extract
+from featcache.extract import ExtractConfig, extract, stratified_rows
 from featcache.models import file_sha256
 from featcache.store import FORMAT_VERSION, CheckpointRef, PreprocessRef, open_store, store_path
 from featcache.transforms import BatchPreprocess, pil_reference
@@ -44,7 +44,8 @@ def test_cifar_features_equal_direct_model_output(paths, registry, cifar, ckpt):
     tf = registry.transform(registry.dataset("cifar10"), "32px")
     for split in ("train", "test"):
         r = _features(paths, "cifar10", "net0", split)
-        x = BatchPreprocess(tf)(torch.from_numpy(cifar[split]["images"]).permute(0, 3, 1, 2), cropped=False)
+        # the research pipeline: PIL transforms per image, which featcache's CPU default reproduces exactly
+        x = torch.stack([pil_reference(tf)(Image.fromarray(im)) for im in cifar[split]["images"]])
         want = reference_features(net, x).numpy()
         assert r.read().shape == want.shape == (len(x), 512)
         assert np.abs(r.read() - want).max() < 1e-4
@@ -70,7 +71,7 @@ def test_store_records_provenance(paths, registry, cifar, ckpt):
     p = s.provenance
     assert p.checkpoint == CheckpointRef("net0", "resnet10", file_sha256(spec.path), str(spec.path), ema=False)
     assert p.layer == "avgpool" and p.feature_dim == 512 and p.dtype == "float16"
-    assert p.precision == "fp32" and p.preprocess == PreprocessRef("device", "cpu")
+    assert p.precision == "fp32" and p.preprocess == PreprocessRef("pil", "cpu")
     assert p.transform["name"] == "cifar-32px" and p.transform["resize"] == 36
     assert p.software.torch == torch.__version__ and p.dataset.name == "cifar10"
     assert p.format_version == FORMAT_VERSION and p.splits == ("train", "test")
@@ -162,13 +163,27 @@ def test_missing_dataset_leaves_no_store(paths, registry, ckpt):
     assert not paths.cache.joinpath("cifar10").exists()
 
 
-def test_limit_is_a_different_sample_set(paths, registry, cifar, ckpt):
+def test_limit_is_a_stratified_and_different_sample_set(paths, registry, cifar, ckpt):
     spec, _ = ckpt
-    extract(_config(paths, registry, [spec], splits=("train",), limit=10, store_name="first10"))
+    extract(_config(paths, registry, [spec], splits=("train",), limit=10, store_name="ten"))
     extract(_config(paths, registry, [spec], splits=("train",)))
-    small, full = _features(paths, "cifar10", "first10", "train"), _features(paths, "cifar10", "net0", "train")
+    small, full = _features(paths, "cifar10", "ten", "train"), _features(paths, "cifar10", "net0", "train")
     assert small.rows == 10 and small.meta.fingerprint != full.meta.fingerprint
-    np.testing.assert_array_equal(small.read(), full.read()[:10])
+    rows = stratified_rows(full.labels, 10)
+    assert rows.tolist() != list(range(10))  # not simply the first 10
+    np.testing.assert_array_equal(small.read(), full.read()[rows])
+    assert small.ids == [full.ids[r] for r in rows] and small.labels.tolist() == full.labels[rows].tolist()
+
+
+def test_stratified_rows_follow_class_shares():
+    y = np.array([0] * 50 + [1] * 30 + [2] * 20)[np.random.default_rng(0).permutation(100)]
+    rows = stratified_rows(y, 10)
+    assert np.bincount(y[rows]).tolist() == [5, 3, 2] and (np.diff(rows) > 0).all()
+    assert stratified_rows(y, 10).tolist() == rows.tolist()  # the same every time
+    for c in range(3):  # each class: its first rows in dataset order
+        assert rows[y[rows] == c].tolist() == np.flatnonzero(y == c)[: (y[rows] == c).sum()].tolist()
+    assert np.bincount(y[stratified_rows(y, 7)]).tolist() == [4, 2, 1]
+    np.testing.assert_array_equal(stratified_rows(y, 500), np.arange(100))
 
 
 @pytest.fixture

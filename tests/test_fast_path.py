@@ -76,7 +76,7 @@ def test_bf16_autocast_features_match_fp32(paths, registry, arch):
     assert _cosine(ref, got).min() >= 0.999
     prov = open_store(store_path(paths.cache, "cifar10", "bf16")).provenance
     assert prov.precision == "bf16" and prov.compute.device == "cpu"
-    assert prov.preprocess.to_dict() == {"backend": "device", "device": "cpu"}
+    assert prov.preprocess.to_dict() == {"backend": "pil", "device": "cpu"}  # on the CPU: the research pipeline
     assert open_store(store_path(paths.cache, "cifar10", "fp32")).provenance.precision == "fp32"
 
 
