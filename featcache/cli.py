@@ -37,6 +37,28 @@ def _clean_errors(fn):
     return wrapper
 
 
+class _Group(click.Group):
+    """A command group whose usage errors are one line too: ``Error: <what>; see '<command> --help'``."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "featcache"
+            message = " ".join(e.format_message().split()).rstrip(".")
+            click.echo(f"Error: {message}; see '{where} --help'", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -101,7 +123,7 @@ def _command(fn):
     return _root_options(wrapper)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @functools.partial(_root_options, group=True)
 @click.option("-v", "--verbose", count=True, help="More log output; -vv for debug.")
 @click.version_option(package_name="featcache", message="%(prog)s %(version)s")
@@ -421,10 +443,29 @@ def _views(ctx, param, value: str | None) -> int | None:
     is_flag=True,
     help="Concatenate stores whose transform, preprocessing backend or precision differ.",
 )
+@click.option(
+    "--solver",
+    type=click.Choice(["sgd", "lbfgs", "knn"]),
+    default="sgd",
+    show_default=True,
+    help="sgd: the research protocol's heads (BN + Linear, the preset's grid). lbfgs: L2 logistic regression on "
+    "standardised features, a strength path selected on val (CLIP's protocol). knn: cosine k-NN with "
+    "temperature-weighted votes (DINO's). lbfgs and knn use the evaluation view.",
+)
+@click.option(
+    "--lbfgs-strengths",
+    callback=_floats,
+    help="L2 strengths (lambda of mean cross-entropy + lambda/2 |W|^2; sklearn C = 1/(lambda n)), fitted strong "
+    "to weak, each warm-starting the next (default: 1 down to 1e-6, two per decade).",
+)
+@click.option("--lbfgs-tol", type=float, help="Stop a strength when max|grad| <= tol x max|lambda W| (1e-2).")
+@click.option("--lbfgs-max-iter", type=click.IntRange(min=1), help="L-BFGS iterations per strength (1000).")
+@click.option("--knn-k", help="Neighbour counts to select from, e.g. 10,20,100,200 (the default).")
+@click.option("--knn-temperature", callback=_floats, help="Vote temperatures to select from (default 0.07).")
 @click.option("--tag", default="", help="Free text stored with the result, for `featcache results --tag`.")
 @_format_option
 @_command
-def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt, **opts):
+def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt, solver, **opts):
     """Fit linear heads on the concatenated features of stores; select on val, report test once.
 
     Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
@@ -451,14 +492,37 @@ def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt
         seed=opts.pop("seed"),
         val_fraction=opts.pop("val_fraction"),
     )
-    if views is None:  # auto: the preset's count, capped by what every store holds
+    solver_cfg = _solver_config(solver, opts)
+    if solver_cfg is not None:
+        views = 0  # lbfgs and knn fit the evaluation view
+    elif views is None:  # auto: the preset's count, capped by what every store holds
         views = min(int(chosen.get("views", 0)), _shared_views(store_paths, opts.get("train_split")))
     cfg = ProbeConfig(stores=store_paths, heads=heads, val_fraction=vf, views=views, preset=preset, tag=tag,
-                      dataset=dataset, **opts)  # fmt: skip
+                      dataset=dataset, solver=solver_cfg, **opts)  # fmt: skip
     record = run_probe(cfg)
     click.echo(format_probe(record, fmt))  # first: a log that cannot be written loses nothing the user saw
     path = append_record(paths.results_log, record)
     click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
+
+
+def _solver_config(solver: str, opts: dict):
+    """The L-BFGS or k-NN configuration from its options (popped from ``opts``); None for sgd."""
+    from .knn import KNNConfig
+    from .logreg import LogRegConfig
+
+    lb = {k: opts.pop(f"lbfgs_{k}") for k in ("strengths", "tol", "max_iter")}
+    ks, temps = opts.pop("knn_k"), opts.pop("knn_temperature")
+    if solver == "lbfgs":
+        return LogRegConfig(**{k: v for k, v in lb.items() if v is not None})
+    if solver == "knn":
+        try:
+            k_grid = tuple(int(k) for k in ks.split(",") if k.strip()) if ks else None
+        except ValueError:
+            hint = "give comma-separated integers, e.g. 10,20,100"
+            raise click.BadParameter(f"{ks!r}: {hint}", param_hint="--knn-k") from None
+        given = {"ks": k_grid, "temperatures": temps}
+        return KNNConfig(**{k: v for k, v in given.items() if v is not None})
+    return None
 
 
 def _shared_views(store_paths, split: str | None) -> int:
@@ -589,20 +653,101 @@ def doctor():
     click.echo(render(machine_report()))
 
 
-@main.command(short_help="Run the whole pipeline on scikit-learn's digits (CPU, ~1 min).")
-@click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True, help="Pretraining epochs.")
-@click.option("--retrain", is_flag=True, help="Pretrain again even if the demo checkpoints exist.")
-@_command
-def demo(paths: Paths, epochs, retrain):
-    """The whole pipeline on scikit-learn's digits, on the CPU in a few minutes.
+def _out_option(fn):
+    return click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder of the report files <sweep>.md, .csv, .png (default: <cache>/reports).",
+    )(fn)
 
-    Pretrains the registry's `demo` set of tiny ResNets on digits 0-4 (AlgoPerf checkpoint format),
-    extracts their features on digits 5-9, probes every single store and concatenations of 2, 3, ...
-    stores, and prints the table.
+
+def _echo_report(report, files) -> None:
+    click.echo(render(report.table_rows(mark="{} *")))
+    click.echo(report.footnote())
+    click.echo(f"report: {files.markdown}, {files.csv}" + (f", {files.plot}" if files.plot else ""))
+    if files.note:
+        click.echo(f"no plot: {files.note}", err=True)
+
+
+@main.command(short_help="Run a sweep config: extract what is missing, probe what is not logged, report.")
+@click.argument("config")
+@click.option("--dry-run", is_flag=True, help="List what would run and what is already done; run nothing.")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    help="Only this dataset of the sweep (repeatable), e.g. one per Slurm task; the report covers them all.",
+)
+@_out_option
+@click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bars (the one-line steps are still printed).")
+@_command
+def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet):
+    """Run the sweep CONFIG (a YAML path, or a name in sweeps/ of the registries: timecat, digits).
+
+    Extracts every missing store once per dataset (all its checkpoints share each decoded batch), then probes
+    every (dataset, row, draw) whose result is not in the results log yet, and writes the report. Idempotent:
+    rerun after an interruption, it finishes what is missing and never logs a result twice.
+    """
+    from .report import build_report, write_report
+    from .sweep import load_sweep, plan_sweep, run_sweep
+
+    reg = load_registry(paths)
+    full = load_sweep(config, reg)
+    chosen = full.with_overrides(datasets=datasets) if datasets else full
+    if dry_run:
+        plan = plan_sweep(chosen, reg, paths)
+        click.echo(render(plan.describe()))
+        found = len(plan.probes) - len(plan.pending())
+        click.echo(f"dry run: {len(plan.extracts)} extraction(s) and {len(plan.pending())} probe(s) would run; "
+                   f"{found} of {len(plan.probes)} probe(s) already done")  # fmt: skip
+        return
+    run_sweep(chosen, reg, paths, echo=click.echo, progress=NullProgress if quiet else ProgressBar)
+    if not no_report:
+        report = build_report(plan_sweep(full, reg, paths))
+        _echo_report(report, write_report(report, out or paths.cache / "reports"))
+
+
+@main.command(short_help="Write a sweep's table (markdown, CSV) and plot (PNG) from the results log.")
+@click.argument("config", required=False)
+@_out_option
+@_command
+def report(paths: Paths, config, out):
+    """Write the paper-style table of the sweep CONFIG (rows x datasets, mean ± std over draws, best marked) as
+    markdown and CSV, and a plot of accuracy against the number of concatenated models (needs matplotlib:
+    pip install 'featcache[plot]'). Without CONFIG: the one sweep the results log holds.
+    """
+    from .report import build_report, write_report
+    from .results import load_records
+    from .sweep import load_sweep, plan_sweep
+
+    if config is None:
+        names = sorted({w.removeprefix("sweep:") for r in load_records(paths.results_log) for w in r.tag.split()
+                        if w.startswith("sweep:")})  # fmt: skip
+        if len(names) != 1:
+            found = f"it holds {', '.join(names)}" if names else "it holds none"
+            raise click.ClickException(f"which sweep? name one (featcache report NAME); {found} "
+                                       f"({paths.results_log})")  # fmt: skip
+        config = names[0]
+    reg = load_registry(paths)
+    rep = build_report(plan_sweep(load_sweep(config, reg), reg, paths))
+    _echo_report(rep, write_report(rep, out or paths.cache / "reports"))
+
+
+@main.command(short_help="The Time-Cat claim on scikit-learn's digits: 1x T vs 2x T/2 vs 4x T/4 (CPU, ~2 min).")
+@click.option("--retrain", is_flag=True, help="Pretrain again even if the demo checkpoints exist.")
+@_out_option
+@_command
+def demo(paths: Paths, retrain, out):
+    """At one pretraining budget of T steps on digits 0-4: one tiny ResNet trained T steps against 2 x T/2 and
+    4 x T/4 concatenated, each drawn 3 times, probed on digits 5-9. CPU, about 2 minutes.
+
+    Pretrains the checkpoints of the `digits` sweep (configs/sweeps/digits.yaml; AlgoPerf checkpoint format,
+    kept when they exist), runs `featcache sweep digits`, prints the table and writes it with the plot.
     """
     from .demo import run_demo
 
-    run_demo(paths, epochs=epochs, retrain=retrain, echo=click.echo)
+    run_demo(paths, retrain=retrain, out=out, echo=click.echo)
 
 
 if __name__ == "__main__":  # `python -m featcache.cli`, used by pipeline/ scripts and subprocess tests

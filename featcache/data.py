@@ -362,8 +362,8 @@ class CIFAR10(ArrayDataset):
                 )
             datas.append(data)
             labels.extend(int(v) for v in entry[self.labels_key])
-            names.extend(str(v) for v in entry["filenames"])
-        classes = [str(c) for c in meta[self.meta_key]]
+            names.extend(_text(v) for v in entry["filenames"])
+        classes = [_text(c) for c in meta[self.meta_key]]
         if labels and not 0 <= min(labels) <= max(labels) < len(classes):
             raise DatasetError(
                 f"{self.format}: labels in {folder} fall outside the {len(classes)} classes of the meta file"
@@ -379,10 +379,16 @@ class CIFAR10(ArrayDataset):
                 entry = _ArrayUnpickler(f, encoding="latin1").load()
         except Exception as e:  # any failure to parse means the same thing: not a CIFAR batch
             raise DatasetError(f"{self.format}: {path} is not a readable CIFAR pickle ({e}); re-download it") from None
+        if isinstance(entry, dict):  # pickled by Python 3 with bytes keys (b"data"): the same batch
+            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
         missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise DatasetError(f"{self.format}: {path} lacks key(s) {missing}; re-download it")
         return entry
+
+
+def _text(value: Any) -> str:
+    return value.decode("latin1") if isinstance(value, bytes) else str(value)
 
 
 @register("cifar100")

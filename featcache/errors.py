@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "BadImageError",
+    "BadImagesError",
     "StoreError",
     "StoreIncompleteError",
     "StoreMismatchError",
@@ -50,6 +51,20 @@ class BadImageError(DatasetError):
         super().__init__(
             f"cannot decode image {path}: {reason}; fix or remove the file, "
             "or pass --on-bad-image skip to record it and go on"
+        )
+
+
+class BadImagesError(DatasetError):
+    """Undecodable images of a split, all of them: the run decoded the rest of the split to list every one."""
+
+    def __init__(self, bad: list[BadImageError]):
+        self.bad = bad
+        shown = ", ".join(f"{b.path} ({b.reason})" for b in bad[:5]) + (
+            f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        )
+        super().__init__(
+            f"cannot decode {len(bad)} image(s): {shown}; fix or remove them, or pass --on-bad-image skip to "
+            "record them and go on"
         )
 
 

@@ -31,7 +31,7 @@ from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ImageDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import ConfigError
+from .errors import BadImagesError, ConfigError
 from .loaders import BACKENDS, Batch, batches
 from .models import LoadedBackbone, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
@@ -507,7 +507,7 @@ class _SplitRun:
         self.skipped: dict[tuple[int, int], list[int]] = {}
 
     def execute(self, report: ExtractReport, bar) -> None:
-        writer = _ChunkWriter()
+        writer, bad = _ChunkWriter(), []
         gpu = _ComputeStream(self.device) if self.device.type == "cuda" else None
         try:
             it = batches(
@@ -528,8 +528,11 @@ class _SplitRun:
                 report.data_s += t1 - t0
                 if batch is None:
                     break
-                if batch.bad and self.cfg.on_bad_image == "error":
-                    raise batch.bad[0]
+                if self.cfg.on_bad_image == "error" and (batch.bad or bad):
+                    # decode the rest of the split, computing nothing, so that one run names every bad image
+                    bad += batch.bad
+                    bar.update(len(batch.x))
+                    continue
                 with gpu.run(batch) if gpu is not None else nullcontext():
                     self._forward_all(batch, writer)
                 report.model_s += time.perf_counter() - t1
@@ -541,6 +544,8 @@ class _SplitRun:
                 report.model_s += time.perf_counter() - t0
                 report.gpu_s = (report.gpu_s or 0.0) + gpu.busy_s
             writer.close()
+            if bad:
+                raise BadImagesError(sorted(bad, key=lambda e: e.row)) if len(bad) > 1 else bad[0]
         finally:
             bar.close()
             if writer.thread.is_alive():  # failed mid-split: finish the queued chunks while the lock is ours

@@ -38,7 +38,9 @@ from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError, FeatcacheError, StoreError
 from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
+from .logreg import LogRegConfig
 from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
+from .solvers import SolverConfig, run_solver
 from .store import Store, store_path
 
 __all__ = [
@@ -92,6 +94,7 @@ class ProbeConfig:
     tag: str = ""
     dataset: str | None = None  # what the caller believes the stores hold (e.g. --dataset); checked
     allow_same_split: bool = False
+    solver: SolverConfig | None = None  # None: the SGD heads of ``heads``; else L-BFGS or k-NN on the same splits
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -104,6 +107,12 @@ class ProbeConfig:
             raise ConfigError(f"--views must be a count >= 0 or 'none', got {self.views}")
         if self.max_memory is not None and self.max_memory <= 0:
             raise ConfigError(f"--max-memory must be a positive size, got {self.max_memory}")
+        if self.solver is not None and self.views:
+            raise ConfigError("--solver lbfgs and knn fit the evaluation view only: pass --views none")
+
+    @property
+    def solver_name(self) -> str:
+        return "sgd" if self.solver is None else "lbfgs" if isinstance(self.solver, LogRegConfig) else "knn"
 
 
 def heads_from_preset(
@@ -358,6 +367,13 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
     n_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     fit_rows, val_rows = val_split(train.labels, train.valid_rows, cfg.val_fraction, cfg.heads.seed)
     notes = _class_notes(train, test, fit_rows, val_rows, n_classes)
+    for what, n, need in (("fit rows", len(fit_rows), 2), ("val rows", len(val_rows), 1),
+                          (f"rows of '{test.split}'", len(test.valid_rows), 1)):  # fmt: skip
+        if n < need:
+            raise ProbeError(
+                f"{len(train.valid_rows)} usable rows of '{train.split}' leave {n} {what} (a class needs 2 rows "
+                "to give one to val); a probe needs more samples: extract a larger split or --limit"
+            )
     views = _views_used(train, cfg)
     keys: list[int | None] = list(range(views.count)) if views.count else [None]
     mode = _plan(cfg, train, test, len(keys), len(fit_rows), len(val_rows))
@@ -378,6 +394,29 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
         X_test = _load(test, test.valid_rows).to(where)
     y_train = train.labels[train.valid_rows]
     t_load = time.perf_counter()
+    if cfg.solver is not None:
+        splits = {
+            "fit": (arrays.get(None, fit_pos), y_train[fit_pos]),
+            "val": (X_val, train.labels[val_rows]),
+            "train": (arrays.get(None, None), y_train),
+            "test": (X_test, test.labels[test.valid_rows]),
+        }
+        heads, selection, hyper, timings = run_solver(cfg.solver, splits, train.dim, n_classes, device)
+        record = _record(cfg, stores, train, test, views, notes, hyper, heads, selection, None)
+        timings = {"load_s": t_load - t0, **timings, "total_s": time.perf_counter() - t0}
+    else:
+        record, timings = _fit_sgd(cfg, stores, train, test, arrays, (fit_pos, val_rows), schedule,
+                                   (X_val, X_test), views, notes, n_classes, device)  # fmt: skip
+        timings = {"load_s": t_load - t0, **timings, "total_s": time.perf_counter() - t0}
+    rows = {"fit": len(fit_rows), "val": len(val_rows), "train": len(train.valid_rows), "test": len(test.valid_rows)}
+    memory = mode + (" on GPU" if on_gpu else "")
+    return dataclasses.replace(record, rows=rows, timings=timings, device=str(device), memory=memory)
+
+
+def _fit_sgd(cfg, stores, train, test, arrays, rows, schedule, evals, views, notes, n_classes, device):
+    """The select pass (fit -> val) and the final pass (train -> test) of the SGD grid; (record, timings)."""
+    (fit_pos, val_rows), (X_val, X_test) = rows, evals
+    y_train = train.labels[train.valid_rows]
 
     def fit(positions: np.ndarray | None, eval_name: str, X_eval, y_eval) -> MultiHeadProbe:
         probe = MultiHeadProbe(cfg.heads, train.dim, n_classes, device=device)
@@ -394,12 +433,9 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
 
     select = fit(fit_pos, "val", X_val, train.labels[val_rows])
     final = fit(None, "test", X_test, test.labels[test.valid_rows])
-    record = _record(cfg, stores, train, test, select, final, views, notes, n_classes)
-    timings = {"load_s": t_load - t0, "select_s": select.seconds_, "final_s": final.seconds_,
-               "total_s": time.perf_counter() - t0}  # fmt: skip
-    rows = {"fit": len(fit_rows), "val": len(val_rows), "train": len(train.valid_rows), "test": len(test.valid_rows)}
-    memory = mode + (" on GPU" if on_gpu else "")
-    return dataclasses.replace(record, rows=rows, timings=timings, device=str(device), memory=memory)
+    hyper = dataclasses.asdict(cfg.heads)
+    record = _record(cfg, stores, train, test, views, notes, hyper, *_sgd_results(cfg, select, final, n_classes))
+    return record, {"select_s": select.seconds_, "final_s": final.seconds_}
 
 
 def _fits_gpu(train: ConcatView, test: ConcatView, n_arrays: int, device: torch.device) -> bool:
@@ -407,7 +443,8 @@ def _fits_gpu(train: ConcatView, test: ConcatView, n_arrays: int, device: torch.
     return need < MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
 
 
-def _record(cfg, stores, train, test, select, final, views, notes, n_classes) -> ProbeRecord:
+def _sgd_results(cfg: ProbeConfig, select: MultiHeadProbe, final: MultiHeadProbe, n_classes: int):
+    """(grid points, selection, research number) from the select and final passes' histories."""
     grid = cfg.heads.grid
     lr_grid = cfg.heads.lrs is not None
 
@@ -415,8 +452,8 @@ def _record(cfg, stores, train, test, select, final, views, notes, n_classes) ->
         lr, wd = grid[h]
         return {"lr": lr, "weight_decay": wd} if lr_grid else {"weight_decay": wd}
 
-    def top5(history, e, h, key):
-        return history[e - 1][key][h] if n_classes >= 6 else None
+    def top5(e: int, h: int) -> float | None:
+        return final.history_[e - 1]["test_top5"][h] if n_classes >= 6 else None
 
     heads = []
     for h in range(len(grid)):
@@ -427,12 +464,25 @@ def _record(cfg, stores, train, test, select, final, views, notes, n_classes) ->
                 val_top1=select.history_[eh - 1]["val_top1"][h],
                 val_epoch=eh,
                 test_top1=final.history_[eh - 1]["test_top1"][h],
-                test_top5=top5(final.history_, eh, h, "test_top5"),
+                test_top5=top5(eh, h),
                 best_test_top1=max(r["test_top1"][h] for r in final.history_),
             )
         )
     h, e = _select(select.history_, "val_top1")
     rh, re_ = _select(final.history_, "test_top1")
+    selected = Selection(
+        params=params(h),
+        epoch=e,
+        val_top1=select.history_[e - 1]["val_top1"][h],
+        test_top1=final.history_[e - 1]["test_top1"][h],
+        test_top5=top5(e, h),
+        method=SELECTION_NOTE,
+    )
+    research = ResearchNumber(final.history_[re_ - 1]["test_top1"][rh], params(rh), re_, RESEARCH_NOTE)
+    return tuple(heads), selected, research
+
+
+def _record(cfg, stores, train, test, views, notes, hyperparameters, heads, selected, research) -> ProbeRecord:
     first = stores[0].provenance
     return ProbeRecord(
         id=uuid.uuid4().hex[:12],
@@ -451,19 +501,48 @@ def _record(cfg, stores, train, test, select, final, views, notes, n_classes) ->
         test_split=test.split,
         rows={},
         preset=cfg.preset,
-        solver="sgd",
-        hyperparameters={**dataclasses.asdict(cfg.heads), "val_fraction": cfg.val_fraction},
+        solver=cfg.solver_name,
+        hyperparameters={**hyperparameters, "val_fraction": cfg.val_fraction},
         views=views,
-        heads=tuple(heads),
-        selected=Selection(
-            params=params(h),
-            epoch=e,
-            val_top1=select.history_[e - 1]["val_top1"][h],
-            test_top1=final.history_[e - 1]["test_top1"][h],
-            test_top5=top5(final.history_, e, h, "test_top5"),
-            method=SELECTION_NOTE,
-        ),
-        research=ResearchNumber(final.history_[re_ - 1]["test_top1"][rh], params(rh), re_, RESEARCH_NOTE),
+        heads=heads,
+        selected=selected,
+        research=research,
         notes=tuple(notes),
         versions={"featcache": __version__, "torch": torch.__version__},
+    )
+
+
+def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> str:
+    """The :attr:`ProbeRecord.key` that :func:`run_probe` gives ``cfg``'s record, known before probing.
+
+    Reads only the stores' metadata (checkpoint hashes, splits, view counts) and uses exactly the fields
+    ``ProbeRecord.key`` uses, so a sweep can tell whether a probe is already in the results log.
+
+    Args:
+        cfg: the probe as it would run.
+        stores: ``cfg.stores`` already opened (default: open them).
+
+    Returns:
+        The key, a 16-hex-digit string.
+
+    Raises:
+        StoreError: a store cannot be opened, or lacks the train split.
+    """
+    from .results import probe_key
+
+    stores = [Store(p) for p in cfg.stores] if stores is None else list(stores)
+    first = stores[0]
+    train_split = cfg.train_split or ("train" if "train" in first.splits else first.splits[0])
+    test_split = cfg.test_split or next((s for s in ("test", "val") if s in first.splits), None)
+    views = cfg.views if cfg.views is not None else min(s.split_meta(train_split).n_views for s in stores)
+    hyperparameters = dataclasses.asdict(cfg.heads if cfg.solver is None else cfg.solver)
+    return probe_key(
+        dataset=first.provenance.dataset.name,
+        checkpoints=[s.provenance.checkpoint.to_dict().get("sha256", s.name) for s in stores],
+        train_split=train_split,
+        test_split=test_split,
+        preset=cfg.preset,
+        solver=cfg.solver_name,
+        hyperparameters={**hyperparameters, "val_fraction": cfg.val_fraction},
+        views=views,
     )

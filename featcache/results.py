@@ -66,7 +66,9 @@ class GridPoint(Record):
 
     params: dict[str, float]
     val_top1: float
-    test_top1: float  # test accuracy of this point's final fit at its val-selected epoch
+    # test accuracy of this point's final fit at its val-selected epoch (SGD); for solvers that read test once,
+    # only the selected point's
+    test_top1: float | None = None
     val_epoch: int | None = None  # SGD: the epoch val selected for this point
     test_top5: float | None = None  # None with fewer than 6 classes
     best_test_top1: float | None = None  # SGD: best test accuracy over epochs (selected on test)

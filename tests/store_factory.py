@@ -31,7 +31,7 @@ def make_store(
     splits: dict[str, tuple[np.ndarray, np.ndarray]],
     *,
     name: str = "ckpt",
-    chunk_rows: int = 16,
+    chunk_rows: int | None = 16,  # None: the writer's default (about 16 MiB, at most the split)
     dtype: str = "float32",
     ids: dict[str, list[str]] | None = None,
     finalize: bool = True,

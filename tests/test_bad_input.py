@@ -7,7 +7,9 @@ already cover at this level.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -235,3 +237,161 @@ def test_probe_of_an_interrupted_store(run, paths, stores):
     X, y = rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 3, 40)
     path = make_store(paths.cache / "synthetic" / "half.zarr", {"train": (X, y), "test": (X, y)}, chunks=1)
     _error(_probe(run, path), "is not complete (1/3 chunks written)", "rerun the same `featcache extract`")
+
+
+# --- hostile option values: one line, never a traceback --------------------------------------------------
+
+
+def _one_line(result) -> str:
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+HOSTILE = [
+    ("extract", "--ckpt", ""),
+    ("extract", "--ckpt", " , ,"),
+    ("extract", "--ckpt", "run0", "--batch-size", "0"),
+    ("extract", "--ckpt", "run0", "--workers", "-1"),
+    ("extract", "--ckpt", "run0", "--limit", "0"),
+    ("extract", "--ckpt", "run0", "--chunk-rows", "-3"),
+    ("extract", "--ckpt", "run0", "--views", "-1"),
+    ("extract", "--ckpt", "run0", "--views-seed", "-7"),
+    ("extract", "--ckpt", "run0", "--views-seed", str(2**80)),
+    ("extract", "--ckpt", "run0", "--dataset", "cifar11"),
+    ("extract", "--ckpt", "run0", "--dataset", "cifar10", "--split", "valid"),
+    ("extract", "--ckpt", "run0", "--dataset", "cifar10", "--transform", "64px"),
+    ("extract", "--ckpt", "run0", "--device", "cuda:7"),
+    ("extract", "--ckpt", "run0", "--device", "toaster"),
+    ("extract", "--ckpt", "x.pth", "--arch", "resnet5000"),
+    ("probe", "--stores", ""),
+    ("probe", "--stores", " , "),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--seed", "-1"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--seed", str(2**70)),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--epochs", "0"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--lr", "-1"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--lr", "nan"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--wd", "a,b"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--val-fraction", "1.5"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--batch-size", "1"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--max-memory", "lots"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--views", "several"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--test-split", "nope"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--preset", "fastest"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--device", "cuda"),
+    ("probe", "--stores", "missing"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--solver", "knn", "--knn-k", "a,b"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--solver", "knn", "--knn-k", "0"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--solver", "lbfgs", "--lbfgs-tol", "-1"),
+    ("probe", "--stores", "s", "--dataset", "synthetic", "--solver", "lbfgs", "--lbfgs-strengths", "0"),
+    ("results", "--last", "0"),
+    ("results", "--format", "xml"),
+    ("ls", "--format", "yaml"),
+    ("verify",),
+    ("extract", "--nonsense"),
+    ("nosuchcommand",),
+]
+
+
+@pytest.mark.parametrize("args", HOSTILE, ids=[" ".join(a) for a in HOSTILE])
+def test_hostile_option_values_get_one_line(run, paths, stores, ckpt, args):
+    stores("s")
+    args = tuple(str(ckpt[0].path) if a == "x.pth" else a for a in args)
+    line = _one_line(run(*args))
+    assert len(line) < 400
+
+
+def test_one_row_and_one_class_splits_get_one_line(run, paths):
+    X = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    one_row = make_store(
+        paths.cache / "synthetic" / "tiny.zarr", {"train": (X[:1], np.array([0])), "test": (X, np.arange(3))}
+    )
+    one_class = make_store(
+        paths.cache / "synthetic" / "mono.zarr", {"train": (X, np.zeros(3, int)), "test": (X, np.arange(3))}
+    )
+    two_rows = make_store(
+        paths.cache / "synthetic" / "pair.zarr", {"train": (X[:2], np.array([0, 1])), "test": (X, np.arange(3))}
+    )
+    assert "holds 1 class" in _one_line(_probe(run, one_row))
+    assert "holds 1 class" in _one_line(_probe(run, one_class))
+    assert "leave 0 val rows" in _one_line(_probe(run, two_rows))
+
+
+def test_every_undecodable_image_is_named_in_one_run(run, paths, ckpt, folder):
+    bad = [write_truncated_jpeg(folder / "dog" / "dog_zzz.jpg"), folder / "cat" / "cat_zzz.png"]
+    bad[1].write_bytes(b"\x89PNG not really")
+    args = ("--dataset", "imagefolder:folder", "--transform", "224px", "--workers", "0", "--quiet", "--batch-size", "2")
+    line = _error(run("extract", "--ckpt", str(ckpt[0].path), "--arch", "resnet10", *args), "cannot decode 2 image(s)")
+    assert str(bad[0]) in line and str(bad[1]) in line and "--on-bad-image skip" in line
+    _nothing_complete(paths)
+
+
+def test_two_checkpoints_writing_one_store_are_refused_before_any_work(run, paths, cifar, tmp_path):
+    net = make_net("resnet10")
+    a, b = paths.checkpoints / "a.pth", paths.checkpoints / "b.pth"
+    for p in (a, b):
+        torch.save(net.state_dict(), p)
+    r = run("extract", "--ckpt", f"{a},{b}", "--arch", "resnet10", "--dataset", "cifar10", "--store-name", "one")
+    _error(r, "--store-name names one store")
+    config = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", config)
+    (config / "checkpoints.d").mkdir(exist_ok=True)
+    (config / "checkpoints.d" / "twins.yaml").write_text(
+        "checkpoints:\n  'net a': {arch: resnet10, path: a.pth}\n  net_a: {arch: resnet10, path: b.pth}\n"
+    )
+    r = run("extract", "--ckpt", "net a,net_a", "--dataset", "cifar10", "--transform", "32px", config=config)
+    _error(r, "'net a'", "'net_a'", "would both write store", "net_a.zarr")
+    assert not (paths.cache / "cifar10").exists()
+
+
+def test_repair_re_extracts_exactly_the_damaged_chunks(run, paths, cifar, ckpt):
+    args = ("--ckpt", str(ckpt[0].path), "--arch", "resnet10", "--dataset", "cifar10", "--transform", "32px",
+            "--workers", "0", "--quiet", "--chunk-rows", "4", "--split", "train")  # fmt: skip
+    assert run("extract", *args).exit_code == 0
+    store = store_path(paths.cache, "cifar10", "net0")
+    reference = open_store(store).split("train").read()
+    chunks = sorted((store / "train" / "features" / "c").iterdir(), key=lambda p: int(p.name))
+    (chunks[1] / "0").unlink()
+    raw = bytearray((chunks[3] / "0").read_bytes())
+    raw[10] ^= 0xFF
+    (chunks[3] / "0").write_bytes(bytes(raw))
+    untouched = (chunks[2] / "0").stat().st_mtime_ns
+    assert run("verify", "--dataset", "cifar10", "net0").exit_code == 1
+    listed = json.loads(run("ls", "--format", "json").output)
+    assert listed[0]["status"] == "damaged" and "missing" in listed[0]["problem"]
+    r = run("extract", *args, "--repair")
+    assert r.exit_code == 0 and "repaired" in r.output, r.output
+    assert (chunks[2] / "0").stat().st_mtime_ns == untouched  # only the bad chunks were written again
+    np.testing.assert_array_equal(open_store(store).split("train").read(), reference)
+    assert run("verify", "--dataset", "cifar10", "net0").exit_code == 0
+    assert json.loads(run("ls", "--format", "json").output)[0]["status"] == "complete"
+
+
+def test_ls_shows_a_dead_writers_lock_as_stale_and_a_live_one_as_being_written(run, paths, stores):
+    a = stores("a")
+    lock = a / "_featcache" / "lock"
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 4242, "token": "t", "started": "then"}))
+    os.utime(lock, (0, 0))  # its heartbeat stopped long ago
+    row = json.loads(run("ls", "--format", "json").output)[0]
+    assert row["status"] == "stale lock" and "pid 4242 on host elsewhere" in row["lock"]
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "started": "now"}))
+    row = json.loads(run("ls", "--format", "json").output)[0]
+    assert row["status"] == "being written" and row["dim"] == 4 and row["splits"]["train"]["rows"] == 40
+
+
+def test_probing_a_store_being_written_says_wait(run, paths):
+    X, y = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32), np.arange(40) % 3
+    path = make_store(paths.cache / "synthetic" / "busy.zarr", {"train": (X, y), "test": (X, y)}, chunks=1)
+    lock = path / "_featcache" / "lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "started": "now"}))
+    _error(_probe(run, path), f"is being written by pid {os.getpid()}", "wait for it to finish")
+
+
+def test_tiny_splits_do_not_pay_for_a_padded_chunk(paths):
+    X = np.random.default_rng(0).normal(size=(150, 512)).astype(np.float32)
+    path = make_store(paths.cache / "synthetic" / "small.zarr", {"train": (X, np.arange(150) % 3)},
+                      chunk_rows=None, dtype="float16")  # fmt: skip
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert size < 1_000_000 and open_store(path).split("train").chunk_rows == 150

@@ -8,6 +8,7 @@ import click
 import numpy as np
 import pytest
 import torch
+import torchvision
 from ckpt_factory import EMA_SEED, make_net, reference_features, write_timm
 from click.testing import CliRunner
 from conftest import save_checkpoint
@@ -161,3 +162,17 @@ def test_ema_flag_extracts_the_ema_weights(run, paths):
     x = torch.stack([pil_reference(reg.transform(reg.dataset("cifar10"), "32px"))(ds.load(i)) for i in range(len(ds))])
     for name, net in (("ema", ema_net), ("plain", plain_net)):
         assert np.abs(read[name].split("test").read() - reference_features(net, x).numpy()).max() < 1e-4
+
+
+def test_dry_run_prints_the_resolved_preprocessing_and_writes_nothing(run, paths):
+    net = torchvision.models.mobilenet_v3_small(weights=None)
+    path = paths.checkpoints / "mnv3.pth"
+    torch.save(net.state_dict(), path)
+    r = run("extract", "--ckpt", str(path), "--arch", "mobilenet_v3_small", "--dataset", "cifar10", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "torchvision:MobileNet_V3_Small_Weights" in r.output and "mobilenet_v3_small" in r.output
+    assert "cpu" in r.output and "fp32" in r.output and "mnv3.zarr" in r.output
+    r = run("extract", "--ckpt", str(path), "--arch", "mobilenet_v3_small", "--dataset", "cifar10", "--transform",
+            "32px", "--views", "4", "--explain")  # fmt: skip
+    assert r.exit_code == 0 and "cifar-32px (dataset preset)" in r.output and "views: 4 of train" in r.output
+    assert not paths.cache.exists() or not any(paths.cache.iterdir())

@@ -33,7 +33,7 @@ def test_repo_registry_sets_match_the_research_layout(registry):
 
 
 def test_research_registry_layout_is_read_unchanged(tmp_path, config_dir):
-    (config_dir / "checkpoints.d").mkdir()
+    (config_dir / "checkpoints.d").mkdir(exist_ok=True)
     (config_dir / "checkpoints.d" / "pretrained_checkpoints.yaml").write_text(
         "cat2_step200k:\n"
         "  arch: [resnet50, resnet50]\n"
@@ -75,7 +75,7 @@ def test_expand_mixes_names_sets_and_files(registry, tmp_path):
     ],
 )
 def test_a_broken_entry_stops_only_what_uses_it(tmp_path, config_dir, yaml, name, match):
-    (config_dir / "checkpoints.d").mkdir()
+    (config_dir / "checkpoints.d").mkdir(exist_ok=True)
     (config_dir / "checkpoints.d" / "extra.yaml").write_text(yaml)
     reg = _registry(tmp_path, config_dir)
     with pytest.raises(ConfigError, match=match):
@@ -85,7 +85,7 @@ def test_a_broken_entry_stops_only_what_uses_it(tmp_path, config_dir, yaml, name
 
 
 def test_invalid_yaml_stops_the_registry_of_its_kind_only(tmp_path, config_dir):
-    (config_dir / "checkpoints.d").mkdir()
+    (config_dir / "checkpoints.d").mkdir(exist_ok=True)
     (config_dir / "checkpoints.d" / "extra.yaml").write_text("x: [unclosed\n")
     reg = _registry(tmp_path, config_dir)
     with pytest.raises(ConfigError, match="extra.yaml is not valid YAML"):

@@ -349,3 +349,27 @@ def test_inat_missing_and_malformed(tmp_path):
     js.write_text("{not json")
     with pytest.raises(DatasetError, match=r"train2018\.json is not a COCO-style iNat JSON"):
         INaturalist2018(tmp_path, "train")
+
+
+def _bytes_items(value):
+    return [v.encode() if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+
+def test_cifar_pickled_by_python3_with_bytes_keys_loads_the_same(tmp_path):
+    import pickle
+
+    from data_factory import write_cifar10
+
+    write_cifar10(tmp_path / "a" / "cifar", n_train_per_batch=2, n_test=3)
+    src, dst = tmp_path / "a" / "cifar" / "cifar-10-batches-py", tmp_path / "b" / "cifar" / "cifar-10-batches-py"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        with open(f, "rb") as fh:
+            doc = pickle.load(fh, encoding="latin1")
+        as_bytes = {k.encode(): _bytes_items(val) for k, val in doc.items()}
+        with open(dst / f.name, "wb") as fh:
+            pickle.dump(as_bytes, fh, protocol=3)
+    a, b = (build_dataset(spec("cifar10", tmp_path / d / "cifar"), "train") for d in ("a", "b"))
+    assert a.ids == b.ids and a.classes == b.classes and a.classes[0] == "airplane"
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.targets, b.targets)

@@ -255,3 +255,22 @@ def test_a_skipped_image_in_a_later_chunk_zeroes_only_its_row(paths, registry, f
     assert not got[row].any() and want[row].any()
     others = np.arange(len(got)) != row
     np.testing.assert_array_equal(got[others], want[others])
+
+
+def test_several_layers_from_one_forward_pass_are_stores_of_their_own(paths, registry, cifar, ckpt):
+    spec, net = ckpt
+    report = extract(_config(paths, registry, [spec], layers=("layer3", "layer4"), pool="avg", splits=("test",)))
+    assert [s["name"] for s in report.stores] == ["net0@layer3", "net0@layer4"]
+    tf = registry.transform(registry.dataset("cifar10"), "32px")
+    x = torch.stack([pil_reference(tf)(Image.fromarray(im)) for im in cifar["test"]["images"]])
+    pooled = {}
+    hooks = [getattr(net, name).register_forward_hook(lambda m, i, o, n=name: pooled.__setitem__(n, o.mean((2, 3))))
+             for name in ("layer3", "layer4")]  # fmt: skip
+    with torch.no_grad():
+        net.eval()(x)
+    for h in hooks:
+        h.remove()
+    for name, dim in (("layer3", 256), ("layer4", 512)):
+        s = open_store(store_path(paths.cache, "cifar10", f"net0@{name}"))
+        assert s.provenance.layer == name and s.provenance.pool == "avg" and s.provenance.feature_dim == dim
+        assert np.abs(s.split("test").read() - pooled[name].numpy()).max() < 1e-4

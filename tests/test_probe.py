@@ -333,3 +333,38 @@ def test_epoch_features_feed_each_epoch_its_view(monkeypatch, tmp_path):
     sched = view_schedule(3, 6, heads.seed)
     train_loads = [k for k in seen if k is not None]
     assert train_loads == sched + sched  # select pass, then final pass, each epoch its scheduled view
+
+
+# --- other solvers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "knn"])
+def test_other_solvers_select_on_val_and_read_test_once(noisy, solver, monkeypatch):
+    from featcache.knn import KNNClassifier, KNNConfig
+    from featcache.logreg import LogRegConfig, LogRegPath
+
+    config = LogRegConfig(strengths=(1.0, 1e-1, 1e-2, 1e-3)) if solver == "lbfgs" else KNNConfig(ks=(1, 5, 25))
+    scored = []  # every evaluation on test rows
+    cls = LogRegPath if solver == "lbfgs" else KNNClassifier
+    evaluate = cls.evaluate
+    monkeypatch.setattr(
+        cls, "evaluate", lambda self, X, y, *a, **k: scored.append(len(y)) or evaluate(self, X, y, *a, **k)
+    )
+    record = run_probe(ProbeConfig(noisy, NOISY_HEADS, device="cpu", views=0, solver=config))
+    assert record.solver == solver and record.research is None and record.views.count == 0
+    best = max(h.val_top1 for h in record.heads)
+    key = "strength" if solver == "lbfgs" else "k"
+    chosen = next(h for h in record.heads if h.params[key] == record.selected.params[key])
+    assert record.selected.val_top1 == chosen.val_top1 == best  # a val-best point (ties: the modules' rules)
+    assert [h.test_top1 is not None for h in record.heads].count(True) == 1  # test is read at one point only
+    assert record.selected.test_top1 == next(h.test_top1 for h in record.heads if h.test_top1 is not None)
+    assert scored.count(150) == 1  # the 150 test rows were scored once
+    assert record.hyperparameters["val_fraction"] == 0.1 and record.key != run_probe(
+        ProbeConfig(noisy, NOISY_HEADS, device="cpu", views=0)).key  # fmt: skip
+
+
+def test_solvers_refuse_views(noisy):
+    from featcache.knn import KNNConfig
+
+    with pytest.raises(ConfigError, match="evaluation view only: pass --views none"):
+        ProbeConfig(noisy, NOISY_HEADS, device="cpu", views=2, solver=KNNConfig())

@@ -24,6 +24,7 @@ from ._format import (
     store_path,
     write_json_atomic,
 )
+from ._lock import describe_lock
 from ._schema import ChunkMarker, Provenance, SplitMeta, parse
 
 __all__ = ["FeatureArray", "SplitReader", "Store", "StoreSummary", "open_store", "list_stores"]
@@ -313,6 +314,12 @@ class Store:
         """
         reader = SplitReader(self.layout, name, self.split_meta(name))
         if require_complete and not reader.complete:
+            holder = describe_lock(self.layout.lock)
+            if holder is not None and not holder["stale"]:
+                raise StoreIncompleteError(
+                    f"split '{name}' of store {self.path} is being written by {holder['text']} "
+                    f"({reader.written()}/{reader.n_chunks} chunks so far); wait for it to finish"
+                )
             raise StoreIncompleteError(
                 f"split '{name}' of store {self.path} is not complete ({reader.written()}/{reader.n_chunks} "
                 "chunks written); rerun the same `featcache extract` to finish it"
@@ -389,8 +396,6 @@ class StoreSummary:
 
 def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> list[StoreSummary]:
     """One summary per store under ``cache_dir`` (optionally one dataset's), for ``featcache ls``."""
-    from ._lock import describe_lock
-
     root = Path(cache_dir)
     pattern = f"{store_path(root, dataset, 'x').parent.name}/*.zarr" if dataset else "*/*.zarr"
     out = []
