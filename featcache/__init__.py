@@ -5,4 +5,9 @@ Two phases joined by one on-disk contract, the feature store (:mod:`featcache.st
 and fits linear heads without touching a backbone again.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# The Python API (see featcache.api): what notebooks need, the same functions the CLI calls.
+from .api import StoreSummary, list_stores, load_results, load_split, open_store, results_table  # noqa: E402
+
+__all__ = ["__version__", "StoreSummary", "list_stores", "load_results", "load_split", "open_store", "results_table"]

@@ -470,9 +470,9 @@ def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt
 
     Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
     """
-    from .probe import ProbeConfig, heads_from_preset, resolve_stores, run_probe
+    from .probe import ProbeConfig, heads_from_preset, run_probe
     from .results import append_record, format_probe
-    from .store import open_store
+    from .store import open_store, resolve_stores
 
     reg = load_registry(paths)
     sets = reg.sets if dataset is not None or any(t.strip() in reg.sets for t in stores.split(",")) else {}
@@ -617,8 +617,7 @@ def verify(paths: Paths, stores, dataset, quick):
 
     Exit status 0 only when every store passes.
     """
-    from .probe import resolve_stores
-    from .store import open_store
+    from .store import open_store, resolve_stores
 
     def problems_of(token: str) -> dict[str, list[str]]:
         # one unreadable or missing store must not hide the verdict on the others

@@ -189,6 +189,7 @@ class ExtractReport:
 
     stores: list[dict] = field(default_factory=list)
     images: int = 0
+    view_images: int = 0  # augmented views made (each one more forward pass per store)
     seconds: float = 0.0
     data_s: float = 0.0
     model_s: float = 0.0  # host time in the forward step (on CUDA: queueing it and waiting for the GPU to keep up)
@@ -198,9 +199,11 @@ class ExtractReport:
     def summary(self) -> str:
         """One line: images, stores, rate and where the host's time went (on CUDA also the GPU's)."""
         rate = self.images / self.seconds if self.seconds else 0.0
+        views = f" + {self.view_images} augmented views" if self.view_images else ""
+        crops = f", {(self.images + self.view_images) / self.seconds:,.1f} crops/s" if views and self.seconds else ""
         line = (
-            f"{self.images} images x {sum(s['status'] != 'already complete' for s in self.stores)} store(s) "
-            f"in {self.seconds:.1f}s ({rate:,.1f} images/s); waiting for data {self.data_s:.1f}s, "
+            f"{self.images} images{views} x {sum(s['status'] != 'already complete' for s in self.stores)} store(s) "
+            f"in {self.seconds:.1f}s ({rate:,.1f} images/s{crops}); waiting for data {self.data_s:.1f}s, "
             f"model {self.model_s:.1f}s, writer busy {self.write_s:.1f}s"
         )
         if self.gpu_s is not None:
@@ -537,6 +540,7 @@ class _SplitRun:
                     self._forward_all(batch, writer)
                 report.model_s += time.perf_counter() - t1
                 report.images += len(batch.x)
+                report.view_images += len(batch.x) * len(batch.views)
                 bar.update(len(batch.x))
             if gpu is not None:
                 t0 = time.perf_counter()

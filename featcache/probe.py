@@ -41,7 +41,7 @@ from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
 from .logreg import LogRegConfig
 from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
 from .solvers import SolverConfig, run_solver
-from .store import Store, store_path
+from .store import Store, resolve_stores
 
 __all__ = [
     "ProbeConfig",
@@ -140,40 +140,6 @@ def heads_from_preset(
             f"probe preset has unknown key(s) {unknown}; known: {', '.join(sorted(known | set(PRESET_KEYS)))}"
         )
     return HeadConfig(**p), val_fraction
-
-
-def resolve_stores(
-    spec: str, dataset: str | None, cache_dir: Path, sets: dict[str, Sequence[str]] | None = None
-) -> list[Path]:
-    """Resolve ``--stores``: store names under ``<cache>/<dataset>/``, checkpoint set names, or paths.
-
-    A store given by path (ending in ``.zarr`` or holding a ``/``) needs no dataset.
-
-    Raises:
-        ConfigError: an empty list, or names given without a dataset.
-        StoreError: a named store does not exist (the extract command that makes it is suggested).
-    """
-    out: list[Path] = []
-    tokens = [t.strip() for t in spec.split(",")]
-    if not any(tokens):
-        raise ConfigError("--stores is empty; name at least one store, set or store path")
-    for token in tokens:
-        if not token:
-            continue
-        names = list(sets[token]) if token in (sets or {}) else [token]
-        for name in names:
-            if name.endswith(".zarr") or os.sep in name:
-                path = Path(name)
-            elif dataset is None:
-                raise ConfigError(f"--stores '{name}' is a store name: pass --dataset to say whose, or give its path")
-            else:
-                path = store_path(cache_dir, dataset, name)
-            if not (path / "zarr.json").exists():
-                hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
-                raise StoreError(f"no store {path}; create it with `{hint}`")
-            if path not in out:
-                out.append(path)
-    return out
 
 
 def val_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,7 +64,7 @@ resumable.
 
 from ._format import CHUNK_BYTES, FORMAT_VERSION, chunk_rows_for, sha256_ids, sha256_labels, store_path
 from ._lock import StoreLock, describe_lock
-from ._reader import FeatureArray, SplitReader, Store, StoreSummary, list_stores, open_store
+from ._reader import FeatureArray, SplitReader, Store, StoreSummary, list_stores, open_store, resolve_stores
 from ._schema import (
     CheckpointRef,
     ChunkMarker,
@@ -103,6 +103,7 @@ __all__ = [
     "describe_lock",
     "open_store",
     "list_stores",
+    "resolve_stores",
     "identity_diff",
     "sha256_ids",
     "sha256_labels",

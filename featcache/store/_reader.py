@@ -6,13 +6,14 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from ..errors import StoreError, StoreIncompleteError
+from ..errors import ConfigError, StoreError, StoreIncompleteError
 from ._format import (
     Layout,
     check_version,
@@ -27,7 +28,7 @@ from ._format import (
 from ._lock import describe_lock
 from ._schema import ChunkMarker, Provenance, SplitMeta, parse
 
-__all__ = ["FeatureArray", "SplitReader", "Store", "StoreSummary", "open_store", "list_stores"]
+__all__ = ["FeatureArray", "SplitReader", "Store", "StoreSummary", "open_store", "list_stores", "resolve_stores"]
 
 
 class FeatureArray:
@@ -442,4 +443,38 @@ def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> lis
                 problem=(verdict["problems"][0] if verdict and verdict.get("problems") else None),
             )
         )
+    return out
+
+
+def resolve_stores(
+    spec: str, dataset: str | None, cache_dir: Path, sets: dict[str, Sequence[str]] | None = None
+) -> list[Path]:
+    """Resolve ``--stores``: store names under ``<cache>/<dataset>/``, checkpoint set names, or paths.
+
+    A store given by path (ending in ``.zarr`` or holding a ``/``) needs no dataset.
+
+    Raises:
+        ConfigError: an empty list, or names given without a dataset.
+        StoreError: a named store does not exist (the extract command that makes it is suggested).
+    """
+    out: list[Path] = []
+    tokens = [t.strip() for t in spec.split(",")]
+    if not any(tokens):
+        raise ConfigError("--stores is empty; name at least one store, set or store path")
+    for token in tokens:
+        if not token:
+            continue
+        names = list(sets[token]) if token in (sets or {}) else [token]
+        for name in names:
+            if name.endswith(".zarr") or os.sep in name:
+                path = Path(name)
+            elif dataset is None:
+                raise ConfigError(f"--stores '{name}' is a store name: pass --dataset to say whose, or give its path")
+            else:
+                path = store_path(cache_dir, dataset, name)
+            if not (path / "zarr.json").exists():
+                hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
+                raise StoreError(f"no store {path}; create it with `{hint}`")
+            if path not in out:
+                out.append(path)
     return out

@@ -1,0 +1,103 @@
+"""featcache from Python (notebooks, scripts): the functions the CLI itself uses, with plain arguments.
+
+::
+
+    import featcache as fc
+
+    fc.list_stores("cache", dataset="cifar10")                      # StoreSummary per store: status, rows, dim, ...
+    X, y, ids = fc.load_split(["run0", "run1"], "train", dataset="cifar10", cache_dir="cache")  # concatenated
+    Xv, _, _ = fc.load_split(["run0", "run1"], "train", dataset="cifar10", cache_dir="cache", view=3)  # view 3
+    X, y, ids = fc.load_split("cache/cifar10/run0.zarr", "test", as_torch=True)   # a store given by its path
+    store = fc.open_store("cache/cifar10/run0.zarr")                 # .provenance, .split("train").read(), ...
+    records = fc.load_results("cache", dataset="cifar10", features="cat5")   # ProbeRecord list, newest first
+    fc.results_table(records)                                        # flat dicts (or a DataFrame with pandas=True)
+
+Stores given by name need ``dataset`` and ``cache_dir``; stores given by path need neither. Everything
+raises :class:`featcache.errors.FeatcacheError` subclasses with the messages the CLI prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .concat import ConcatView
+from .results import ProbeRecord, load_records, records_frame, select_records, summary_rows
+from .store import Store, StoreSummary, list_stores, open_store, resolve_stores
+
+__all__ = ["StoreSummary", "open_store", "list_stores", "load_split", "load_results", "results_table"]
+
+PathLike = str | os.PathLike
+
+
+def _paths(stores: PathLike | Sequence[PathLike], dataset: str | None, cache_dir: PathLike | None) -> list[Path]:
+    # the CLI's resolution: store names under <cache>/<dataset>/, or paths
+    items = [stores] if isinstance(stores, str | os.PathLike) else list(stores)
+    spec = ",".join(str(s) for s in items)
+    return resolve_stores(spec, dataset, Path(cache_dir) if cache_dir is not None else Path("cache"))
+
+
+def load_split(
+    stores: PathLike | Sequence[PathLike],
+    split: str = "train",
+    *,
+    dataset: str | None = None,
+    cache_dir: PathLike | None = None,
+    view: int | None = None,
+    rows: Sequence[int] | None = None,
+    as_torch: bool = False,
+    allow_transform_mix: bool = False,
+    keep_skipped: bool = False,
+) -> tuple[Any, np.ndarray, list[str]]:
+    """Features, labels and sample ids of one split of one or several stores, concatenated along features.
+
+    Args:
+        stores: store names (with ``dataset`` and ``cache_dir``) or paths, in concatenation order.
+        split: the split to read.
+        view: an augmented view (``extract --views``) instead of the evaluation view.
+        rows: only these rows (default: every row whose image could be decoded in every store).
+        as_torch: return the features as a torch tensor (shares the numpy array's memory).
+        allow_transform_mix: concatenate stores of different preprocessing (refused by default).
+        keep_skipped: keep the rows of undecodable images (zero features) too.
+
+    Returns:
+        ``(features (n, D), labels (n,), ids)``: float16 or float32 features, int64 labels, sample ids.
+
+    Raises:
+        StoreError, StoreIncompleteError, StoreMismatchError: a store is missing, incomplete, or the stores do not
+            hold the same samples or preprocessing (or views, with ``view``).
+        ConfigError: store names without ``dataset``.
+    """
+    opened = [Store(p) for p in _paths(stores, dataset, cache_dir)]
+    concat = ConcatView(opened, split, allow_transform_mix=allow_transform_mix)
+    if view is not None:
+        concat = concat.view(view)
+    if rows is None:
+        rows = np.arange(concat.rows) if keep_skipped else concat.valid_rows
+    rows = np.asarray(rows, dtype=np.int64)
+    X = concat.load(rows)
+    ids = concat.readers[0].ids
+    out = X
+    if as_torch:
+        import torch
+
+        out = torch.from_numpy(X)
+    return out, concat.labels[rows], [ids[r] for r in rows]
+
+
+def load_results(where: PathLike = "cache", patterns: Sequence[str] = (), **fields: Any) -> list[ProbeRecord]:
+    """Probe records of a results log (a ``.jsonl`` file or a cache dir), filtered like ``featcache results``.
+
+    ``fields``: exact values of ``dataset``, ``features``, ``tag``, ``preset``, ``solver``, ``views``, ``store``,
+    ``id``; ``patterns``: whole-word patterns. Newest first.
+    """
+    return select_records(load_records(where), patterns, **fields)
+
+
+def results_table(records: Sequence[ProbeRecord], pandas: bool = False):
+    """One flat dict per record (the CLI's table columns), or a pandas DataFrame with ``pandas=True``."""
+    return records_frame(records) if pandas else summary_rows(records)
