@@ -14,16 +14,14 @@ Views. On stores with augmented views (``extract --views K``) each epoch trains 
 research code trains on fresh crops: epoch e uses view ``schedule[e]``, a seeded sequence in which every view
 is used before one repeats. Val and test are always read on the evaluation view (centre crop).
 
-Memory. The training features (K views of them) are held *resident* when they fit the budget (``max_memory``,
-default half of the available RAM; on a GPU also half of its free memory), else loaded *per epoch* (one view's
-rows at a time, read chunk by chunk), else *streamed* from the memory-mapped stores batch by batch.
+Memory: :mod:`featcache.feed` holds the training features resident, loads one view per epoch, or streams them
+from the stores, by the budget (``max_memory``); every mode gives the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,6 +35,7 @@ from . import __version__
 from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError, FeatcacheError, StoreError
+from .feed import MEMORY_SHARE, Arrays, Epochs, Rows, fits_gpu, load, plan_memory, view_schedule
 from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
 from .logreg import LogRegConfig
 from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
@@ -63,7 +62,6 @@ SELECTION_NOTE = (
     "split and test is read once, at the selected head and epoch"
 )
 RESEARCH_NOTE = "research-style: best test accuracy over all epochs and grid points (selected on test)"
-MEMORY_SHARE = 0.5  # default budget: this share of the available RAM (and of free GPU memory)
 PRESET_KEYS = ("val_fraction", "views")  # preset keys that are not HeadConfig fields
 
 
@@ -158,81 +156,6 @@ def val_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) 
     return np.setdiff1d(rows, val_rows), val_rows
 
 
-def view_schedule(n_views: int, epochs: int, seed: int) -> list[int]:
-    """Which view each epoch trains on: seeded permutations of the views, one after another, so every view is
-    used once before any repeats."""
-    rng = np.random.default_rng([seed, n_views])
-    out: list[int] = []
-    while len(out) < epochs:
-        out += rng.permutation(n_views).tolist()
-    return out[:epochs]
-
-
-class _Rows:
-    """A row subset of a lazy view, as a row source for :class:`MultiHeadProbe` (streamed)."""
-
-    def __init__(self, view: ConcatView, rows: np.ndarray):
-        self.view, self.rows = view, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def take(self, idx: np.ndarray) -> np.ndarray:
-        return self.view.take(self.rows[np.asarray(idx)])
-
-
-def _available_bytes() -> int:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _load(view: ConcatView, rows: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(view.load(rows, finite=True))
-
-
-class _Arrays:
-    """Train-split features of the evaluation view (key None) and of augmented views (key k), for rows ``rows``.
-
-    ``mode``: resident (loaded once), per-epoch (loaded when asked, one at a time) or streamed (row sources).
-    """
-
-    def __init__(self, train: ConcatView, rows: np.ndarray, keys: list[int | None], mode: str, device: torch.device):
-        self.train, self.rows, self.mode, self.device = train, rows, mode, device
-        self.resident = {k: _load(self.view(k), rows).to(device) for k in keys} if mode == "resident" else {}
-        self._last: tuple = (object(), None, None)
-
-    def view(self, k: int | None) -> ConcatView:
-        return self.train if k is None else self.train.view(k)
-
-    def get(self, k: int | None, positions: np.ndarray | None):
-        """Features of view ``k`` at ``positions`` of ``rows`` (None: all of them)."""
-        if self._last[0] == k and self._last[1] is positions:
-            return self._last[2]
-        rows = self.rows if positions is None else self.rows[positions]
-        if self.mode == "streamed":
-            out = _Rows(self.view(k), rows)
-        elif k in self.resident:
-            full = self.resident[k]
-            out = full if positions is None else full.index_select(0, torch.as_tensor(positions, device=full.device))
-        else:
-            self._last = (object(), None, None)  # free the previous epoch's features before loading the next
-            out = _load(self.view(k), rows).to(self.device)
-        self._last = (k, positions, out)
-        return out
-
-
-class _Epochs:
-    """Training features per epoch (the heads' EpochFeatures): view ``schedule[e]`` at ``positions``."""
-
-    def __init__(self, arrays: _Arrays, positions: np.ndarray | None, schedule: list[int | None]):
-        self.arrays, self.positions, self.schedule = arrays, positions, schedule
-
-    def __len__(self) -> int:
-        return len(self.arrays.rows) if self.positions is None else len(self.positions)
-
-    def epoch(self, e: int):
-        return self.arrays.get(self.schedule[e], self.positions)
-
-
 def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -> tuple[int, int]:
     """(head, 1-based epoch) with the best ``key`` accuracy among ``heads`` (default all).
 
@@ -299,18 +222,6 @@ def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_clas
     return notes
 
 
-def _plan(cfg: ProbeConfig, train: ConcatView, test: ConcatView, n_arrays: int, fit: int, val: int) -> str:
-    item = train.dtype.itemsize * train.dim
-    train_b, fit_b, val_b = len(train.valid_rows) * item, fit * item, val * item
-    test_b = len(test.valid_rows) * test.dtype.itemsize * test.dim
-    if cfg.in_memory != "auto":
-        return "resident" if cfg.in_memory == "yes" else "streamed"
-    budget = cfg.max_memory or MEMORY_SHARE * _available_bytes()
-    if n_arrays * train_b + fit_b + val_b + test_b <= budget:
-        return "resident"
-    return "per-epoch" if 2 * train_b + val_b + test_b <= budget else "streamed"
-
-
 def _views_used(train: ConcatView, cfg: ProbeConfig) -> ViewsUsed:
     count = train.n_views if cfg.views is None else cfg.views
     if count == 0:
@@ -342,10 +253,10 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
             )
     views = _views_used(train, cfg)
     keys: list[int | None] = list(range(views.count)) if views.count else [None]
-    mode = _plan(cfg, train, test, len(keys), len(fit_rows), len(val_rows))
-    on_gpu = device.type == "cuda" and mode == "resident" and _fits_gpu(train, test, len(keys), device)
+    mode = plan_memory(cfg.in_memory, cfg.max_memory, train, test, len(keys), len(fit_rows), len(val_rows))
+    on_gpu = device.type == "cuda" and mode == "resident" and fits_gpu(train, test, len(keys), device)
     where = device if on_gpu else torch.device("cpu")
-    arrays = _Arrays(train, train.valid_rows, keys, mode, where)
+    arrays = Arrays(train, train.valid_rows, keys, mode, where)
     fit_pos = np.searchsorted(train.valid_rows, fit_rows)
     val_pos = np.searchsorted(train.valid_rows, val_rows)
     schedule = (
@@ -354,10 +265,10 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
         else view_schedule(views.count, cfg.heads.epochs, cfg.heads.seed)
     )
     if mode == "streamed":
-        X_val, X_test = _Rows(train, val_rows), _Rows(test, test.valid_rows)
+        X_val, X_test = Rows(train, val_rows), Rows(test, test.valid_rows)
     else:
-        X_val = arrays.get(None, val_pos) if None in arrays.resident else _load(train, val_rows).to(where)
-        X_test = _load(test, test.valid_rows).to(where)
+        X_val = arrays.get(None, val_pos) if None in arrays.resident else load(train, val_rows).to(where)
+        X_test = load(test, test.valid_rows).to(where)
     y_train = train.labels[train.valid_rows]
     t_load = time.perf_counter()
     if cfg.solver is not None:
@@ -388,7 +299,7 @@ def _fit_sgd(cfg, stores, train, test, arrays, rows, schedule, evals, views, not
         probe = MultiHeadProbe(cfg.heads, train.dim, n_classes, device=device)
         y = y_train if positions is None else y_train[positions]
         try:
-            return probe.fit(_Epochs(arrays, positions, schedule), y, eval_sets={eval_name: (X_eval, y_eval)})
+            return probe.fit(Epochs(arrays, positions, schedule), y, eval_sets={eval_name: (X_eval, y_eval)})
         except NonFiniteLossError as e:
             grid = cfg.heads.grid
             which = ", ".join(f"lr={grid[h][0]:g} wd={grid[h][1]:g}" for h in e.heads)
@@ -402,11 +313,6 @@ def _fit_sgd(cfg, stores, train, test, arrays, rows, schedule, evals, views, not
     hyper = dataclasses.asdict(cfg.heads)
     record = _record(cfg, stores, train, test, views, notes, hyper, *_sgd_results(cfg, select, final, n_classes))
     return record, {"select_s": select.seconds_, "final_s": final.seconds_}
-
-
-def _fits_gpu(train: ConcatView, test: ConcatView, n_arrays: int, device: torch.device) -> bool:
-    need = (n_arrays + 1) * train.nbytes + test.nbytes
-    return need < MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
 
 
 def _sgd_results(cfg: ProbeConfig, select: MultiHeadProbe, final: MultiHeadProbe, n_classes: int):
