@@ -245,6 +245,13 @@ def main(ctx, verbose, **roots):
     help="Check every chunk of the stores and re-extract exactly those that fail (deleted, truncated, damaged).",
 )
 @click.option(
+    "--shard",
+    callback=lambda ctx, param, v: _shard(v),
+    help="I/N: write only chunks i with i % N == I, for Slurm job arrays and other launchers with no communication "
+    "(task I of N). The last task to finish completes the store; a plain rerun without --shard fills what is "
+    "missing. Under torchrun/srun the ranks shard by themselves.",
+)
+@click.option(
     "--dry-run",
     "--explain",
     "dry_run",
@@ -328,6 +335,8 @@ def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, layers, qu
             )
         return
     report = run_extract(cfg, NullProgress if quiet else ProgressBar)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     rows = [
         {
             "store": s["name"],
@@ -342,6 +351,18 @@ def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, layers, qu
     ]
     click.echo(render(rows))
     click.echo(report.summary())
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give I/N, e.g. 0/4 for the first of 4 tasks") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"{value!r}: I must be in 0..N-1")
+    return i, n
 
 
 def _size(ctx, param, value: str | None) -> int | None:

@@ -8,6 +8,7 @@ device and finished chunks are written, so the device rarely waits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -26,12 +27,12 @@ import torch
 import torchvision
 import zarr
 
-from . import __version__
+from . import __version__, distributed
 from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ImageDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import BadImagesError, ConfigError
+from .errors import BadImagesError, ConfigError, StoreIncompleteError
 from .loaders import BACKENDS, Batch, batches
 from .models import LoadedBackbone, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
@@ -107,6 +108,7 @@ class ExtractConfig:
     ignore_extra_keys: bool = False
     repair: bool = False  # re-extract the chunks that fail verification
     model_preprocessing: bool = True
+    shard: tuple[int, int] | None = None  # (I, N): write only chunks i with i % N == I (Slurm arrays, ranks)
 
     def __post_init__(self) -> None:
         for option, value, low in (
@@ -125,6 +127,12 @@ class ExtractConfig:
         _choice(self.backend, ("auto", *BACKENDS), "--preprocess")
         _choice(self.on_bad_image, ("error", "skip"), "--on-bad-image")
         _choice(self.compression, ("none", "zstd"), "--compression")
+        if self.shard is not None:
+            i, n = self.shard
+            if not 0 <= i < n:
+                raise ConfigError(f"--shard {i}/{n}: give I/N with 0 <= I < N, e.g. 0/4")
+            if self.overwrite or self.repair:
+                raise ConfigError("--shard cannot be combined with --overwrite or --repair: run those once first")
         if self.store_name and len(self.checkpoints) != 1:
             raise ConfigError("--store-name names one store: give exactly one checkpoint with --ckpt")
         for s in self.splits:
@@ -271,7 +279,7 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPl
         ConfigError: unknown architecture, checkpoints whose preprocessing differs, --views without a training
             transform, or two checkpoints (or layers) that would write one store.
     """
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     transform, source = cfg.transform, "dataset preset"
     if cfg.model_preprocessing:
@@ -377,11 +385,12 @@ def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[I
     return dataset, SplitData(split, dataset.ids, dataset.targets, fp, dataset.classes)
 
 
-def _segments(writers: list) -> list[tuple[int, int]]:
-    """Row intervals to compute: cut at every chunk boundary of every array, kept if any array needs them."""
-    cuts = sorted({b for w in writers for i in range(w.n_chunks) for b in w.bounds(i)})
+def _segments(targets: list[_Target]) -> list[tuple[int, int]]:
+    """Row intervals to compute: cut at every chunk boundary of every array, kept if any array needs them
+    (``pending``: its chunks still missing, this shard's only)."""
+    cuts = sorted({b for t in targets for i in range(t.array.n_chunks) for b in t.array.bounds(i)})
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=False)
-            if any(not w.done(a // w.chunk_rows) for w in writers)]  # fmt: skip
+            if any(a // t.array.chunk_rows in t.pending for t in targets)]  # fmt: skip
 
 
 def _repair(writer: SplitWriter) -> int:
@@ -423,6 +432,21 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
         backbones[c.name] = load_backbone(c, trust=cfg.trust_checkpoint, layers=layers, pool=cfg.pool,
                                           ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source)  # fmt: skip
     maker = ViewMaker(plan.augment, cfg.views_seed) if plan.augment is not None else None
+    with distributed.group(plan.device) as world:
+        shard = cfg.shard or (world.shard if world else None)
+        if world is not None and cfg.shard is not None:
+            raise ConfigError("--shard splits the work between independent tasks; under torchrun/srun the ranks do")
+        if world is not None and world.rank != 0:
+            progress = NullProgress  # one progress bar, rank 0's, for the whole group
+        report = _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progress, shard, world)
+        if world is not None:  # the report counts the group's images, not this rank's share
+            report.images, report.view_images = world.total(report.images, report.view_images, device=plan.device)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progress, shard, world) -> ExtractReport:
+    """Open (or create) every store, then each split: its arrays' missing chunks (this shard's), then completion."""
     report = ExtractReport()
     stores: list[StoreWriter] = []
     try:
@@ -431,27 +455,36 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
             bb = backbones[sp.checkpoint.name]
             dim = bb.feature_dims[sp.output] if sp.output is not None else bb.feature_dim
             dims.append(dim)
-            stores.append(StoreWriter(sp.path, _provenance(cfg, plan, sp, bb, dim), overwrite=cfg.overwrite))
+            prov = _provenance(cfg, plan, sp, bb, dim)
+            stores.append(StoreWriter(sp.path, prov, overwrite=cfg.overwrite, shard=shard))
         models = {name: prepare_model(bb.module, plan.device, plan.compiled) for name, bb in backbones.items()}
         chunk_rows = cfg.chunk_rows or chunk_rows_for(max(dims), cfg.dtype)
         status = {s.path: "already complete" for s in stores}
         for split in splits:
-            writers = [s.split(data[split], dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
-                       for s, dim in zip(stores, dims, strict=True)]  # fmt: skip
             want_views = cfg.views if split in plan.view_splits else 0
-            targets = []
-            for sp, w in zip(plan.stores, writers, strict=True):
-                if cfg.repair and _repair(w):
-                    status[w.store.path] = "repaired"
-                arrays = [w, *(w.views(want_views, cfg.views_seed, maker.describe()) if want_views else [])]
-                targets += [_Target(a, sp.checkpoint.name, sp.output) for a in arrays]
-                pending = [a for a in arrays if not a.complete]
-                if pending and status[w.store.path] == "already complete":
-                    resumed = any(len(a.pending()) < a.n_chunks for a in pending)
-                    status[w.store.path] = "resumed" if resumed else "written"
-            run = _SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views)
-            bar = progress(run.n_rows, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
-            run.execute(report, bar)
+            targets, writers = [], []
+            with contextlib.ExitStack() as held:  # metadata changes under each store's own lock
+                for s in stores:
+                    held.enter_context(s.exclusive())
+                for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
+                    w = s.split(data[split], dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
+                    writers.append(w)
+                    if cfg.repair and _repair(w):
+                        status[s.path] = "repaired"
+                    arrays = [w, *(w.views(want_views, cfg.views_seed, maker.describe()) if want_views else [])]
+                    targets += [_Target(a, sp.checkpoint.name, sp.output) for a in arrays]
+                    pending = [a for a in arrays if not a.complete]
+                    if pending and status[s.path] == "already complete":
+                        resumed = any(len(a.pending()) < a.n_chunks for a in pending)
+                        status[s.path] = "resumed" if resumed else "written"
+            run = _SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views, shard)
+            scale = world.size if world is not None else 1  # rank 0's bar stands for the group: its rows x ranks
+            bar = progress(run.n_rows * scale, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
+            run.execute(report, bar, scale)
+            if world is not None:
+                world.barrier()  # every rank's chunks are written: rank 0 can complete the split
+            if world is None or world.rank == 0:
+                _complete(stores, writers, want_views, status, shard)
         for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
             report.stores.append(
                 {
@@ -467,8 +500,19 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
     finally:
         for s in stores:
             s.close()
-    report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _complete(stores: list[StoreWriter], writers: list[SplitWriter], views: int, status: dict, shard) -> None:
+    """Mark each split complete once all its chunks are in: a shard whose peers are still running leaves it."""
+    for s, w in zip(stores, writers, strict=True):
+        with s.exclusive():
+            try:
+                w.finalize(views=views)
+            except StoreIncompleteError:
+                if shard is None:
+                    raise
+                status[s.path] = f"shard {shard[0]}/{shard[1]} done; the others are missing"
 
 
 def prepare_model(module: torch.nn.Module, device: torch.device, compiled: bool) -> torch.nn.Module:
@@ -492,15 +536,15 @@ class _Target:
 class _SplitRun:
     """One split, all its unfinished arrays (every store's features and views): batches in, whole chunks out."""
 
-    def __init__(self, cfg, plan: ExtractPlan, dataset, writers, targets: list[_Target], models, maker, views: int):
+    def __init__(self, cfg, plan: ExtractPlan, dataset, writers, targets: list[_Target], models, maker, views, shard):
         self.cfg, self.plan, self.dataset, self.device = cfg, plan, dataset, plan.device
         self.writers, self.models, self.maker, self.n_views = writers, models, maker, views
-        # chunks each array still needs: listed once here, not stat-ed per batch (NFS round trips)
+        # chunks each array still needs (this shard's: i % N == I): listed once here, not stat-ed per batch
         for t in targets:
-            t.pending = set(t.array.pending())
+            t.pending = {i for i in t.array.pending() if shard is None or i % shard[1] == shard[0]}
         self.todo = [t for t in targets if t.pending]
         self.views = sorted({t.array.view for t in self.todo if t.array.view is not None})
-        self.segments = _segments([t.array for t in self.todo]) if self.todo else []
+        self.segments = _segments(self.todo) if self.todo else []
         self.n_rows = sum(b - a for a, b in self.segments)
         self.pad_to = cfg.batch_size if plan.compiled else 0
         dtype, enabled = PRECISIONS[plan.precision], plan.precision != "fp32"
@@ -509,7 +553,7 @@ class _SplitRun:
         self.filled: dict[tuple[int, int], int] = {}
         self.skipped: dict[tuple[int, int], list[int]] = {}
 
-    def execute(self, report: ExtractReport, bar) -> None:
+    def execute(self, report: ExtractReport, bar, scale: int = 1) -> None:
         writer, bad = _ChunkWriter(), []
         gpu = _ComputeStream(self.device) if self.device.type == "cuda" else None
         try:
@@ -534,14 +578,14 @@ class _SplitRun:
                 if self.cfg.on_bad_image == "error" and (batch.bad or bad):
                     # decode the rest of the split, computing nothing, so that one run names every bad image
                     bad += batch.bad
-                    bar.update(len(batch.x))
+                    bar.update(len(batch.x) * scale)
                     continue
                 with gpu.run(batch) if gpu is not None else nullcontext():
                     self._forward_all(batch, writer)
                 report.model_s += time.perf_counter() - t1
                 report.images += len(batch.x)
                 report.view_images += len(batch.x) * len(batch.views)
-                bar.update(len(batch.x))
+                bar.update(len(batch.x) * scale)
             if gpu is not None:
                 t0 = time.perf_counter()
                 gpu.drain()
@@ -556,8 +600,6 @@ class _SplitRun:
                 writer.q.put(None)
                 writer.thread.join()
             report.write_s += writer.busy_s
-        for w in self.writers:
-            w.finalize(views=self.n_views)
 
     def _forward_all(self, batch, writer: _ChunkWriter) -> None:
         n, bad = len(batch.x), [e.row for e in batch.bad]

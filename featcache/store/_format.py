@@ -77,6 +77,14 @@ class Layout:
     def verdict(self) -> Path:
         return self.books / "verify" / "zarr.json"
 
+    def shard_lock(self, index: int, count: int) -> Path:
+        """The lock of shard ``index`` of ``count`` (``extract --shard``, torch.distributed ranks)."""
+        return self.books / f"lock-shard-{index}-of-{count}"
+
+    def shard_locks(self) -> list[Path]:
+        """Every shard lock file present (held, or left by a dead shard)."""
+        return sorted(p for p in self.books.glob("lock-shard-*") if re.fullmatch(r"lock-shard-\d+-of-\d+", p.name))
+
 
 # Bookkeeping lives inside the store as zarr groups whose attributes hold it, so that plain zarr (and xarray)
 # list a store without "not recognized" warnings.

@@ -88,15 +88,16 @@ class StoreLock:
         # <lock>.<host>.<pid>.<kind>: the host and pid say whether a leftover one's owner is alive
         return self.path.with_name(f"{self.path.name}.{self.host}.{os.getpid()}.{kind}")
 
-    def acquire(self) -> StoreLock:
-        """Take the lock, or take over a gone holder's.
+    def acquire(self, wait: float = 0.0) -> StoreLock:
+        """Take the lock, or take over a gone holder's; with ``wait``, retry for that many seconds first.
 
         Raises:
-            StoreLockedError: a live process (named by host and pid) holds it.
+            StoreLockedError: a live process (named by host and pid) holds it (still, after ``wait``).
             OSError: the lock's directory cannot be written.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
+        deadline = time.monotonic() + wait
         for _ in range(5):
             if self._create():
                 self._thread = threading.Thread(target=self._beat, name="featcache-lock", daemon=True)
@@ -104,6 +105,9 @@ class StoreLock:
                 return self
             holder = self._read()
             if not self._is_gone(holder):
+                if time.monotonic() < deadline:  # a short holder (another shard opening the store): wait for it
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                    return self.acquire(wait=deadline - time.monotonic())
                 h = holder or {}
                 raise StoreLockedError(
                     f"{self.what} is being written by pid {h.get('pid', '?')} on host {h.get('host', '?')} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import StoreError, StoreIncompleteError, StoreMismatchError
+from ..errors import StoreError, StoreIncompleteError, StoreLockedError, StoreMismatchError
 from ._format import (
     FORMAT_VERSION,
     FP16_MAX,
@@ -31,9 +32,11 @@ from ._format import (
     sha256_labels,
     write_json_atomic,
 )
-from ._lock import StoreLock
+from ._lock import StoreLock, describe_lock
 from ._reader import FeatureArray
 from ._schema import ChunkMarker, Provenance, SplitMeta, ViewsMeta, identity_diff, parse
+
+SHARD_WAIT = 300.0  # seconds a shard waits for another shard's short hold of the store lock
 
 
 def _now() -> str:
@@ -66,19 +69,64 @@ class StoreWriter:
             filesystem refused a write (disk full, unwritable cache directory).
     """
 
-    def __init__(self, path: Path, provenance: Provenance, *, overwrite: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        provenance: Provenance,
+        *,
+        overwrite: bool = False,
+        shard: tuple[int, int] | None = None,
+        wait: float = SHARD_WAIT,
+    ):
         self.path = Path(path)
         self.layout = Layout(self.path)
-        self.lock = StoreLock(self.layout.lock, f"store {self.path}")
+        self.shard, self.wait = shard, wait
+        self.main = StoreLock(self.layout.lock, f"store {self.path}")
+        # chunk markers are committed under ``lock``: the store's lock, or a shard's own lock
+        self.lock = self.main if shard is None else StoreLock(self.layout.shard_lock(*shard), self._shard_name())
+        if shard is not None and overwrite:
+            raise StoreError(f"{self._shard_name()}: --overwrite cannot be combined with --shard; overwrite the "
+                             "store once without --shard, then run the shards")  # fmt: skip
         with disk_errors(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
         try:
-            with disk_errors(self.path):
+            with disk_errors(self.path), self.exclusive():
                 self._open(provenance, overwrite)
+                if shard is None:
+                    self._refuse_live_shards()
         except BaseException:
             self.lock.release()
             raise
+
+    def _shard_name(self) -> str:
+        return f"shard {self.shard[0]}/{self.shard[1]} of store {self.path}"
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold the store's own lock for the body: what creates or changes metadata (splits, views, ``complete``).
+
+        A plain writer holds it throughout; a shard takes it for such sections only (waiting up to ``wait``
+        seconds for another shard's), and writes its chunks under its shard lock.
+        """
+        if self.shard is None:
+            yield
+            return
+        with disk_errors(self.path):
+            self.main.acquire(wait=self.wait)
+        try:
+            yield
+        finally:
+            self.main.release()
+
+    def _refuse_live_shards(self) -> None:
+        for path in self.layout.shard_locks():
+            holder = describe_lock(path)
+            if holder is not None and not holder["stale"]:
+                raise StoreLockedError(
+                    f"store {self.path} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); "
+                    "wait for the shards to finish, then rerun without --shard to fill what is missing"
+                )
 
     def _open(self, provenance: Provenance, overwrite: bool) -> None:
         meta = self.path / "zarr.json"
@@ -141,6 +189,8 @@ class StoreWriter:
 
     def close(self) -> None:
         self.lock.release()
+        if self.lock is not self.main:
+            self.main.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -396,7 +446,7 @@ class SplitWriter(ArrayWriter):
             if problems:
                 raise StoreError(f"split '{self.name}' of {self.store.path}: {problems[0]}")
         reader = FeatureArray(self.layout, self.name, self.meta)
-        self.store.lock.check()
+        self.store.main.check()
         meta = dataclasses.replace(
             self.meta,
             complete=True,
