@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ckpt_factory import make_net
@@ -11,6 +12,25 @@ from ckpt_factory import make_net
 from featcache.config import CheckpointSpec, Paths, load_registry
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class ArrayRows:
+    """A row source, as a store offers one: numpy rows gathered by index; counts its ``take`` calls."""
+
+    def __init__(self, x: np.ndarray):
+        self.x, self.calls = x, 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.x[indices]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row cosine similarity of two (N, D) arrays."""
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 @pytest.fixture(autouse=True, scope="session")

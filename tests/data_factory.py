@@ -6,6 +6,7 @@ behaves like a photo under resizing. Each writer returns what the tests need to 
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from pathlib import Path
@@ -220,3 +221,10 @@ def write_truncated_jpeg(path: Path, size: tuple[int, int] = (40, 30), keep: flo
     start = data.index(b"\xff\xda")  # start of scan: everything before it is header
     path.write_bytes(data[: start + int((len(data) - start) * keep)])
     return path
+
+
+def jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    """``img`` encoded as a JPEG (quality 90; ``subsampling=0`` for 4:4:4 and so on)."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()

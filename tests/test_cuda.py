@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_checkpoint
-from data_factory import smooth_images, write_cifar10, write_truncated_jpeg
+from conftest import cosine, save_checkpoint
+from data_factory import jpeg_bytes, smooth_images, write_cifar10, write_truncated_jpeg
 from PIL import Image
 from torch import nn
 
@@ -50,16 +50,6 @@ def _read(paths, dataset: str, name: str, split: str) -> np.ndarray:
     return open_store(store_path(paths.cache, dataset, name)).split(split).read()
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def _jpeg(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90, **kw)
-    return buf.getvalue()
-
-
 def _image(seed: int, w: int = 40, h: int = 30, noise: float = 0.0) -> Image.Image:
     rng = np.random.default_rng(seed)
     pixels = smooth_images(rng, 1, h, w)[0].astype(np.float64) + rng.normal(0, noise, (h, w, 3))
@@ -78,13 +68,13 @@ def mixed(paths):
     d = paths.data / "mixed" / "val" / "x"
     d.mkdir(parents=True)
     for k in range(4):
-        (d / f"a_rgb_{k}.jpg").write_bytes(_jpeg(_image(k)))
-    (d / "b_rgb.jpg").write_bytes(_jpeg(_image(10, 31, 44)))
-    (d / "c_grey.jpg").write_bytes(_jpeg(_image(11).convert("L")))
-    (d / "d_cmyk.jpg").write_bytes(_jpeg(_image(12, 36, 50).convert("CMYK")))
+        (d / f"a_rgb_{k}.jpg").write_bytes(jpeg_bytes(_image(k)))
+    (d / "b_rgb.jpg").write_bytes(jpeg_bytes(_image(10, 31, 44)))
+    (d / "c_grey.jpg").write_bytes(jpeg_bytes(_image(11).convert("L")))
+    (d / "d_cmyk.jpg").write_bytes(jpeg_bytes(_image(12, 36, 50).convert("CMYK")))
     _image(13, 45, 33).save(d / "e_png.png")
     write_truncated_jpeg(d / "f_trunc.jpg", size=(40, 30))
-    data = _jpeg(_image(14))
+    data = jpeg_bytes(_image(14))
     (d / "g_header.jpg").write_bytes(data[: data.index(b"\xff\xda")] + b"\xff\xd9")
     return d
 
@@ -100,7 +90,7 @@ def test_bf16_features_match_fp32_on_the_gpu(paths, registry, arch):
         extract(_config(paths, registry, [spec], splits=("test",), precision=precision, store_name=precision))
     ref, got = (_read(paths, "cifar10", p, "test") for p in ("fp32", "bf16"))
     assert not np.array_equal(ref, got)  # autocast did run in bf16
-    cos = _cosine(ref, got)
+    cos = cosine(ref, got)
     assert cos.min() >= 0.999, f"{arch}: per-sample cosine min {cos.min():.5f}, mean {cos.mean():.5f}"
 
 
@@ -111,9 +101,9 @@ def test_nvjpeg_pixels_match_pillow_within_the_documented_tolerance():
     files = {}
     for k, (w, h) in enumerate([(500, 375), (375, 500), (64, 48), (33, 47)]):
         img = _image(20 + k, w, h, noise=12.0)
-        files[f"{w}x{h} 4:2:0"] = _jpeg(img)
-        files[f"{w}x{h} 4:4:4"] = _jpeg(img, subsampling=0)
-        files[f"{w}x{h} grey"] = _jpeg(img.convert("L"))
+        files[f"{w}x{h} 4:2:0"] = jpeg_bytes(img)
+        files[f"{w}x{h} 4:4:4"] = jpeg_bytes(img, subsampling=0)
+        files[f"{w}x{h} grey"] = jpeg_bytes(img.convert("L"))
     data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files.values()]
     decoded = loaders._decode_jpegs(data, CUDA)
     means = {}
@@ -131,7 +121,7 @@ def test_jpeg_pipeline_on_the_gpu_matches_the_pil_reference(paths, registry):
     d = paths.data / "photos" / "val" / "x"
     d.mkdir(parents=True)
     for k in range(6):
-        (d / f"{k}.jpg").write_bytes(_jpeg(_image(30 + k, 500, 375, noise=12.0)))
+        (d / f"{k}.jpg").write_bytes(jpeg_bytes(_image(30 + k, 500, 375, noise=12.0)))
     ds_spec = registry.dataset("imagefolder:photos")
     ds, spec = build_dataset(ds_spec, "val"), registry.transform(ds_spec, "224px")
     (batch,) = batches(ds, spec, [(0, len(ds))], batch_size=len(ds), device=CUDA, backend="device")

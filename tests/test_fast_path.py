@@ -15,14 +15,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import save_checkpoint
-from data_factory import smooth_images, write_cifar10, write_truncated_jpeg
+from conftest import cosine, save_checkpoint
+from data_factory import jpeg_bytes, smooth_images, write_cifar10, write_truncated_jpeg
 from PIL import Image
 from torch import nn
 
 from featcache import loaders
 from featcache.data import build_dataset
-from featcache.errors import BadImageError
+from featcache.errors import BadImagesError
 from featcache.extract import ExtractConfig, ExtractReport, _forward, extract
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.loaders import batches, jpeg_components
@@ -40,23 +40,13 @@ def _split(paths, dataset, name, split):
     return open_store(store_path(paths.cache, dataset, name)).split(split)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def _jpeg(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90, **kw)
-    return buf.getvalue()
-
-
 def _image(seed: int, w: int = 40, h: int = 30) -> Image.Image:
     return Image.fromarray(smooth_images(np.random.default_rng(seed), 1, h, w)[0])
 
 
 def _header_only(img: Image.Image) -> bytes:
     """A JPEG cut before its scan but still ending in EOI: it passes the marker check, every decoder refuses it."""
-    data = _jpeg(img)
+    data = jpeg_bytes(img)
     return data[: data.index(b"\xff\xda")] + b"\xff\xd9"
 
 
@@ -73,7 +63,7 @@ def test_bf16_autocast_features_match_fp32(paths, registry, arch):
     fp32, bf16 = (_split(paths, "cifar10", p, "test") for p in ("fp32", "bf16"))
     ref, got = fp32.read(), bf16.read()
     assert not np.array_equal(ref, got)  # autocast did run in bf16
-    assert _cosine(ref, got).min() >= 0.999
+    assert cosine(ref, got).min() >= 0.999
     prov = open_store(store_path(paths.cache, "cifar10", "bf16")).provenance
     assert prov.precision == "bf16" and prov.compute.device == "cpu"
     assert prov.preprocess.to_dict() == {"backend": "pil", "device": "cpu"}  # on the CPU: the research pipeline
@@ -89,14 +79,14 @@ def test_jpeg_components_classifies_files():
     exif[0x010E] = "a description long enough to make an APP1 segment"
     png = io.BytesIO()
     img.save(png, format="PNG")
-    rgb = _jpeg(img)
+    rgb = jpeg_bytes(img)
     scan = rgb.index(b"\xff\xda")
     cases = {
-        "grey": (_jpeg(img.convert("L")), 1),
+        "grey": (jpeg_bytes(img.convert("L")), 1),
         "rgb": (rgb, 3),
-        "progressive": (_jpeg(img, progressive=True), 3),
-        "exif": (_jpeg(img, exif=exif.tobytes()), 3),
-        "cmyk": (_jpeg(img.convert("CMYK")), 4),
+        "progressive": (jpeg_bytes(img, progressive=True), 3),
+        "exif": (jpeg_bytes(img, exif=exif.tobytes()), 3),
+        "cmyk": (jpeg_bytes(img.convert("CMYK")), 4),
         "truncated": (rgb[: scan + (len(rgb) - scan) // 2], None),
         "header only, no EOI": (rgb[:scan], None),
         "png": (png.getvalue(), None),
@@ -117,10 +107,10 @@ def mixed(paths):
     d = paths.data / "mixed" / "val" / "x"
     d.mkdir(parents=True)
     for k in range(4):
-        (d / f"a_rgb_{k}.jpg").write_bytes(_jpeg(_image(k)))  # one size: resized together
-    (d / "b_rgb.jpg").write_bytes(_jpeg(_image(10, 31, 44)))
-    (d / "c_grey.jpg").write_bytes(_jpeg(_image(11).convert("L")))
-    (d / "d_cmyk.jpg").write_bytes(_jpeg(_image(12, 36, 50).convert("CMYK")))
+        (d / f"a_rgb_{k}.jpg").write_bytes(jpeg_bytes(_image(k)))  # one size: resized together
+    (d / "b_rgb.jpg").write_bytes(jpeg_bytes(_image(10, 31, 44)))
+    (d / "c_grey.jpg").write_bytes(jpeg_bytes(_image(11).convert("L")))
+    (d / "d_cmyk.jpg").write_bytes(jpeg_bytes(_image(12, 36, 50).convert("CMYK")))
     _image(13, 45, 33).save(d / "e_png.png")
     return d
 
@@ -160,7 +150,9 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
     monkeypatch.setattr(loaders.Image, "open", open_spy)
 
     device_cfg = dataclasses.replace(cfg, backend="device", store_name="device")
-    with pytest.raises(BadImageError, match=r"f_trunc\.jpg.*--on-bad-image skip"):
+    with pytest.raises(
+        BadImagesError, match=r"cannot decode 2 image\(s\).*f_trunc\.jpg.*g_header\.jpg.*on-bad-image skip"
+    ):
         extract(device_cfg)
     pil_decoded.clear()
     decoded_alone.clear()
@@ -170,7 +162,7 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
     # nvJPEG crashed on it) never reach decode_jpeg, and nothing needed a per-file retry
     assert decoded_alone == [6]
     assert [f for f in pil_decoded if isinstance(f, io.BytesIO)] == []
-    assert loaders.jpeg_components(header_only) is None and loaders.jpeg_components(_jpeg(_image(14))) == 3
+    assert loaders.jpeg_components(header_only) is None and loaders.jpeg_components(jpeg_bytes(_image(14))) == 3
 
     dev = _split(paths, "imagefolder:mixed", "device", "val")
     bad_rows = [dev.ids.index("x/f_trunc.jpg"), dev.ids.index("x/g_header.jpg")]
@@ -180,7 +172,7 @@ def test_fallback_files_match_pil_and_bad_files_are_isolated(paths, registry, mi
     good = [i for i in range(dev.rows) if i not in bad_rows]
     ref = _split(paths, "imagefolder:mixed", "pil", "val")
     assert ref.ids == [dev.ids[i] for i in good]
-    cos = dict(zip(ref.ids, _cosine(feats[good], ref.read()), strict=True))
+    cos = dict(zip(ref.ids, cosine(feats[good], ref.read()), strict=True))
     # CMYK and PNG are decoded by PIL in both runs; only the resize differs (torch's uint8 kernel vs Pillow)
     assert cos["x/d_cmyk.jpg"] > 0.9999 and cos["x/e_png.png"] > 0.9999
     assert min(cos.values()) > 0.999
@@ -208,7 +200,7 @@ def test_device_errors_are_raised_not_taken_for_bad_files(paths, registry, mixed
 def test_decode_deprecation_is_ignored_by_one_narrow_filter():
     """torchvision's decode_jpeg deprecation is ignored through one filter added to the process's list (no
     catch_warnings, which is not thread-safe, around each call); other warnings, from there too, still show."""
-    data = torch.frombuffer(bytearray(_jpeg(_image(0))), dtype=torch.uint8)
+    data = torch.frombuffer(bytearray(jpeg_bytes(_image(0))), dtype=torch.uint8)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")  # as pytest's own filters: every DeprecationWarning shown
         loaders._decode_jpegs([data], "cpu")

@@ -2,9 +2,9 @@
 
 from collections import OrderedDict
 
-import numpy as np
 import pytest
 import torch
+from conftest import ArrayRows
 
 from featcache.errors import ConfigError
 from featcache.heads import HeadConfig, MultiHeadProbe
@@ -31,21 +31,6 @@ def _data(n: int, seed: int, spread: float = 1.0, dtype=torch.float32) -> tuple[
     # A non-zero offset and uneven scales give BatchNorm something to normalise.
     x = means[y] + torch.randn(n, D, generator=g) * torch.linspace(0.5, 3.0, D) + 2.0
     return x.to(dtype), y
-
-
-class _Rows:
-    """A row source as the store will offer one: numpy float16 rows gathered by index."""
-
-    def __init__(self, x: np.ndarray):
-        self.x, self.calls = x, 0
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        assert isinstance(indices, np.ndarray)
-        self.calls += 1
-        return self.x[indices]
 
 
 def test_multi_head_pass_equals_solo_runs():
@@ -198,14 +183,14 @@ def test_row_source_equals_tensor_input():
     x16, xt16 = x.half(), xt.half()
     cfg = HeadConfig(weight_decays=(1e-4, 1e-2), **SMALL)
     a = MultiHeadProbe(cfg, D, C).fit(x16, y, {"test": (xt16, yt)})
-    rows = _Rows(x16.numpy())
-    b = MultiHeadProbe(cfg, D, C).fit(rows, y.numpy(), {"test": (_Rows(xt16.numpy()), yt.numpy())})
+    rows = ArrayRows(x16.numpy())
+    b = MultiHeadProbe(cfg, D, C).fit(rows, y.numpy(), {"test": (ArrayRows(xt16.numpy()), yt.numpy())})
     assert rows.calls == cfg.epochs * 10  # 600 rows in batches of 64, read through take()
     for h in range(2):
         for key, value in a.head_state(h).items():
             torch.testing.assert_close(b.head_state(h)[key], value, atol=0, rtol=0, msg=key)
     assert a.history_ == b.history_
-    torch.testing.assert_close(b.predict_logits(_Rows(xt16.numpy())), a.predict_logits(xt16))
+    torch.testing.assert_close(b.predict_logits(ArrayRows(xt16.numpy())), a.predict_logits(xt16))
 
 
 @pytest.mark.parametrize(

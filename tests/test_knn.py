@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import ArrayRows
 
 from featcache.errors import ConfigError
 from featcache.knn import KNNClassifier, KNNConfig, run_knn, select_knn
@@ -34,18 +35,6 @@ def _reference(train, ytrain, queries, yq, k: int, temp: float) -> tuple[float, 
     return 100 * np.mean(rank == 0), 100 * np.mean(rank < min(5, C)), nn
 
 
-class _Rows:
-    def __init__(self, x: np.ndarray):
-        self.x, self.calls = x, 0
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        return self.x[indices]
-
-
 # 203 train rows and 61 queries: blocks of 13 and 7 leave remainders (203 = 15 x 13 + 8, 61 = 8 x 7 + 5),
 # and train blocks of 13 are smaller than k = 20, so the running top-k must merge across blocks.
 @pytest.mark.parametrize("query_rows, train_rows", [(7, 13), (64, 50), (1000, 1000)])
@@ -55,7 +44,7 @@ def test_equals_brute_force(query_rows, train_rows, dtype):
     xq, yq = _data(61, 1)
     knn = KNNClassifier(KNNConfig(ks=KS, temperatures=TEMPS), D, C, dtype=dtype, query_rows=query_rows,
                         train_rows=train_rows)  # fmt: skip
-    rows = _Rows(x.astype(np.float32) if dtype == torch.float32 else x)
+    rows = ArrayRows(x.astype(np.float32) if dtype == torch.float32 else x)
     grid = knn.fit(rows, y).evaluate(torch.tensor(xq, dtype=dtype), yq)
     assert rows.calls == -(-203 // train_rows)  # one pass over the train rows for the whole grid
     assert [(e["k"], e["temperature"]) for e in grid] == [(k, t) for k in KS for t in TEMPS]

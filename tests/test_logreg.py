@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import ArrayRows
 from sklearn.linear_model import LogisticRegression
 
 from featcache.errors import ConfigError
@@ -29,20 +30,6 @@ def _objective(Z: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, lam: 
     logits = logits - logits.max(1, keepdims=True)
     ce = np.log(np.exp(logits).sum(1)) - logits[np.arange(len(y)), y]
     return ce.mean() + lam / 2 * (W**2).sum()
-
-
-class _Rows:
-    """A row source, as the store offers one: numpy rows gathered by index."""
-
-    def __init__(self, x: np.ndarray):
-        self.x, self.calls = x, 0
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        return self.x[indices]
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-8), (torch.float32, LogRegConfig.tol)])
@@ -111,10 +98,10 @@ def test_streamed_blocks_equal_full_batch():
     Xv = torch.tensor(xv)
     full = LogRegPath(cfg, D, C, dtype=torch.float64).fit(torch.tensor(x), y, {"val": (Xv, yv)})
     assert torch.equal(Xv, torch.tensor(xv))  # scoring standardises copies, never the caller's rows
-    rows = _Rows(x)
+    rows = ArrayRows(x)
     # A zero budget forces streaming; blocks of 37 rows split 300 unevenly (8 x 37 + 4).
     streamed = LogRegPath(cfg, D, C, dtype=torch.float64, memory_budget=0, block_rows=37)
-    streamed.fit(rows, y, {"val": (_Rows(xv), yv)})
+    streamed.fit(rows, y, {"val": (ArrayRows(xv), yv)})
     assert full.resident_ and not streamed.resident_
     # One take for the statistics (4,096-row blocks), then 9 per pass over the data, at least one per iteration.
     passes, rest = divmod(rows.calls - 1, 9)
@@ -126,7 +113,7 @@ def test_streamed_blocks_equal_full_batch():
     # The gradient itself, at an arbitrary point, is the full-batch one up to summation order.
     theta = torch.randn(C * (D + 1), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     f_full, g_full = _loss_grad(full, torch.tensor(x), y, theta)
-    f_str, g_str = _loss_grad(streamed, _Rows(x), y, theta)
+    f_str, g_str = _loss_grad(streamed, ArrayRows(x), y, theta)
     assert f_full == pytest.approx(f_str, rel=1e-13)
     torch.testing.assert_close(g_full, g_str, atol=1e-14, rtol=1e-12)
 
