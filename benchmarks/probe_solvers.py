@@ -142,7 +142,7 @@ def digits_features(tmp: Path) -> tuple[np.ndarray, ...]:
         d.mkdir()
     reg = load_registry(paths)
     spec = reg.expand_checkpoints(SET)[0]
-    pretrain(reg, spec, seed=0, epochs=6)
+    pretrain(reg, spec, seed=0, steps=64)
     ds = reg.dataset(TRANSFER)
     cfg = ExtractConfig(
         checkpoints=(spec,), dataset=ds, transform=reg.transform(ds, None), cache_dir=paths.cache, workers=0

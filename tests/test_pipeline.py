@@ -1,4 +1,4 @@
-"""pipeline/headline.py drives the CLI end to end and reads its table back from the results log."""
+"""pipeline/ holds launchers that wrap `featcache sweep`, not a second implementation of it."""
 
 from __future__ import annotations
 
@@ -6,32 +6,52 @@ import os
 import subprocess
 import sys
 
-import torch
-from ckpt_factory import make_net
+import pytest
 from conftest import REPO
 
-
-def _run(args, paths=None):
-    roots = ["--", "--data-dir", str(paths.data), "--cache-dir", str(paths.cache), "--checkpoint-dir",
-             str(paths.checkpoints), "--config-dir", str(paths.config)] if paths else []  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny work: one thread, as conftest does in-process
-    return subprocess.run([sys.executable, str(REPO / "pipeline" / "headline.py"), *args, *roots],
-                          capture_output=True, text=True, cwd=REPO, env=env)  # fmt: skip
+SCRIPT = REPO / "pipeline" / "slurm_sweep.sh"
 
 
-def test_dry_run_lists_one_extract_per_set_and_one_probe_per_row():
-    out = _run(["--dry-run", "--datasets", "cifar10"]).stdout.splitlines()
-    assert out[0] == "$ featcache extract --ckpt run0 --dataset cifar10"
-    assert sum(line.startswith("$ featcache extract") for line in out) == 4
-    assert "$ featcache probe --stores step80k --dataset cifar10 --preset seed --tag 'headline cat5'" in out
+def _launch(*args: str, **env: str) -> subprocess.CompletedProcess:
+    # FEATCACHE=echo (the default here): print the command the job would run instead of running it
+    base = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "SWEEP")}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO,
+                          env={**base, "FEATCACHE": "echo", **env})  # fmt: skip
 
 
-def test_sweep_on_digits_prints_the_table(paths):
-    for k in range(2):
-        (paths.checkpoints / "demo").mkdir(exist_ok=True)
-        torch.save(make_net("resnet10", seed=k).state_dict(), paths.checkpoints / "demo" / f"seed{k}.pth.tar")
-    rows = "cat1=demo-seed0;cat2=demo-seed0,demo-seed1"
-    done = _run(["--datasets", "digits-transfer", "--rows", rows, "--preset", "quick"], paths)
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "pipeline").glob("*.sh")))
+def test_every_launcher_is_valid_bash_that_calls_featcache(script):
+    path = REPO / "pipeline" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert "featcache" in path.read_text().split("set -euo pipefail", 1)[1]
+
+
+def test_slurm_script_is_valid_bash_with_sbatch_lines():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+    lines = SCRIPT.read_text().splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    sbatch = [i for i, line in enumerate(lines) if line.startswith("#SBATCH ")]
+    assert sbatch and max(sbatch) < first_command  # sbatch reads its options only before the first command
+    assert "FEATCACHE_CACHE=" in SCRIPT.read_text()  # the note on shared storage
+
+
+def test_slurm_script_runs_the_sweep_cli():
+    done = _launch("--dry-run")
+    assert done.returncode == 0 and done.stdout.split() == [
+        "sweep",
+        "configs/sweeps/timecat.yaml",
+        "--quiet",
+        "--dry-run",
+    ]
+    task = _launch(SLURM_ARRAY_TASK_ID="2", SWEEP="digits")
+    assert task.stdout.split() == ["sweep", "digits", "--quiet", "--dataset", "cifar100"]
+
+
+def test_slurm_script_dry_run_with_the_real_cli(tmp_path):
+    """The command the job runs works: the research grid planned on an empty cache (no data, no checkpoints)."""
+    done = _launch("--dry-run", "--cache-dir", str(tmp_path), FEATCACHE=f"{sys.executable} -m featcache.cli")
     assert done.returncode == 0, done.stderr
-    table = done.stdout.split("(test top-1 %, selected on val)")[1].split()
-    assert table[0] == "cat1" and table[2] == "cat2" and 20.0 < float(table[1]) <= 100.0
+    assert done.stdout.strip().splitlines()[-1] == (
+        "dry run: 4 extraction(s) and 32 probe(s) would run; 0 of 32 probe(s) already done"
+    )

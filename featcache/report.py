@@ -1,0 +1,201 @@
+"""``featcache report``: a sweep's paper-style table (markdown, CSV) and plot (PNG), read from the results log.
+
+The table has one row per sweep row (cat1, cat2, ...): models per draw, steps per model, total steps, and the
+test top-1 of each dataset as mean ± std over the row's draws, the best mean of each column marked. A cell's
+results are found by the key each probe of the sweep has now (:func:`featcache.sweep.plan_sweep`), so a result of
+another configuration (other epochs, other checkpoints) never stands in; a probe whose stores are gone is found
+by its tag instead. The plot shows accuracy against the number of concatenated models at the fixed budget, one
+line per dataset, the spread as error bars. It needs matplotlib (``pip install 'featcache[plot]'``); without it
+the tables are written all the same.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .results import ProbeRecord
+from .sweep import ProbeJob, RowInfo, SweepPlan
+from .tables import render
+
+__all__ = ["Cell", "SweepReport", "ReportFiles", "build_report", "write_report", "plot_report", "PLOT_HINT"]
+
+PLOT_HINT = "the plot needs matplotlib: pip install 'featcache[plot]'"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The test top-1 of one (row, dataset): one value per draw found, in draw order, of ``draws`` planned."""
+
+    values: tuple[float, ...]
+    draws: int
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (ddof=1) over the draws; None with fewer than two."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """Everything the table and the plot show."""
+
+    name: str
+    description: str
+    rows: tuple[RowInfo, ...]
+    datasets: tuple[str, ...]
+    cells: dict[tuple[str, str], Cell]  # (row, dataset)
+    settings: dict[str, str]  # dataset -> how it was probed (preset, views, epochs)
+
+    def best(self, dataset: str) -> set[str]:
+        """The rows with the highest mean in the dataset's column (several on a tie; none without results)."""
+        means = {r.name: self.cells[(r.name, dataset)].mean for r in self.rows}
+        top = max((m for m in means.values() if m is not None), default=None)
+        return {r for r, m in means.items() if m is not None and m == top}
+
+    def table_rows(self, mark: str = "**{}**") -> list[dict]:
+        """Rows for people: ``mean ± std`` strings, ``(n/N)`` when draws are missing, the best wrapped in ``mark``."""
+        out = []
+        for r in self.rows:
+            row = {"features": r.name, "models": r.models, "steps per model": _steps(r.steps_per_model),
+                   "total steps": _steps(r.total_steps)}  # fmt: skip
+            for d in self.datasets:
+                cell = self.cells[(r.name, d)]
+                text = "-" if cell.mean is None else f"{cell.mean:.2f}"
+                if cell.std is not None:
+                    text += f" ± {cell.std:.2f}"
+                if cell.values and len(cell.values) < cell.draws:
+                    text += f" ({len(cell.values)}/{cell.draws})"
+                row[d] = mark.format(text) if r.name in self.best(d) else text
+            out.append(row)
+        return out
+
+    def csv_rows(self) -> list[dict]:
+        """Rows for loading elsewhere: numbers at full precision, ``<dataset>_best`` true on the marked cells."""
+        out = []
+        for r in self.rows:
+            row = {"features": r.name, "models": r.models, "steps_per_model": r.steps_per_model,
+                   "total_steps": r.total_steps}  # fmt: skip
+            for d in self.datasets:
+                cell = self.cells[(r.name, d)]
+                row |= {f"{d}_mean": cell.mean, f"{d}_std": cell.std, f"{d}_n": len(cell.values),
+                        f"{d}_best": r.name in self.best(d)}  # fmt: skip
+            out.append(row)
+        return out
+
+    def footnote(self) -> str:
+        found = sum(len(c.values) for c in self.cells.values())
+        planned = sum(c.draws for c in self.cells.values())
+        how = "; ".join(f"{d}: {s}" for d, s in self.settings.items())
+        return (
+            f"Linear-probe test top-1 (%), selected on val and read once on test: mean ± std (ddof=1) over the "
+            f"draws; the best mean of each column marked. {found}/{planned} results found. {how}."
+        )
+
+
+def _steps(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for size, unit in ((10**6, "M"), (10**3, "k")):
+        if n >= size and n % (size // 100) == 0:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+def _find(plan: SweepPlan, job: ProbeJob) -> ProbeRecord | None:
+    """The job's result: by key; while its stores are missing (key unknown), the newest with its tag."""
+    if job.key is not None:
+        return plan.record(job)
+    return plan.tagged.get((job.dataset, job.config.tag))
+
+
+def build_report(plan: SweepPlan) -> SweepReport:
+    """The report of a sweep as its results log stands (see :func:`featcache.sweep.plan_sweep`)."""
+    datasets = tuple(d.name for d in plan.sweep.datasets)
+    values: dict[tuple[str, str], list[float]] = {(r.name, d): [] for r in plan.rows for d in datasets}
+    settings = {}
+    for job in plan.probes:
+        rec = _find(plan, job)
+        if rec is not None:
+            values[(job.row, job.dataset)].append(rec.selected.test_top1)
+        c = job.config
+        settings[job.dataset] = f"preset {c.preset}, {c.views} view(s), {c.heads.epochs} epochs"
+    draws = {r.name: r.draws for r in plan.rows}
+    cells = {k: Cell(tuple(v), draws[k[0]]) for k, v in values.items()}
+    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where the report went; ``plot`` is None when matplotlib is missing (``note`` says how to get it)."""
+
+    markdown: Path
+    csv: Path
+    plot: Path | None
+    note: str | None = None
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    # a temp file renamed over the target: a reader never sees half a table
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.replace(path)
+
+
+def plot_report(report: SweepReport, path: Path) -> Path:
+    """Accuracy against the number of concatenated models, one line per dataset, std as error bars.
+
+    Raises:
+        ImportError: matplotlib is not installed (see :data:`PLOT_HINT`).
+    """
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend switched
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    for d in report.datasets:
+        pts = [(r.models, report.cells[(r.name, d)]) for r in report.rows
+               if report.cells[(r.name, d)].mean is not None]  # fmt: skip
+        if pts:
+            ax.errorbar([x for x, _ in pts], [c.mean for _, c in pts], yerr=[c.std or 0.0 for _, c in pts],
+                        marker="o", capsize=4, label=d)  # fmt: skip
+    ticks = {r.models: f"{r.name}\n{r.models} x {_steps(r.steps_per_model)}" for r in report.rows}
+    ax.set_xticks(list(ticks), list(ticks.values()))
+    total = {r.total_steps for r in report.rows if r.total_steps}
+    budget = f" (budget {', '.join(_steps(t) for t in sorted(total))} steps)" if total else ""
+    ax.set_xlabel(f"models concatenated, each trained 1/k of the budget{budget}")
+    ax.set_ylabel("linear-probe test top-1 (%)")
+    ax.set_title(f"sweep {report.name}: mean ± std over draws", fontsize=10)
+    ax.grid(alpha=0.3)
+    if report.datasets:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return path
+
+
+def write_report(report: SweepReport, out_dir: Path) -> ReportFiles:
+    """Write ``<out_dir>/<sweep>.md``, ``.csv`` and (with matplotlib) ``.png``.
+
+    Raises:
+        OSError: ``out_dir`` cannot be written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / report.name
+    head = f"# Sweep {report.name}\n\n" + (f"{report.description}\n\n" if report.description else "")
+    md = head + render(report.table_rows(), fmt="markdown") + f"\n\n{report.footnote()}\n"
+    _write(base.with_suffix(".md"), md)
+    _write(base.with_suffix(".csv"), render(report.csv_rows(), fmt="csv") + "\n")
+    try:
+        plot = plot_report(report, base.with_suffix(".png"))
+    except ImportError:
+        return ReportFiles(base.with_suffix(".md"), base.with_suffix(".csv"), None, PLOT_HINT)
+    return ReportFiles(base.with_suffix(".md"), base.with_suffix(".csv"), plot)

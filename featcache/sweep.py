@@ -1,0 +1,325 @@
+"""``featcache sweep``: a grid of (dataset, row, draw) probes as one idempotent command.
+
+A sweep config (YAML, see ``configs/sweeps/timecat.yaml``) names *rows* (e.g. cat1, cat2, cat4, cat5: each a list
+of *draws*, a draw being a ``--ckpt`` value whose checkpoints are concatenated) and *datasets*. Running it:
+
+1. per dataset, extracts every store that is missing, incomplete or short of views, in one :func:`extract` call
+   (every checkpoint shares each decoded batch);
+2. probes every (dataset, row, draw) whose result is not yet in the results log. A probe is identified by
+   :attr:`ProbeRecord.key` (stores by checkpoint hash, dataset, splits, preset, solver, hyperparameters, views),
+   predicted before it runs by :func:`featcache.probe.probe_key_for`. Each record is appended atomically once its
+   probe finishes, so a sweep killed at any moment and run again finishes what is missing, and never logs a
+   result twice. Records are tagged ``sweep:<name> <row> d<k>``.
+
+Library code: progress goes to the ``echo`` callable, never to stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DatasetSpec, Paths, Registry
+from .errors import ConfigError, StoreError
+from .extract import ExtractConfig, extract
+from .probe import ProbeConfig, heads_from_preset, probe_key_for, run_probe
+from .progress import NullProgress, ProgressFactory
+from .results import ProbeRecord, append_record, load_records
+from .store import Store, store_path
+from .sweep_config import SweepConfig, SweepDataset, SweepExtract, SweepProbe, SweepRow, find_sweep, load_sweep
+
+__all__ = [
+    "SweepRow",
+    "SweepDataset",
+    "SweepExtract",
+    "SweepProbe",
+    "SweepConfig",
+    "RowInfo",
+    "ExtractJob",
+    "ProbeJob",
+    "SweepPlan",
+    "SweepResult",
+    "find_sweep",
+    "load_sweep",
+    "tag_for",
+    "plan_sweep",
+    "run_sweep",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --- the plan ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RowInfo:
+    """A row as resolved: how many models each draw concatenates and the pretraining budget."""
+
+    name: str
+    models: int
+    draws: int
+    steps_per_model: int | None
+    total_steps: int | None
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """The stores of one dataset that need extracting (missing, incomplete or short of views), in one call."""
+
+    dataset: str
+    config: ExtractConfig
+    reasons: tuple[str, ...]  # one per checkpoint of ``config``: missing, incomplete, 0/4 views, ...
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """One (dataset, row, draw) probe; ``key`` is None while one of its stores is not extracted yet."""
+
+    dataset: str
+    row: str
+    draw: int
+    stores: tuple[str, ...]
+    config: ProbeConfig
+    key: str | None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep would do now: extractions, probes, and the results already in the log (by key)."""
+
+    sweep: SweepConfig
+    rows: tuple[RowInfo, ...]
+    extracts: tuple[ExtractJob, ...]
+    probes: tuple[ProbeJob, ...]
+    done: dict[str, ProbeRecord]  # key -> the newest record with it
+    tagged: dict[tuple[str, str], ProbeRecord]  # (dataset, tag) -> the newest record with them
+
+    def pending(self) -> list[ProbeJob]:
+        return [p for p in self.probes if p.key is None or p.key not in self.done]
+
+    def record(self, job: ProbeJob) -> ProbeRecord | None:
+        return self.done.get(job.key) if job.key is not None else None
+
+    def describe(self) -> list[dict]:
+        """One row per step (for ``--dry-run``): extractions, then every probe with its status."""
+        out = [{"step": "extract", "dataset": e.dataset, "row": "-", "draw": "-",
+                "stores": _names([c.name for c in e.config.checkpoints]),
+                "status": "to run: " + ", ".join(sorted(set(e.reasons)))} for e in self.extracts]  # fmt: skip
+        for p in self.probes:
+            rec = self.record(p)
+            status = f"done: top-1 {rec.selected.test_top1:.2f} ({rec.id})" if rec else "to run"
+            status = status if p.key else "to run, after extract"
+            out.append({"step": "probe", "dataset": p.dataset, "row": p.row, "draw": f"d{p.draw}",
+                        "stores": ",".join(p.stores), "status": status})  # fmt: skip
+        return out
+
+
+def _names(names: list[str]) -> str:
+    return ",".join(names) if len(names) <= 4 else f"{len(names)} stores: {names[0]}, {names[1]}, ..., {names[-1]}"
+
+
+def tag_for(sweep: str, row: str, draw: int) -> str:
+    """The tag of a sweep's record: ``sweep:<name> <row> d<k>`` (``featcache results --tag sweep:<name>``)."""
+    return f"sweep:{sweep} {row} d{draw}"
+
+
+def _store_state(path: Path, ds: DatasetSpec, views: int, limit: int | None, where: str) -> tuple[Store | None, str]:
+    """(the store if it is ready, else None; why not)."""
+    if not (path / "zarr.json").exists():
+        return None, "missing"
+    try:
+        store = Store(path)
+        if store.provenance.dataset.limit != limit:
+            raise ConfigError(
+                f"store {path} was extracted with limit {store.provenance.dataset.limit} but {where} asks for limit "
+                f"{limit}; delete the store or point --cache-dir elsewhere"
+            )
+        for split in ds.splits:
+            if split not in store.splits or not store.split_meta(split).complete:
+                return None, "incomplete"
+        have = store.split_meta(ds.train_split).n_views
+    except StoreError:
+        return None, "unreadable"  # extract says why, or repairs it
+    return (store, "ready") if have >= views else (None, f"{have}/{views} views")
+
+
+def _row_infos(sweep: SweepConfig, reg: Registry) -> tuple[tuple[RowInfo, ...], dict[str, list[list]]]:
+    infos, draws = [], {}
+    for row in sweep.rows:
+        expanded = [reg.expand_checkpoints(d) for d in row.draws]
+        for k, specs in enumerate(expanded):
+            if len(specs) != len(expanded[0]):
+                raise ConfigError(
+                    f"{sweep.source}: rows.{row.name}.draws: draw {k} ({row.draws[k]}) has {len(specs)} checkpoint(s), "
+                    f"draw 0 ({row.draws[0]}) has {len(expanded[0])}; every draw of a row concatenates as many models"
+                )
+        n = len(expanded[0])
+        total = row.steps_per_model * n if row.steps_per_model else None
+        infos.append(RowInfo(row.name, n, len(row.draws), row.steps_per_model, total))
+        draws[row.name] = expanded
+    return tuple(infos), draws
+
+
+def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
+    """Resolve the sweep against the registry, the cache and the results log; runs nothing.
+
+    Raises:
+        ConfigError: unknown datasets, checkpoints, presets or transforms (named), draws of one row with different
+            numbers of checkpoints, or a store extracted with another ``limit``.
+    """
+    rows, draws = _row_infos(sweep, reg)
+    done: dict[str, ProbeRecord] = {}
+    tagged: dict[tuple[str, str], ProbeRecord] = {}
+    for r in sorted(load_records(paths.results_log), key=lambda r: r.timestamp):  # the newest of equals wins
+        done[r.key] = tagged[(r.dataset, r.tag)] = r
+    extracts, probes = [], []
+    for d in sweep.datasets:
+        where = f"{sweep.source}: datasets.{d.name}"
+        ds = reg.dataset(d.name)
+        preset_name = d.preset or reg.preset_for(ds.name)
+        preset = reg.probe_preset(preset_name)
+        try:
+            heads, val_fraction = heads_from_preset(preset, epochs=d.epochs)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: preset '{preset_name}': {e}") from None
+        views = d.views if d.views is not None else int(preset.get("views", 0))
+        specs = list({c.name: c for draw in draws.values() for cs in draw for c in cs}.values())
+        ready, todo, reasons = {}, [], []
+        for c in specs:
+            store, why = _store_state(store_path(paths.cache, ds.name, c.name), ds, views, d.limit, where)
+            if store is None:
+                todo.append(c)
+                reasons.append(why)
+            else:
+                ready[c.name] = store
+        if todo:
+            e = sweep.extract
+            try:
+                cfg = ExtractConfig(
+                    checkpoints=tuple(todo), dataset=ds, transform=reg.transform(ds, d.transform),
+                    model_preprocessing=d.transform is None, cache_dir=paths.cache, views=views,
+                    views_seed=e.views_seed, limit=d.limit, batch_size=e.batch_size, dtype=e.dtype,
+                    precision=e.precision, device=e.device, backend=e.preprocess, compile=e.compile,
+                    chunk_rows=e.chunk_rows, **({"workers": e.workers} if e.workers is not None else {}),
+                )  # fmt: skip
+            except ConfigError as err:
+                raise ConfigError(f"{sweep.source}: extract: {err}") from None
+            extracts.append(ExtractJob(ds.name, cfg, tuple(reasons)))
+        for row in sweep.rows:
+            for k, cs in enumerate(draws[row.name]):
+                names = tuple(c.name for c in cs)
+                cfg = ProbeConfig(
+                    stores=tuple(store_path(paths.cache, ds.name, n) for n in names), heads=heads,
+                    val_fraction=val_fraction, device=sweep.probe.device, train_split=ds.train_split,
+                    test_split=ds.test_split, views=views, max_memory=sweep.probe.max_memory,
+                    in_memory=sweep.probe.in_memory, preset=preset_name, tag=tag_for(sweep.name, row.name, k),
+                    dataset=ds.name,
+                )  # fmt: skip
+                key = probe_key_for(cfg, [ready[n] for n in names]) if all(n in ready for n in names) else None
+                probes.append(ProbeJob(ds.name, row.name, k, names, cfg, key))
+    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done, tagged)
+
+
+# --- running it ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepResult:
+    """What a run did, and the plan as it stands afterwards (every result found), for the report."""
+
+    plan: SweepPlan
+    extracted: int  # stores written or completed
+    ran: int  # probes run and logged
+    skipped: int  # probes found in the log (a concurrent run may log some while this one runs)
+    seconds: float
+
+    def summary(self) -> str:
+        p = self.plan
+        found = sum(p.record(j) is not None for j in p.probes)
+        if not self.extracted and not self.ran:
+            return (
+                f"sweep {p.sweep.name}: nothing to do: every store is extracted and {found}/{len(p.probes)} "
+                "probe results are in the results log"
+            )
+        return (
+            f"sweep {p.sweep.name}: extracted {self.extracted} store(s), ran {self.ran} probe(s), "
+            f"{self.skipped} already done, in {self.seconds:.0f}s; {found}/{len(p.probes)} results in the log"
+        )
+
+
+def _logged(paths: Paths) -> set[str]:
+    return {r.key for r in load_records(paths.results_log)}
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    reg: Registry,
+    paths: Paths,
+    *,
+    echo: Callable[[str], None] = log.info,
+    progress: ProgressFactory = NullProgress,
+) -> SweepResult:
+    """Extract what is missing and probe what is not in the results log, dataset by dataset.
+
+    Each result is echoed, then appended to the log; a probe whose key is already logged (read again just before
+    it would run, so that two sweeps sharing a log rarely repeat work) is skipped.
+
+    Raises:
+        ConfigError: see :func:`plan_sweep`.
+        StoreError, CheckpointError, DatasetError, ProbeError, ResultsError: an extraction, probe or log append
+            failed; what finished before is kept, and the same call resumes.
+    """
+    t0 = time.perf_counter()
+    plan = plan_sweep(sweep, reg, paths)
+    todo = plan.pending()
+    if not plan.extracts and not todo:
+        result = SweepResult(plan, 0, 0, len(plan.probes), time.perf_counter() - t0)
+        echo(result.summary())
+        return result
+    n_ex, n_pr = len(plan.extracts), len(todo)
+    echo(
+        f"sweep {sweep.name}: {len(sweep.datasets)} dataset(s) x {len(plan.rows)} row(s); {n_ex} extraction(s), "
+        f"{n_pr} of {len(plan.probes)} probe(s) to run"
+    )
+    extracted = ran = i_ex = i_pr = 0
+    for d in sweep.datasets:
+        current = plan
+        job = next((e for e in plan.extracts if e.dataset == d.name), None)
+        if job is not None:
+            i_ex += 1
+            names = [c.name for c in job.config.checkpoints]
+            echo(
+                f"[extract {i_ex}/{n_ex}] {d.name}: {len(names)} store(s) ({', '.join(sorted(set(job.reasons)))}), "
+                f"{job.config.views} view(s)"
+            )
+            report = extract(job.config, progress)
+            extracted += sum(s["status"] != "already complete" for s in report.stores)
+            echo(f"[extract {i_ex}/{n_ex}] {d.name}: {report.summary()}")
+            current = plan_sweep(dataclasses.replace(sweep, datasets=(d,)), reg, paths)  # now the keys are known
+        for p in (p for p in current.probes if p.dataset == d.name and p.key not in current.done):
+            i_pr += 1
+            if p.key is None:  # extraction reported success, yet a store is not ready: never probe a partial store
+                raise StoreError(
+                    f"stores {', '.join(p.stores)} of {d.name} are not complete after extraction; "
+                    "run `featcache ls` and `featcache verify` on them"
+                )
+            head = f"[probe {i_pr}/{n_pr}] {d.name} {p.row} d{p.draw}"
+            if p.key in _logged(paths):
+                echo(f"{head}: already in the results log")
+                continue
+            record = run_probe(p.config)
+            if record.key != p.key:  # the predicted key must be the logged one, or reruns would probe again
+                log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
+            echo(
+                f"{head} ({len(p.stores)} model(s), {record.feature_dim} features): test top-1 "
+                f"{record.selected.test_top1:.2f} (val {record.selected.val_top1:.2f}) in "
+                f"{record.timings.get('total_s', 0):.1f}s, result {record.id}"
+            )
+            append_record(paths.results_log, record)  # after the echo: a failed append loses nothing seen
+            ran += 1
+    plan = plan_sweep(sweep, reg, paths)
+    found = sum(plan.record(j) is not None for j in plan.probes)
+    result = SweepResult(plan, extracted, ran, found - ran, time.perf_counter() - t0)
+    echo(result.summary())
+    return result
