@@ -132,10 +132,11 @@ def main(ctx, verbose, **roots):
     """featcache: extract frozen features of pretrained checkpoints once, then probe any ensemble of them.
 
     \b
-    featcache demo                                   # the whole pipeline on scikit-learn's digits
+    featcache demo                                   # the Time-Cat claim on scikit-learn's digits
     featcache extract --ckpt full --dataset cifar10  # 5 backbones, each batch decoded once
     featcache probe --stores full --dataset cifar10  # concatenated features, the research protocol
     featcache results --dataset cifar10              # query the results log
+    featcache sweep timecat                          # the whole research grid, idempotent; then the report
     """
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
@@ -450,14 +451,19 @@ def _views(ctx, param, value: str | None) -> int | None:
     "--max-memory",
     callback=_size,
     help="RAM the features may take, e.g. 8G (default: half of the available RAM). Within it all views stay "
-    "resident; else one view is loaded per epoch; else rows are streamed from the memory-mapped stores.",
+    "resident; else one view is loaded per epoch; else rows are streamed from the stores in bounded memory: each "
+    "epoch reads every row once, in blocks of whole chunks in a shuffled order, and shuffles rows within a buffer "
+    "of several blocks (a quarter of this budget, the next one read ahead). Unlike the full permutation of the "
+    "in-memory modes, a batch then mixes rows of one buffer only: rows stored grouped by class (ImageFolder order) "
+    "give batches of few classes unless the buffer is large (a warning says so).",
 )
 @click.option(
     "--in-memory",
     type=click.Choice(["auto", "yes", "no"]),
     default="auto",
     show_default=True,
-    help="auto: plan by --max-memory; yes: hold everything resident; no: stream from the stores.",
+    help="auto: plan by --max-memory; yes: hold everything resident; no: stream from the stores (a block "
+    "shuffle, not a full permutation: see --max-memory).",
 )
 @click.option(
     "--allow-transform-mix",
@@ -496,8 +502,7 @@ def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt
     from .store import open_store, resolve_stores
 
     reg = load_registry(paths)
-    sets = reg.sets if dataset is not None or any(t.strip() in reg.sets for t in stores.split(",")) else {}
-    store_paths = tuple(resolve_stores(stores, dataset, paths.cache, sets))
+    store_paths = tuple(resolve_stores(stores, dataset, paths.cache, reg.sets))
     held = open_store(store_paths[0]).provenance.dataset.name
     preset = preset or reg.preset_for(dataset or held)
     chosen = reg.probe_preset(preset)

@@ -53,7 +53,11 @@ Features = torch.Tensor | RowSource  # (N, D) float tensor on any device, or a r
 @runtime_checkable
 class EpochFeatures(Protocol):
     """Training features that change from epoch to epoch (augmented views): ``epoch(e)`` gives epoch e's
-    (N, D) :data:`Features`, the same N rows in the same order every epoch."""
+    (N, D) :data:`Features`, the same N rows in the same order every epoch.
+
+    It may also have ``order(e, seed)``: epoch e's row order (an int64 tensor, a permutation of range(N)), used
+    instead of the heads' seeded full permutation, and asked before ``epoch(e)``. A feed streaming from disk
+    (featcache.feed.Streamed) orders the rows so that it can read them in large sequential blocks."""
 
     def __len__(self) -> int: ...
 
@@ -273,7 +277,8 @@ class MultiHeadProbe:
                 lr = [h_lr * factor for h_lr in head_lrs]
                 lr_t = torch.tensor(lr, device=dev, dtype=self.dtype)
                 step_lr = [lr_t.view(-1, *[1] * (p.ndim - 1)) for p in params]
-            order = torch.randperm(n, generator=shuffle)
+            ordered = per_epoch and hasattr(X, "order")
+            order = X.order(epoch, cfg.seed) if ordered else torch.randperm(n, generator=shuffle)
             loss_sum, seen = torch.zeros(H, device=dev, dtype=torch.float64), 0
             for p in params:
                 p.requires_grad_(True)

@@ -15,7 +15,8 @@ research code trains on fresh crops: epoch e uses view ``schedule[e]``, a seeded
 is used before one repeats. Val and test are always read on the evaluation view (centre crop).
 
 Memory: :mod:`featcache.feed` holds the training features resident, loads one view per epoch, or streams them
-from the stores, by the budget (``max_memory``); every mode gives the same numbers.
+from the stores, by the budget (``max_memory``). Resident and per-epoch give the same numbers; streaming reads
+chunk-aligned blocks in a shuffled order with rows shuffled within a buffer of blocks (not a full permutation).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from . import __version__
 from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError, FeatcacheError, StoreError
-from .feed import MEMORY_SHARE, Arrays, Epochs, Rows, fits_gpu, load, plan_memory, view_schedule
+from .feed import MEMORY_SHARE, Arrays, Rows, epoch_features, fits_gpu, load, plan_memory, view_schedule
 from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
 from .logreg import LogRegConfig
 from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
@@ -256,7 +257,7 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
     mode = plan_memory(cfg.in_memory, cfg.max_memory, train, test, len(keys), len(fit_rows), len(val_rows))
     on_gpu = device.type == "cuda" and mode == "resident" and fits_gpu(train, test, len(keys), device)
     where = device if on_gpu else torch.device("cpu")
-    arrays = Arrays(train, train.valid_rows, keys, mode, where)
+    arrays = Arrays(train, train.valid_rows, keys, mode, where, cfg.max_memory)
     fit_pos = np.searchsorted(train.valid_rows, fit_rows)
     val_pos = np.searchsorted(train.valid_rows, val_rows)
     schedule = (
@@ -299,7 +300,8 @@ def _fit_sgd(cfg, stores, train, test, arrays, rows, schedule, evals, views, not
         probe = MultiHeadProbe(cfg.heads, train.dim, n_classes, device=device)
         y = y_train if positions is None else y_train[positions]
         try:
-            return probe.fit(Epochs(arrays, positions, schedule), y, eval_sets={eval_name: (X_eval, y_eval)})
+            X = epoch_features(arrays, positions, schedule)  # streamed: block-shuffled, see featcache.feed
+            return probe.fit(X, y, eval_sets={eval_name: (X_eval, y_eval)})
         except NonFiniteLossError as e:
             grid = cfg.heads.grid
             which = ", ".join(f"lr={grid[h][0]:g} wd={grid[h][1]:g}" for h in e.heads)

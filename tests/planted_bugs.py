@@ -41,16 +41,52 @@ BUGS = {
         ["tests/test_extract.py"],
     ),
     "5 views repeat before every view was used": (
-        "featcache/probe.py",
+        "featcache/feed.py",
         "        out += rng.permutation(n_views).tolist()\n",
         "        out += rng.integers(0, n_views, n_views).tolist()\n",
         ["tests/test_probe.py"],
     ),
     "6 training on the evaluation view when views are asked for": (
-        "featcache/probe.py",
+        "featcache/feed.py",
         "        return self.arrays.get(self.schedule[e], self.positions)\n",
         "        return self.arrays.get(None, self.positions)\n",
         ["tests/test_probe.py"],
+    ),
+    "7 stream visits a block twice and skips another": (
+        "featcache/feed.py",
+        "    visit = rng.permutation(len(ids))  # only blocks",
+        "    visit = rng.integers(0, len(ids), len(ids))  # only blocks",
+        ["tests/test_feed.py"],
+    ),
+    "8 stream never reads the last block of the last buffer": (
+        "featcache/feed.py",
+        "min((j + 1) * p.buffer_blocks, len(p.blocks))):",
+        "min((j + 1) * p.buffer_blocks, len(p.blocks) - 1)):",
+        ["tests/test_feed.py"],
+    ),
+    "9 stream rows not shuffled within a buffer": (
+        "featcache/feed.py",
+        "np.concatenate([rng.permutation(m) for m in sizes])",
+        "np.concatenate([np.arange(m) for m in sizes])",
+        ["tests/test_feed.py"],
+    ),
+    "10 stream order the same every epoch": (
+        "featcache/feed.py",
+        "    rng = np.random.default_rng([_SALT, seed, epoch])\n",
+        "    rng = np.random.default_rng([_SALT, seed])\n",
+        ["tests/test_feed.py"],
+    ),
+    "11 stream buffers sized by the whole budget": (
+        "featcache/feed.py",
+        "    buffer_bytes = STREAM_SHARE * budget\n",
+        "    buffer_bytes = budget\n",
+        ["tests/test_feed.py"],
+    ),
+    "12 blocks of whole chunks of every store though a buffer holds one": (
+        "featcache/feed.py",
+        "common if common * row_bytes * MIN_BUFFER_BLOCKS <= buffer_bytes",
+        "common if common * row_bytes <= buffer_bytes",
+        ["tests/test_feed.py"],
     ),
 }
 

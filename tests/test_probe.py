@@ -151,13 +151,17 @@ def test_record_reports_grid_selection_and_research_number(stores):
     assert record.hyperparameters["weight_decays"] == (1e-4, 1e-2, 1.0)
 
 
-def test_memory_plans_give_the_same_record(stores):
+def test_memory_plans_reach_the_same_accuracy(stores, fitted):
     cfg = ProbeConfig(stores[:2], dataclasses.replace(HEADS, epochs=2), device="cpu")
     a = run_probe(dataclasses.replace(cfg, in_memory="yes"))
     b = run_probe(dataclasses.replace(cfg, in_memory="no"))
-    c = run_probe(dataclasses.replace(cfg, max_memory=1))  # nothing fits: streamed
+    c = run_probe(dataclasses.replace(cfg, max_memory=1))  # nothing fits: streamed, one 64-row chunk a buffer
     assert (a.memory, b.memory, c.memory) == ("resident", "streamed", "streamed")
-    assert a.heads == b.heads == c.heads and a.selected == b.selected == c.selected
+    # Streaming trains on another row order (block-shuffled, see featcache.feed), so other losses; on these separable
+    # blobs every plan still ends at 100% (tests/test_feed.py compares accuracies on overlapping classes).
+    assert fitted[1].history_[-1]["train_loss"] != fitted[5].history_[-1]["train_loss"]
+    assert a.selected.test_top1 == b.selected.test_top1 == c.selected.test_top1 == 100.0
+    assert [h.best_test_top1 for h in a.heads] == [h.best_test_top1 for h in c.heads]
 
 
 def test_dataset_given_must_be_the_stores_dataset(stores):
@@ -314,7 +318,9 @@ def test_probe_trains_on_views_and_scores_on_the_evaluation_view(tmp_path, fitte
     per_epoch = run_probe(ProbeConfig(paths, heads, device="cpu", max_memory=budget_for_one_view))
     streamed = run_probe(ProbeConfig(paths, heads, device="cpu", in_memory="no"))
     assert (on_views.memory, per_epoch.memory, streamed.memory) == ("resident", "per-epoch", "streamed")
-    assert on_views.heads == per_epoch.heads == streamed.heads
+    assert on_views.heads == per_epoch.heads  # the same order, so the same numbers
+    # streaming trains on another (block-shuffled) order; these blobs are separable, so the same accuracies
+    assert [h.test_top1 for h in streamed.heads] == [h.test_top1 for h in on_views.heads]
 
 
 def test_epoch_features_feed_each_epoch_its_view(monkeypatch, tmp_path):
