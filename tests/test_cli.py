@@ -13,6 +13,7 @@ from ckpt_factory import EMA_SEED, make_net, reference_features, write_timm
 from click.testing import CliRunner
 from conftest import save_checkpoint
 from data_factory import write_cifar10
+from store_factory import make_store
 
 from featcache.cli import main
 from featcache.config import load_registry
@@ -176,3 +177,44 @@ def test_dry_run_prints_the_resolved_preprocessing_and_writes_nothing(run, paths
             "32px", "--views", "4", "--explain")  # fmt: skip
     assert r.exit_code == 0 and "cifar-32px (dataset preset)" in r.output and "views: 4 of train" in r.output
     assert not paths.cache.exists() or not any(paths.cache.iterdir())
+
+
+def test_the_architectures_own_preprocessing_is_used_and_recorded(run, paths):
+    write_cifar10(paths.data / "cifar", n_train_per_batch=1, n_test=3)
+    torch.manual_seed(0)
+    path = paths.checkpoints / "mnv3.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
+    r = run("extract", "--ckpt", str(path), "--arch", "mobilenet_v3_small", "--dataset", "cifar10", "--split", "test",
+            "--workers", "0", "--quiet", "--dtype", "float32")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    store = open_store(store_path(paths.cache, "cifar10", "mnv3"))
+    t = store.provenance.transform
+    assert t["name"].startswith("torchvision:MobileNet_V3_Small_Weights") and (t["resize"], t["crop"]) == (256, 224)
+    assert store.provenance.feature_dim == 1024  # the classifier's input, read from the model
+
+
+def test_root_options_are_accepted_after_the_command_too(paths, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+    make_store(paths.cache / "synthetic" / "s.zarr", {"train": (X, y), "test": (X, y)}, name="s")
+    result = CliRunner().invoke(main, ["ls", "--cache-dir", str(paths.cache), "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.output)[0]["store"] == "s", result.output
+    # a store given by its path needs no --dataset; the results log may live elsewhere
+    log = tmp_path / "elsewhere" / "log.jsonl"
+    args = ["probe", "--stores", str(paths.cache / "synthetic" / "s.zarr"), "--preset", "quick", "--epochs", "1",
+            "--allow-same-split", "--test-split", "test", "--results", str(log)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and log.is_file(), result.output
+    assert not (paths.cache / "results.jsonl").exists()
+
+
+def test_an_incomplete_store_is_named_wherever_it_is_listed(run, paths):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+    whole = make_store(paths.cache / "synthetic" / "whole.zarr", {"train": (X, y), "test": (X, y)}, name="whole")
+    half = make_store(paths.cache / "synthetic" / "half.zarr", {"train": (X, y), "test": (X, y)}, name="half",
+                      chunks=1)  # fmt: skip
+    for order in ((whole, half), (half, whole)):
+        r = run("probe", "--stores", ",".join(map(str, order)), "--preset", "quick", "--epochs", "1")
+        assert r.exit_code == 1 and "half.zarr is not complete (1/3 chunks written)" in r.output, r.output
