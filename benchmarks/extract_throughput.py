@@ -76,7 +76,8 @@ from featcache import __version__
 from featcache.config import CheckpointSpec, Paths, load_registry
 from featcache.data import build_dataset
 from featcache.devices import PRECISIONS, device_name, resolve_device, resolve_precision
-from featcache.extract import COMPILE_MIN_ROWS, ExtractConfig, extract, prepare_model
+from featcache.extract import COMPILE_MIN_ROWS, ExtractConfig, extract
+from featcache.forward import prepare_model
 from featcache.models import load_backbone
 from featcache.transforms import pil_reference
 

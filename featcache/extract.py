@@ -14,12 +14,8 @@ import hashlib
 import logging
 import os
 import platform
-import queue
-import threading
 import time
-from collections import deque
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +28,12 @@ from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ImageDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import BadImagesError, ConfigError, StoreIncompleteError
-from .loaders import BACKENDS, Batch, batches
+from .errors import ConfigError, StoreIncompleteError
+from .forward import ExtractReport, SplitRun, Target, prepare_model
+from .loaders import BACKENDS
 from .models import LoadedBackbone, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
 from .store import (
-    ArrayWriter,
     CheckpointRef,
     ComputeRef,
     DatasetRef,
@@ -191,87 +187,6 @@ class ExtractPlan:
         ]
 
 
-@dataclass
-class ExtractReport:
-    """What a call did: per store status, and where the time went."""
-
-    stores: list[dict] = field(default_factory=list)
-    images: int = 0
-    view_images: int = 0  # augmented views made (each one more forward pass per store)
-    seconds: float = 0.0
-    data_s: float = 0.0
-    model_s: float = 0.0  # host time in the forward step (on CUDA: queueing it and waiting for the GPU to keep up)
-    write_s: float = 0.0
-    gpu_s: float | None = None  # CUDA only: the GPU's own time for the forward passes and feature copies
-
-    def summary(self) -> str:
-        """One line: images, stores, rate and where the host's time went (on CUDA also the GPU's)."""
-        rate = self.images / self.seconds if self.seconds else 0.0
-        views = f" + {self.view_images} augmented views" if self.view_images else ""
-        crops = f", {(self.images + self.view_images) / self.seconds:,.1f} crops/s" if views and self.seconds else ""
-        line = (
-            f"{self.images} images{views} x {sum(s['status'] != 'already complete' for s in self.stores)} store(s) "
-            f"in {self.seconds:.1f}s ({rate:,.1f} images/s{crops}); waiting for data {self.data_s:.1f}s, "
-            f"model {self.model_s:.1f}s, writer busy {self.write_s:.1f}s"
-        )
-        if self.gpu_s is not None:
-            line += f"; GPU busy with the models {self.gpu_s:.1f}s (CUDA events; the host times above overlap it)"
-        return line
-
-
-class _ChunkWriter:
-    """A thread that writes finished chunks while the device computes the next ones."""
-
-    def __init__(self, depth: int = 3):
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.busy_s = 0.0
-        self.thread = threading.Thread(target=self._run, name="featcache-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (job := self.q.get()) is not None:
-            try:
-                if self.error is None:
-                    t0 = time.perf_counter()
-                    writer, i, feats, event, skipped = job
-                    if event is not None:
-                        event.synchronize()  # a blocking event: the thread sleeps instead of spinning
-                    block = feats.numpy()
-                    start = writer.bounds(i)[0]
-                    block[[r - start for r in skipped]] = 0  # undecodable images: zero rows, listed as skipped
-                    writer.write_chunk(i, block, skipped)
-                    self.busy_s += time.perf_counter() - t0
-            except BaseException as e:
-                self.error = e
-            finally:
-                self.q.task_done()
-        self.q.task_done()
-
-    def submit(self, writer: SplitWriter, i: int, buf: torch.Tensor, skipped: list[int]) -> None:
-        self.check()
-        event = None
-        if buf.device.type == "cuda":
-            host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
-            host.copy_(buf, non_blocking=True)  # queued on buf's device's current stream
-            event = torch.cuda.Event(blocking=True)
-            # that stream, not the current device's: with cuda:N != current device the event would be
-            # recorded elsewhere, complete at once, and the writer would read the buffer before the copy lands
-            event.record(torch.cuda.current_stream(buf.device))
-            buf = host
-        self.q.put((writer, i, buf, event, skipped))
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.q.join()
-        self.thread.join()
-        self.check()
-
-
 def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPlan:
     """Resolve device, precision, backend, compile, preprocessing and store names, before any work.
 
@@ -385,14 +300,6 @@ def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[I
     return dataset, SplitData(split, dataset.ids, dataset.targets, fp, dataset.classes)
 
 
-def _segments(targets: list[_Target]) -> list[tuple[int, int]]:
-    """Row intervals to compute: cut at every chunk boundary of every array, kept if any array needs them
-    (``pending``: its chunks still missing, this shard's only)."""
-    cuts = sorted({b for t in targets for i in range(t.array.n_chunks) for b in t.array.bounds(i)})
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=False)
-            if any(a // t.array.chunk_rows in t.pending for t in targets)]  # fmt: skip
-
-
 def _repair(writer: SplitWriter) -> int:
     """Forget the chunks of a split (and of its views) that fail verification; returns how many."""
     reader = SplitReader(writer.layout, writer.name, writer.meta)
@@ -472,12 +379,12 @@ def _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progres
                     if cfg.repair and _repair(w):
                         status[s.path] = "repaired"
                     arrays = [w, *(w.views(want_views, cfg.views_seed, maker.describe()) if want_views else [])]
-                    targets += [_Target(a, sp.checkpoint.name, sp.output) for a in arrays]
+                    targets += [Target(a, sp.checkpoint.name, sp.output) for a in arrays]
                     pending = [a for a in arrays if not a.complete]
                     if pending and status[s.path] == "already complete":
                         resumed = any(len(a.pending()) < a.n_chunks for a in pending)
                         status[s.path] = "resumed" if resumed else "written"
-            run = _SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views, shard)
+            run = SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views, shard)
             scale = world.size if world is not None else 1  # rank 0's bar stands for the group: its rows x ranks
             bar = progress(run.n_rows * scale, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
             run.execute(report, bar, scale)
@@ -513,179 +420,3 @@ def _complete(stores: list[StoreWriter], writers: list[SplitWriter], views: int,
                 if shard is None:
                     raise
                 status[s.path] = f"shard {shard[0]}/{shard[1]} done; the others are missing"
-
-
-def prepare_model(module: torch.nn.Module, device: torch.device, compiled: bool) -> torch.nn.Module:
-    """A backbone as extraction runs it: on ``device``, eval mode, channels_last on CUDA, compiled if asked."""
-    module = module.to(device).eval()
-    if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
-    return torch.compile(module) if compiled else module
-
-
-@dataclass
-class _Target:
-    """One array to fill: a split's features or one of its views, from one model output."""
-
-    array: ArrayWriter
-    model: str  # the checkpoint whose model computes it
-    output: int | None  # which output, with several layers
-    pending: set[int] = field(default_factory=set)
-
-
-class _SplitRun:
-    """One split, all its unfinished arrays (every store's features and views): batches in, whole chunks out."""
-
-    def __init__(self, cfg, plan: ExtractPlan, dataset, writers, targets: list[_Target], models, maker, views, shard):
-        self.cfg, self.plan, self.dataset, self.device = cfg, plan, dataset, plan.device
-        self.writers, self.models, self.maker, self.n_views = writers, models, maker, views
-        # chunks each array still needs (this shard's: i % N == I): listed once here, not stat-ed per batch
-        for t in targets:
-            t.pending = {i for i in t.array.pending() if shard is None or i % shard[1] == shard[0]}
-        self.todo = [t for t in targets if t.pending]
-        self.views = sorted({t.array.view for t in self.todo if t.array.view is not None})
-        self.segments = _segments(self.todo) if self.todo else []
-        self.n_rows = sum(b - a for a, b in self.segments)
-        self.pad_to = cfg.batch_size if plan.compiled else 0
-        dtype, enabled = PRECISIONS[plan.precision], plan.precision != "fp32"
-        self.autocast = torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
-        self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # (target k, chunk i) -> rows being filled
-        self.filled: dict[tuple[int, int], int] = {}
-        self.skipped: dict[tuple[int, int], list[int]] = {}
-
-    def execute(self, report: ExtractReport, bar, scale: int = 1) -> None:
-        writer, bad = _ChunkWriter(), []
-        gpu = _ComputeStream(self.device) if self.device.type == "cuda" else None
-        try:
-            it = batches(
-                self.dataset,
-                self.plan.transform,
-                self.segments,
-                batch_size=self.cfg.batch_size,
-                device=self.device,
-                backend=self.plan.backend,
-                workers=self.cfg.workers,
-                maker=self.maker,
-                views=self.views,
-            )
-            while True:
-                t0 = time.perf_counter()
-                batch = next(it, None)
-                t1 = time.perf_counter()
-                report.data_s += t1 - t0
-                if batch is None:
-                    break
-                if self.cfg.on_bad_image == "error" and (batch.bad or bad):
-                    # decode the rest of the split, computing nothing, so that one run names every bad image
-                    bad += batch.bad
-                    bar.update(len(batch.x) * scale)
-                    continue
-                with gpu.run(batch) if gpu is not None else nullcontext():
-                    self._forward_all(batch, writer)
-                report.model_s += time.perf_counter() - t1
-                report.images += len(batch.x)
-                report.view_images += len(batch.x) * len(batch.views)
-                bar.update(len(batch.x) * scale)
-            if gpu is not None:
-                t0 = time.perf_counter()
-                gpu.drain()
-                report.model_s += time.perf_counter() - t0
-                report.gpu_s = (report.gpu_s or 0.0) + gpu.busy_s
-            writer.close()
-            if bad:
-                raise BadImagesError(sorted(bad, key=lambda e: e.row)) if len(bad) > 1 else bad[0]
-        finally:
-            bar.close()
-            if writer.thread.is_alive():  # failed mid-split: finish the queued chunks while the lock is ours
-                writer.q.put(None)
-                writer.thread.join()
-            report.write_s += writer.busy_s
-
-    def _forward_all(self, batch, writer: _ChunkWriter) -> None:
-        n, bad = len(batch.x), [e.row for e in batch.bad]
-        if bad:
-            log.warning("skipping %d undecodable image(s), first: %s", len(bad), batch.bad[0].path)
-        outputs: dict[tuple[str, int | None], object] = {}  # each model runs once per input view
-        for k, t in enumerate(self.todo):
-            i = batch.start // t.array.chunk_rows
-            if i not in t.pending:
-                continue
-            view = t.array.view
-            if (t.model, view) not in outputs:
-                x = batch.x if view is None else batch.views[view]
-                if self.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                outputs[(t.model, view)] = _forward(self.models[t.model], x, self.pad_to, self.autocast)
-            out = outputs[(t.model, view)]
-            feats = out if t.output is None else out[t.output]
-            key = (k, i)
-            if key not in self.buffers:
-                a, b = t.array.bounds(i)
-                self.buffers[key] = torch.empty(b - a, feats.shape[1], dtype=torch.float32, device=self.device)
-                self.filled[key], self.skipped[key] = 0, []
-            off = batch.start - t.array.bounds(i)[0]
-            self.buffers[key][off : off + n] = feats.float()
-            self.filled[key] += n
-            self.skipped[key] += bad
-            if self.filled[key] == len(self.buffers[key]):
-                writer.submit(t.array, i, self.buffers.pop(key), self.skipped.pop(key))
-
-
-def _forward(model: torch.nn.Module, x: torch.Tensor, pad_to: int, autocast) -> torch.Tensor:
-    """``model(x)`` under inference mode and ``autocast``; a batch shorter than ``pad_to`` is padded with zeros.
-
-    A compiled model is specialised to one input: shape, strides and dispatch keys. So the padding is built
-    before inference mode (an inference tensor has other dispatch keys than the full batches) and in the full
-    batches' memory layout (channels_last on CUDA); otherwise the last batch compiles the model again.
-    """
-    n = len(x)
-    if n < pad_to:
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
-        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    with torch.inference_mode(), autocast:
-        out = model(x)
-        return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
-
-
-class _ComputeStream:
-    """CUDA: the forward passes on a stream of their own, at most ``depth`` batches queued ahead of the GPU.
-
-    The producer thread prepares batches on its thread's default stream, where torchvision's nvJPEG decoder
-    and every synchronising host-to-device copy also wait. On that same stream the forward passes would be
-    serialised with all of it, and prefetching would become lock-step. A pool stream is non-blocking, so it
-    is not ordered with the default stream: each batch is handed over with its ready event. The queue bound
-    keeps the host from running thousands of batches ahead (their inputs would pile up in GPU memory), and
-    the events time the GPU's own work for the report.
-    """
-
-    def __init__(self, device: torch.device, depth: int = 2):
-        self.device, self.depth = device, depth
-        self.stream = torch.cuda.Stream(device)
-        self.queued: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
-        self.busy_s = 0.0
-
-    @contextmanager
-    def run(self, batch: Batch):
-        """Run the body on the stream, after ``batch`` is ready; then wait for the oldest batch over ``depth``."""
-        if batch.ready is not None:
-            self.stream.wait_event(batch.ready)
-        batch.x.record_stream(self.stream)  # made on the producer's stream: not reused before this one is done
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True, blocking=True)
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            start.record(self.stream)
-            yield
-            end.record(self.stream)
-        self.queued.append((start, end))
-        while len(self.queued) > self.depth:
-            self._retire()
-
-    def drain(self) -> None:
-        """Wait for every queued batch."""
-        while self.queued:
-            self._retire()
-
-    def _retire(self) -> None:
-        start, end = self.queued.popleft()
-        end.synchronize()
-        self.busy_s += start.elapsed_time(end) / 1000

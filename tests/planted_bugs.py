@@ -35,7 +35,7 @@ BUGS = {
         ["tests/test_probe.py"],
     ),
     "4 skipped row zeroed at its absolute row index": (
-        "featcache/extract.py",
+        "featcache/forward.py",
         "block[[r - start for r in skipped]] = 0",
         "block[skipped] = 0",
         ["tests/test_extract.py"],

@@ -23,7 +23,8 @@ from torch import nn
 import featcache
 from featcache import loaders
 from featcache.data import build_dataset
-from featcache.extract import ExtractConfig, _forward, extract
+from featcache.extract import ExtractConfig, extract
+from featcache.forward import forward as _forward
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.loaders import batches
 from featcache.store import open_store, store_path

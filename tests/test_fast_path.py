@@ -23,7 +23,9 @@ from torch import nn
 from featcache import loaders
 from featcache.data import build_dataset
 from featcache.errors import BadImagesError
-from featcache.extract import ExtractConfig, ExtractReport, _forward, extract
+from featcache.extract import ExtractConfig, extract
+from featcache.forward import ExtractReport
+from featcache.forward import forward as _forward
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.loaders import batches, jpeg_components
 from featcache.store import open_store, store_path
