@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
 from .results import ProbeRecord
 from .sweep import ProbeJob, RowInfo, SweepPlan
 from .tables import render
@@ -186,16 +187,20 @@ def write_report(report: SweepReport, out_dir: Path) -> ReportFiles:
     """Write ``<out_dir>/<sweep>.md``, ``.csv`` and (with matplotlib) ``.png``.
 
     Raises:
-        OSError: ``out_dir`` cannot be written.
+        ConfigError: ``out_dir`` cannot be written (the message names it and why).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / report.name
     head = f"# Sweep {report.name}\n\n" + (f"{report.description}\n\n" if report.description else "")
     md = head + render(report.table_rows(), fmt="markdown") + f"\n\n{report.footnote()}\n"
-    _write(base.with_suffix(".md"), md)
-    _write(base.with_suffix(".csv"), render(report.csv_rows(), fmt="csv") + "\n")
     try:
-        plot = plot_report(report, base.with_suffix(".png"))
-    except ImportError:
-        return ReportFiles(base.with_suffix(".md"), base.with_suffix(".csv"), None, PLOT_HINT)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write(base.with_suffix(".md"), md)
+        _write(base.with_suffix(".csv"), render(report.csv_rows(), fmt="csv") + "\n")
+        try:
+            plot = plot_report(report, base.with_suffix(".png"))
+        except ImportError:
+            return ReportFiles(base.with_suffix(".md"), base.with_suffix(".csv"), None, PLOT_HINT)
+    except OSError as e:
+        raise ConfigError(f"cannot write the report to {out_dir}: {e.strerror or e}; pass --out with a writable "
+                          "directory") from None  # fmt: skip
     return ReportFiles(base.with_suffix(".md"), base.with_suffix(".csv"), plot)

@@ -292,6 +292,10 @@ HOSTILE = [
     ("verify",),
     ("extract", "--nonsense"),
     ("nosuchcommand",),
+    ("sweep", "nope"),
+    ("sweep", "digits", "--dataset", "cifar11"),
+    ("report", "digits", "--out", "/proc/no/such/dir"),
+    ("demo", "--out", "/proc/no/such/dir", "--nonsense"),
 ]
 
 
