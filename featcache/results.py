@@ -37,7 +37,6 @@ __all__ = [
     "append_record",
     "load_records",
     "select_records",
-    "filter_records",
     "summary_rows",
     "SUMMARY_COLUMNS",
     "FIELDS",
@@ -279,9 +278,11 @@ def _short_floats(text: str) -> str:
 
 
 def _tokens(record: ProbeRecord) -> set[str]:
+    """The record's words, their ends trimmed, and the parts of names split at ``-``, ``/``, ``:`` and ``,``."""
     text = json.dumps(record.to_dict(), sort_keys=True, default=str).lower()
     words = set(re.findall(r"[a-z0-9_.+-]+", text + " " + _short_floats(text)))
-    return words | {w.strip(".-_") for w in words}
+    words |= {w.strip(".-_") for w in words}
+    return words | {part for w in words for part in re.split(r"[-/:,]", w) if part}
 
 
 def select_records(records: Iterable[ProbeRecord], patterns: Sequence[str] = (), **fields: Any) -> list[ProbeRecord]:
@@ -304,17 +305,10 @@ def select_records(records: Iterable[ProbeRecord], patterns: Sequence[str] = (),
     for r in records:
         if any(v not in FIELDS[k](r) for k, v in wanted.items()):
             continue
-        if pats:
-            toks = _tokens(r) | {t for tok in _tokens(r) for t in re.split(r"[-/:,]", tok) if t}
-            if not all(p in toks for p in pats):
-                continue
+        if pats and not set(pats) <= _tokens(r):
+            continue
         hits.append(r)
     return sorted(hits, key=lambda r: r.timestamp, reverse=True)
-
-
-def filter_records(records: Iterable[ProbeRecord], patterns: Sequence[str]) -> list[ProbeRecord]:
-    """Records in which every pattern is a whole token (see :func:`select_records`), newest first."""
-    return select_records(records, patterns)
 
 
 SUMMARY_COLUMNS = (
