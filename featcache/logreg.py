@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from featcache.errors import ConfigError
 from featcache.heads import Features
@@ -88,17 +89,23 @@ class LogRegConfig:
 
 
 def select_strength(path: Sequence[Mapping[str, Any]], key: str = "val_top1") -> int:
-    """Index of the path entry with the best ``key``; ties go to the stronger regularisation (larger lambda).
+    """Index of the path entry with the best ``key``; ties go to the lower loss on the same set, then to the
+    stronger regularisation (larger lambda).
+
+    On a small val split several strengths often score the same accuracy; their mean cross-entropy still tells
+    them apart (it sees how confident each is on every row, not only which side of the boundary it falls).
 
     Args:
-        path: :attr:`LogRegPath.path_` entries, each with ``"strength"`` and ``key``.
+        path: :attr:`LogRegPath.path_` entries, each with ``"strength"``, ``key`` (``<set>_top1``) and
+            ``<set>_loss``.
         key: the score to maximise; a validation score, never a test score.
     Returns:
         The index into ``path``.
     Raises:
-        KeyError: an entry lacks ``key`` (the path was fitted without that evaluation set).
+        KeyError: an entry lacks ``key`` or its loss (the path was fitted without that evaluation set).
     """
-    return max(range(len(path)), key=lambda i: (path[i][key], path[i]["strength"]))
+    loss = key.rsplit("_", 1)[0] + "_loss"
+    return max(range(len(path)), key=lambda i: (path[i][key], -path[i][loss], path[i]["strength"]))
 
 
 class _Blocks:
@@ -156,7 +163,8 @@ class LogRegPath:
             n rows), ``iterations``, ``evaluations`` (of f and its gradient), ``objective`` (f at the
             solution), ``grad_max`` (max |grad f| there), ``stop`` ("tol"; "no_progress": f stopped changing,
             at the dtype's resolution; "max_iter": the iteration limit), ``converged``
-            (stop != "max_iter"), ``seconds``, and ``<name>_top1``, ``<name>_top5`` (%) per evaluation set.
+            (stop != "max_iter"), ``seconds``, and ``<name>_top1``, ``<name>_top5`` (%) and ``<name>_loss``
+            (mean cross-entropy) per evaluation set.
         n_rows_: fit rows n. resident_: whether the standardised fit rows were kept on the device.
         seconds_: wall time of :meth:`fit`.
     """
@@ -243,8 +251,7 @@ class LogRegPath:
                 "seconds": time.perf_counter() - t0,
             }
             for name, (Xe, ye) in evals.items():
-                acc = self._accuracy(W, b, Xe, ye)
-                entry[f"{name}_top1"], entry[f"{name}_top5"] = acc["top1"], acc["top5"]
+                entry |= {f"{name}_{k}": v for k, v in self._scores(W, b, Xe, ye).items()}
             coefs.append(W)
             intercepts.append(b)
             self.path_.append(entry)
@@ -269,16 +276,18 @@ class LogRegPath:
         return torch.cat([torch.addmm(b, z, W.T) for z, _ in rows])
 
     def evaluate(self, X: Features, y, index: int = -1) -> dict[str, float]:
-        """Top-1 and top-k (k = min(5, C)) accuracy, in percent, of the solution at path position ``index``.
+        """Top-1 and top-k (k = min(5, C)) accuracy (%) and mean cross-entropy of the solution at ``index``.
+
+        ``X`` is standardised with the fit rows' statistics (:attr:`mean_`, :attr:`std_`), never its own.
 
         Returns:
-            ``{"top1": float, "top5": float}``.
+            ``{"top1": float, "top5": float, "loss": float}``.
         Raises:
             RuntimeError: the path is not fitted.
         """
         self._check_fitted()
         y = self._labels(y, check_rows(X, self.n_features, "X"), "y")
-        return self._accuracy(self.coef_[index], self.intercept_[index], X, y)
+        return self._scores(self.coef_[index], self.intercept_[index], X, y)
 
     def raw_weights(self, index: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """The solution at ``index`` as a Linear on raw (unstandardised) features: (weight (C, D), bias (C,))."""
@@ -358,15 +367,19 @@ class LogRegPath:
         return mean, torch.where(std > 0, std, torch.ones_like(std))
 
     @torch.no_grad()
-    def _accuracy(self, W: torch.Tensor, b: torch.Tensor, X: Features, y: torch.Tensor) -> dict[str, float]:
+    def _scores(self, W: torch.Tensor, b: torch.Tensor, X: Features, y: torch.Tensor) -> dict[str, float]:
+        """Top-1, top-k (%) and mean cross-entropy on (X, y), standardised with the fit rows' statistics."""
         k, hits = min(5, self.n_classes), torch.zeros(2, dtype=torch.int64, device=W.device)
+        ce = torch.zeros((), dtype=torch.float64, device=W.device)
         rows = _Blocks(X, y, self._mean, self._inv_std, self.dtype, W.device, _EVAL_ROWS, False)
         for z, yb in rows:
-            correct = torch.addmm(b, z, W.T).topk(k, dim=1).indices == yb[:, None]
+            logits = torch.addmm(b, z, W.T)
+            correct = logits.topk(k, dim=1).indices == yb[:, None]
             hits[0] += correct[:, 0].sum()
             hits[1] += correct.any(1).sum()
+            ce += F.cross_entropy(logits.double(), yb, reduction="sum")
         top1, topk = (100.0 * h / len(y) for h in hits.tolist())  # in Python: the same float on any device
-        return {"top1": top1, "top5": topk}
+        return {"top1": top1, "top5": topk, "loss": float(ce) / len(y)}
 
     def _labels(self, y: Any, n: int, name: str) -> torch.Tensor:
         return check_labels(y, n, self.n_classes, self.device, name)
@@ -396,9 +409,9 @@ def run_logreg(
         n_features, n_classes, device, dtype, memory_budget: as for :class:`LogRegPath`.
     Returns:
         Plain floats and ints: ``{"solver": "lbfgs", "path": [path_ entries with val scores], "selected":
-        {"strength", "C", "val_top1", "val_top5", "iterations", "objective", "grad_max", "stop", "converged",
-        "test_top1", "test_top5"}, "timings": {"path_s", "refit_s"}}`` (the selected iterations, objective and
-        C are the refit's).
+        {"strength", "C", "val_top1", "val_top5", "val_loss", "iterations", "objective", "grad_max", "stop",
+        "converged", "test_top1", "test_top5"}, "timings": {"path_s", "refit_s"}}`` (the selected iterations,
+        objective, C and convergence are the refit's).
     """
     kwargs = {"device": device, "dtype": dtype, "memory_budget": memory_budget}
     path = LogRegPath(config, n_features, n_classes, **kwargs).fit(*splits["fit"], eval_sets={"val": splits["val"]})
@@ -408,7 +421,7 @@ def run_logreg(
     refit.fit(*splits["train"], init=(path.coef_[k], path.intercept_[k]))
     final = refit.path_[0]
     test = refit.evaluate(*splits["test"])
-    selected = {"strength": chosen["strength"], "val_top1": chosen["val_top1"], "val_top5": chosen["val_top5"]}
+    selected = {key: chosen[key] for key in ("strength", "val_top1", "val_top5", "val_loss")}
     selected |= {key: final[key] for key in ("C", "iterations", "objective", "grad_max", "stop", "converged")}
     selected |= {"test_top1": test["top1"], "test_top5": test["top5"]}
     return {

@@ -167,14 +167,33 @@ def test_selection_reads_val_only():
     assert record["selected"]["C"] == pytest.approx(1 / (1e-3 * 600))  # the refit's rows: fit + val
 
 
-def test_ties_go_to_the_stronger_regularisation():
+def test_ties_go_to_the_lower_val_loss_then_the_stronger_regularisation():
     path = [
-        {"strength": 1.0, "val_top1": 80.0},
-        {"strength": 0.1, "val_top1": 90.0},
-        {"strength": 0.01, "val_top1": 90.0},
+        {"strength": 1.0, "val_top1": 80.0, "val_loss": 0.1},
+        {"strength": 0.1, "val_top1": 90.0, "val_loss": 0.5},
+        {"strength": 0.01, "val_top1": 90.0, "val_loss": 0.4},
+        {"strength": 0.001, "val_top1": 90.0, "val_loss": 0.4},
     ]
-    assert select_strength(path) == 1
+    assert select_strength(path) == 2
     assert select_strength(list(reversed(path))) == 1
+    assert select_strength(path[:2]) == 1  # the accuracy first: a lower loss does not beat a higher top-1
+
+
+def test_a_tie_on_a_tiny_val_split_goes_to_the_lower_val_loss():
+    # Separated classes and 4 val rows: every strength scores 100% on val. The weakest is the most confident
+    # on them (lowest val loss) and wins, where the old rule (ties to the strongest) took lambda = 1.
+    fit, val = _data(200, 16, spread=4.0), _data(4, 17, spread=4.0)
+    test = _data(100, 18, spread=4.0)
+    cfg = LogRegConfig(strengths=(1.0, 1e-1, 1e-2), tol=1e-8)
+    record = run_logreg(cfg, _float64_splits(fit, val, test), D, C, dtype=torch.float64)
+    assert [e["val_top1"] for e in record["path"]] == [100.0] * 3
+    for e in record["path"]:  # the val loss: mean cross-entropy on val standardised with the fit rows' statistics
+        mean, std, model = _sklearn(*fit, e["strength"])
+        log_p = model.predict_log_proba((val[0] - mean) / std)
+        assert e["val_loss"] == pytest.approx(-log_p[np.arange(4), val[1]].mean(), rel=1e-4), e
+    losses = [e["val_loss"] for e in record["path"]]
+    assert losses[2] < losses[1] < losses[0]
+    assert record["selected"]["strength"] == 1e-2 and record["selected"]["val_loss"] == losses[2]
 
 
 @pytest.mark.parametrize(
@@ -205,3 +224,59 @@ def test_fit_checks_inputs():
         path.fit(torch.tensor(x), y + 4)
     with pytest.raises(TypeError, match="row source"):
         path.fit(x, y)
+
+
+def _sklearn(x: np.ndarray, y: np.ndarray, lam: float):
+    """scikit-learn's optimum at ``lam`` on rows standardised with their own statistics: (mean, std, model)."""
+    mean, std = x.mean(0), x.std(0)
+    return mean, std, LogisticRegression(C=1 / (lam * len(y)), tol=1e-10, max_iter=10_000).fit((x - mean) / std, y)
+
+
+def _top1(reference, x: np.ndarray, y: np.ndarray, stats=None) -> float:
+    """Top-1 (%) of a :func:`_sklearn` model on ``x``, standardised with its statistics (or ``stats``)."""
+    mean, std, model = reference
+    mean, std = stats or (mean, std)
+    return 100 * np.mean(model.predict((x - mean) / std) == y)
+
+
+def _float64_splits(fit, val, test) -> dict:
+    train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
+    return {k: (torch.tensor(v[0]), v[1]) for k, v in {"fit": fit, "val": val, "train": train, "test": test}.items()}
+
+
+def test_test_is_scored_by_the_refit_on_all_train_rows():
+    # 30 fit rows and 300 val rows: the path's model (fit rows only) is far worse on test than the refit on all
+    # 330 train rows at the chosen strength; the refit's test number is scikit-learn's on the train rows.
+    fit, val, test = _data(30, 10, spread=0.5), _data(300, 11, spread=0.5), _data(300, 12, spread=0.5)
+    cfg = LogRegConfig(strengths=(1e-1, 1e-2, 1e-3), tol=1e-8)
+    record = run_logreg(cfg, _float64_splits(fit, val, test), D, C, dtype=torch.float64)
+    for e in record["path"]:  # the path is fitted on the fit rows only and scored on val
+        assert e["val_top1"] == pytest.approx(_top1(_sklearn(*fit, e["strength"]), *val), abs=1e-9), e
+    sel = record["selected"]
+    train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
+    right = _top1(_sklearn(*train, sel["strength"]), *test)
+    assert sel["test_top1"] == pytest.approx(right, abs=1e-9)
+    assert right - _top1(_sklearn(*fit, sel["strength"]), *test) > 15  # the path's model would score far lower
+
+
+def test_val_and_test_are_standardised_with_the_fit_rows_statistics():
+    # Val and test have other class proportions than fit, so their own means and stds differ from fit's:
+    # standardising a split with its own statistics shifts it and moves the accuracy by 20-50 points.
+    fit = _data(300, 13, spread=0.8)
+    val = _data(200, 14, spread=0.8, priors=[0.1, 0.7, 0.1, 0.1])
+    test = _data(200, 15, spread=0.8, priors=[0.85, 0.05, 0.05, 0.05])
+    cfg = LogRegConfig(strengths=(1e-1, 1e-2), tol=1e-8)
+    path = LogRegPath(cfg, D, C, dtype=torch.float64)
+    path.fit(torch.tensor(fit[0]), fit[1], {"val": (torch.tensor(val[0]), val[1])})
+    for k, lam in enumerate(cfg.path):
+        reference = _sklearn(*fit, lam)
+        on_val, on_test = _top1(reference, *val), _top1(reference, *test)
+        assert path.path_[k]["val_top1"] == pytest.approx(on_val, abs=1e-9)
+        assert path.evaluate(torch.tensor(test[0]), test[1], index=k)["top1"] == pytest.approx(on_test, abs=1e-9)
+        own = [_top1(reference, x, y, (x.mean(0), x.std(0))) for x, y in (val, test)]
+        assert on_val - own[0] > 15 and on_test - own[1] > 30, (on_val, on_test, own)
+    # run_logreg: test standardised with the statistics of the refit's rows, all of train
+    record = run_logreg(cfg, _float64_splits(fit, val, test), D, C, dtype=torch.float64)
+    train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
+    assert record["selected"]["test_top1"] == pytest.approx(_top1(_sklearn(*train, record["selected"]["strength"]),
+                                                                  *test), abs=1e-9)  # fmt: skip
