@@ -244,6 +244,9 @@ def run_knn(
     """The probe's k-NN protocol: the grid on val with fit as neighbours, (k, T) chosen on val, then test once
     with all of train (fit + val) as neighbours at the chosen (k, T).
 
+    A k larger than the fit rows is capped at their number (the most neighbours val can have); ks that cap to
+    the same value are one grid point.
+
     Args:
         config: the (k, T) grid.
         splits: ``"fit"``, ``"val"``, ``"train"`` and ``"test"`` -> (features, labels).
@@ -252,14 +255,20 @@ def run_knn(
     Returns:
         Plain floats and ints: ``{"solver": "knn", "grid": [{"k", "temperature", "val_top1", "val_top5"}],
         "selected": {"k", "temperature", "val_top1", "val_top5", "test_top1", "test_top5"},
-        "timings": {"val_s", "test_s"}}``.
+        "timings": {"val_s", "test_s"}}``; ``k`` is the k used, and a capped point also has ``"k_requested"``:
+        the ks asked for that were capped to it.
     """
     t0 = time.perf_counter()
-    knn = KNNClassifier(config, n_features, n_classes, device, dtype, **blocks).fit(*splits["fit"])
-    grid = [
-        {"k": e["k"], "temperature": e["temperature"], "val_top1": e["top1"], "val_top5": e["top5"]}
-        for e in knn.evaluate(*splits["val"])
-    ]
+    n_fit = len(splits["fit"][0])
+    used = {k: min(k, n_fit) for k in config.ks}
+    capped = replace(config, ks=tuple(sorted(set(used.values()))))
+    knn = KNNClassifier(capped, n_features, n_classes, device, dtype, **blocks).fit(*splits["fit"])
+    grid = []
+    for e in knn.evaluate(*splits["val"]):
+        grid.append({"k": e["k"], "temperature": e["temperature"], "val_top1": e["top1"], "val_top5": e["top5"]})
+        asked = sorted(k for k, u in used.items() if u == e["k"] != k)
+        if asked:
+            grid[-1]["k_requested"] = asked
     chosen = grid[select_knn(grid)]
     t1 = time.perf_counter()
     one = replace(config, ks=(chosen["k"],), temperatures=(chosen["temperature"],))

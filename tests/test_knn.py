@@ -143,3 +143,28 @@ def test_checks_inputs():
         knn.fit(X, y + 6)
     with pytest.raises(TypeError, match="row source"):
         knn.fit(x, y)
+
+
+def _splits(fit, val, test) -> dict:
+    train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
+    return {k: (torch.tensor(v[0], dtype=torch.float32), v[1]) for k, v in
+            {"fit": fit, "val": val, "train": train, "test": test}.items()}  # fmt: skip
+
+
+def test_val_is_scored_against_fit_and_test_against_all_of_train():
+    # Test queries sit next to val rows (same labels): with val among the neighbours, test is easy; with the fit
+    # rows alone, as hard as val. Val scored with val in the bank would find each row itself (k = 1: 100%).
+    fit, val = _data(150, 5), _data(60, 6)
+    rng = np.random.default_rng(7)
+    test = (val[0] + 0.05 * rng.normal(size=val[0].shape), val[1])
+    cfg = KNNConfig(ks=(1, 5, 20), temperatures=(0.02, 0.07))
+    record = run_knn(cfg, _splits(fit, val, test), D, C, train_rows=40)
+    for e in record["grid"]:
+        ref = _reference(*fit, *val, e["k"], e["temperature"])
+        assert (e["val_top1"], e["val_top5"]) == pytest.approx(ref[:2], abs=1e-9), e
+    sel = record["selected"]
+    train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
+    right = _reference(*train, *test, sel["k"], sel["temperature"])
+    assert (sel["test_top1"], sel["test_top5"]) == pytest.approx(right[:2], abs=1e-9)
+    wrong = _reference(*fit, *test, sel["k"], sel["temperature"])[0]
+    assert right[0] - wrong > 30 and max(e["val_top1"] for e in record["grid"]) < 90  # the banks differ clearly
