@@ -279,8 +279,8 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
             "train": (arrays.get(None, None), y_train),
             "test": (X_test, test.labels[test.valid_rows]),
         }
-        heads, selection, hyper, timings = run_solver(cfg.solver, splits, train.dim, n_classes, device)
-        record = _record(cfg, stores, train, test, views, notes, hyper, heads, selection, None)
+        heads, selection, hyper, timings, more = run_solver(cfg.solver, splits, train.dim, n_classes, device)
+        record = _record(cfg, stores, train, test, views, notes + more, hyper, heads, selection, None)
         timings = {"load_s": t_load - t0, **timings, "total_s": time.perf_counter() - t0}
     else:
         record, timings = _fit_sgd(cfg, stores, train, test, arrays, (fit_pos, val_rows), schedule,

@@ -88,6 +88,49 @@ BUGS = {
         "common if common * row_bytes <= buffer_bytes",
         ["tests/test_feed.py"],
     ),
+    "13 k-NN test scored against the fit rows only (val rows left out of the neighbours)": (
+        "featcache/knn.py",
+        '    final = KNNClassifier(one, n_features, n_classes, device, dtype, **blocks).fit(*splits["train"])\n',
+        '    final = KNNClassifier(one, n_features, n_classes, device, dtype, **blocks).fit(*splits["fit"])\n',
+        ["tests/test_knn.py"],
+    ),
+    "14 k-NN val scored with val among its own neighbours": (
+        "featcache/knn.py",
+        'knn = KNNClassifier(capped, n_features, n_classes, device, dtype, **blocks).fit(*splits["fit"])',
+        'knn = KNNClassifier(capped, n_features, n_classes, device, dtype, **blocks).fit(*splits["train"])',
+        ["tests/test_knn.py"],
+    ),
+    "15 L-BFGS test scored by the path model fitted on the fit rows, not the refit": (
+        "featcache/logreg.py",
+        '    test = refit.evaluate(*splits["test"])\n',
+        '    test = path.evaluate(*splits["test"], index=k)\n',
+        ["tests/test_logreg.py"],
+    ),
+    "16 L-BFGS val and test standardised with their own statistics": (
+        "featcache/logreg.py",
+        "rows = _Blocks(X, y, self._mean, self._inv_std, self.dtype, W.device, _EVAL_ROWS, False)",
+        "rows = _Blocks(X, y, *[t.to(W.device, self.dtype) for t in (lambda m, s: (m, 1 / s))(*self._statistics(X))],"
+        " self.dtype, W.device, _EVAL_ROWS, False)",
+        ["tests/test_logreg.py"],
+    ),
+    "17 L-BFGS strength ties broken without the val loss": (
+        "featcache/logreg.py",
+        '(path[i][key], -path[i][loss], path[i]["strength"])',
+        '(path[i][key], path[i]["strength"])',
+        ["tests/test_logreg.py"],
+    ),
+    "18 L-BFGS grid C relative to the fit rows while the selection's is the refit's": (
+        "featcache/solvers.py",
+        '        n = len(splits["train"][1])\n',
+        '        n = len(splits["fit"][1])\n',
+        ["tests/test_probe.py"],
+    ),
+    "19 L-BFGS path fitted on all train rows (val rows choose their own fit)": (
+        "featcache/logreg.py",
+        '.fit(*splits["fit"], eval_sets={"val": splits["val"]})',
+        '.fit(*splits["train"], eval_sets={"val": splits["val"]})',
+        ["tests/test_logreg.py"],
+    ),
 }
 
 

@@ -374,3 +374,50 @@ def test_solvers_refuse_views(noisy):
 
     with pytest.raises(ConfigError, match="evaluation view only: pass --views none"):
         ProbeConfig(noisy, NOISY_HEADS, device="cpu", views=2, solver=KNNConfig())
+
+
+def test_lbfgs_c_is_relative_to_the_train_rows_in_the_grid_and_the_selection(noisy):
+    from featcache.logreg import LogRegConfig
+    from featcache.results import format_probe
+
+    record = run_probe(
+        ProbeConfig(noisy, NOISY_HEADS, device="cpu", views=0, solver=LogRegConfig(strengths=(1.0, 1e-2)))
+    )
+    n = record.rows["train"]
+    assert n == 400 and record.rows["fit"] == 360  # C relative to the fit rows would be another number
+    assert [h.params["C"] for h in record.heads] == [1 / (s * n) for s in (1.0, 1e-2)]
+    chosen = next(h for h in record.heads if h.params["strength"] == record.selected.params["strength"])
+    assert record.selected.params == chosen.params
+    assert "C = 1 / (strength x 400), scikit-learn's C for the 400 train rows" in record.selected.method
+    assert not any("max-iter" in n for n in record.notes) and "val_loss" in chosen.extra
+    table = format_probe(record)
+    assert f"{chosen.params['C']:g}" in table.split("selected")[1]  # the selected line shows the table's C
+
+
+def test_lbfgs_stopped_by_max_iter_warns_and_notes_it(noisy, caplog):
+    from featcache.logreg import LogRegConfig
+
+    config = LogRegConfig(strengths=(1.0, 1e-2), max_iter=1)
+    record = run_probe(ProbeConfig(noisy, NOISY_HEADS, device="cpu", views=0, solver=config))
+    assert [h.extra["converged"] for h in record.heads] == [False, False]
+    (note,) = [n for n in record.notes if "L-BFGS" in n]
+    assert "--lbfgs-max-iter 1 before converging in 2 of 2 strengths of the path (1, 0.01)" in note
+    assert "the refit at strength" in note and "raise --lbfgs-max-iter" in note
+    assert note in caplog.text
+
+
+def test_knn_caps_k_at_the_fit_rows_and_says_so(tmp_path, caplog):
+    from featcache.knn import KNNConfig
+    from featcache.probe import probe_key_for
+
+    X, y = _blobs(100, 4, 6, spread=1.0, seed=5)
+    Xt, yt = _blobs(40, 4, 6, spread=1.0, seed=6)
+    store = make_store(tmp_path / "d" / "small.zarr", {"train": (X, y), "test": (Xt, yt)}, name="small")
+    cfg = ProbeConfig((store,), NOISY_HEADS, device="cpu", views=0, solver=KNNConfig())  # k up to 200
+    record = run_probe(cfg)
+    assert record.rows["fit"] == 92
+    assert [h.params["k"] for h in record.heads] == [10, 20, 92]  # 100 and 200 capped: one point
+    assert [h.extra for h in record.heads] == [{}, {}, {"k_requested": [100, 200]}]
+    (note,) = record.notes
+    assert "--knn-k 100, 200 exceed the 92 fit rows" in note and "used k = 92" in note and note in caplog.text
+    assert record.hyperparameters["ks"] == (10, 20, 100, 200) and record.key == probe_key_for(cfg)
