@@ -6,12 +6,15 @@ the format's class sharing switched off, which is exactly that numbering.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import save_checkpoint
 from data_factory import write_imagefolder
+from store_factory import make_store
 
 import featcache as fc
+from featcache.classmap import class_map_diff
 from featcache.cli import main
 from featcache.data import ImageFolderDataset
 from featcache.errors import StoreMismatchError
@@ -94,3 +97,16 @@ def test_a_store_numbered_per_split_is_refused_and_not_mixed_with_a_new_one(run,
     assert run("extract", *again).exit_code == 0
     X, y, _ = fc.load_split(both, "val")
     assert X.shape[1] == 1024 and set(y.tolist()) == {0, 2}
+
+
+def test_the_same_classes_in_another_order_are_another_map(tmp_path):
+    X, y = np.ones((6, 2), np.float32), np.arange(6) % 2
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y), "test": (X, y)},
+                      classes={"train": ["cat", "dog"], "test": ["dog", "cat"]})  # fmt: skip
+    with pytest.raises(StoreMismatchError, match=r"same classes in another order \(label 0 is cat in 'train', dog"):
+        fc.load_split(path, "train")
+    same = make_store(tmp_path / "t.zarr", {"train": (X, y), "test": (X, y)},
+                      classes={"train": ["cat", "dog"], "test": ["cat", "dog"]})  # fmt: skip
+    assert fc.load_split(same, "test")[1].tolist() == y.tolist()
+    assert class_map_diff("a", list("abcdefghijklm"), "b", ["z"]).startswith("'a' lacks z; 'b' lacks a, b, c")
+    assert class_map_diff("a", list("abcdefghijklm"), "b", ["z"]).endswith("j and 3 more")
