@@ -32,7 +32,7 @@ def find_classes(directory: Path) -> tuple[list[str], dict[str, int]]:
     """
     if not directory.is_dir():
         raise DatasetError(f"image folder {directory} not found; expected class sub-directories of {_exts()} images")
-    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    classes = _class_dirs(directory)
     if not classes:
         raise DatasetError(f"image folder {directory} has no class sub-directories; put {_exts()} images in <class>/")
     return classes, {c: i for i, c in enumerate(classes)}
@@ -43,7 +43,8 @@ def dataset_classes(root: Path, split: str, splits: Sequence[str] = ()) -> tuple
 
     Numbering each split's directories on their own (torchvision's ImageFolder, one folder at a time) gives a
     class another label in a split that lacks an earlier class; the union gives every split the same labels.
-    A split of ``splits`` whose folder is absent is left out (it may not be downloaded yet), with a warning.
+    A split of ``splits`` whose folder is absent is left out (it may not be downloaded yet), with a warning; one
+    without class directories (an unlabelled test/ of bare images) adds no class.
 
     Raises:
         DatasetError: ``split``'s folder is missing or has no class sub-directory.
@@ -56,9 +57,13 @@ def dataset_classes(root: Path, split: str, splits: Sequence[str] = ()) -> tuple
             log.warning("image folder %s not found: numbering the classes of split '%s' without it",
                         _split_dir(root, other), split)  # fmt: skip
             continue
-        classes.update(find_classes(_split_dir(root, other))[0])
+        classes.update(_class_dirs(_split_dir(root, other)))
     ordered = sorted(classes)
     return ordered, {c: i for i, c in enumerate(ordered)}
+
+
+def _class_dirs(directory: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
 def _split_dir(root: Path, split: str) -> Path:

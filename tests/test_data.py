@@ -272,6 +272,10 @@ def test_imagefolder_splits_share_one_class_map(tmp_path, caplog):
             "zebra",
         ]
     assert f"{tmp_path / 'test'} not found" in caplog.text
+    # one without class folders (bare test images) adds no class and is no error while building another split
+    (tmp_path / "test").mkdir()
+    write_imagefolder(tmp_path / "test", splits=("all",), classes=(), per_class=0)
+    assert build_dataset(spec("imagefolder", tmp_path, splits=("train", "test")), "train").classes[0] == "cat"
 
 
 def test_imagefolder_same_classes_keep_their_fingerprint(tmp_path):
