@@ -18,6 +18,7 @@ raises :class:`featcache.errors.FeatcacheError` subclasses with the messages the
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from .classmap import check_class_map
 from .concat import ConcatView
+from .errors import ConfigError
 from .results import ProbeRecord, load_records, records_frame, select_records, summary_rows
 from .store import Store, StoreSummary, list_stores, open_store, resolve_stores
 
@@ -58,7 +61,7 @@ def load_split(
     Args:
         stores: store names (with ``dataset`` and ``cache_dir``) or paths, in concatenation order.
         split: the split to read.
-        view: an augmented view (``extract --views``) instead of the evaluation view.
+        view: the index (0..K-1) of an augmented view (``extract --views K``) instead of the evaluation view.
         rows: only these rows (default: every row whose image could be decoded in every store).
         as_torch: return the features as a torch tensor (shares the numpy array's memory).
         allow_transform_mix: concatenate stores of different preprocessing (refused by default).
@@ -69,13 +72,22 @@ def load_split(
 
     Raises:
         StoreError, StoreIncompleteError, StoreMismatchError: a store is missing, incomplete, or the stores do not
-            hold the same samples or preprocessing (or views, with ``view``).
-        ConfigError: store names without ``dataset``.
+            hold the same samples or preprocessing (or views, with ``view``), or a store's splits number different
+            classes (so labels would disagree between splits).
+        ConfigError: store names without ``dataset``; ``view`` not a non-negative integer.
     """
+    # bool is an int subclass, and a float or str only failed deep inside the view's chunk paths
+    if view is not None and (isinstance(view, bool) or not isinstance(view, numbers.Integral) or view < 0):
+        raise ConfigError(
+            f"load_split: view must be None or an integer >= 0 (an augmented view index), got {view!r} "
+            f"({type(view).__name__})"
+        )
     opened = [Store(p) for p in _paths(stores, dataset, cache_dir)]
+    for store in opened:
+        check_class_map(store, split)
     concat = ConcatView(opened, split, allow_transform_mix=allow_transform_mix)
     if view is not None:
-        concat = concat.view(view)
+        concat = concat.view(int(view))
     if rows is None:
         rows = np.arange(concat.rows) if keep_skipped else concat.valid_rows
     rows = np.asarray(rows, dtype=np.int64)

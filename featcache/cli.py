@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -59,16 +60,30 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 1e-4,5e-4") from None
-    if not out or any(v < 0 for v in out):
-        raise click.BadParameter(f"{value!r}: give one or more non-negative numbers, e.g. 1e-4,5e-4")
-    return out
+def _floats(example: str, *, zero: bool = False):
+    """The callback of a comma-separated grid option: distinct finite numbers, > 0 (>= 0 with ``zero``).
+
+    Each option's errors show its own ``example``; a repeated value is refused, since it would train or score the
+    same grid point twice.
+    """
+
+    def parse(ctx, param, value: str | None) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        try:
+            out = tuple(float(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. {example}") from None
+        if not out or not all(math.isfinite(v) and (v >= 0 if zero else v > 0) for v in out):
+            kind = "non-negative" if zero else "positive"
+            raise click.BadParameter(f"{value!r}: give one or more {kind} numbers, e.g. {example}")
+        repeated = sorted({v for v in out if out.count(v) > 1})
+        if repeated:
+            shown = ", ".join(f"{v:g}" for v in repeated)
+            raise click.BadParameter(f"{value!r} repeats {shown}: give each value once, e.g. {example}")
+        return out
+
+    return parse
 
 
 def _format_option(fn):
@@ -410,12 +425,12 @@ def _views(ctx, param, value: str | None) -> int | None:
 )
 @click.option(
     "--wd",
-    callback=_floats,
+    callback=_floats("1e-4,5e-4", zero=True),
     help="Weight-decay grid, e.g. 1e-4,5e-4 (default: the preset's). All values train together as parallel heads.",
 )
 @click.option(
     "--lr",
-    callback=_floats,
+    callback=_floats("0.001,0.01,0.1"),
     help="Learning rate, or a grid (0.001,0.01,0.1): the heads are then every lr x weight decay pair, "
     "trained in one pass and selected on val (default: the preset's single lr).",
 )
@@ -481,14 +496,16 @@ def _views(ctx, param, value: str | None) -> int | None:
 )
 @click.option(
     "--lbfgs-strengths",
-    callback=_floats,
+    callback=_floats("1,1e-2,1e-4"),
     help="L2 strengths (lambda of mean cross-entropy + lambda/2 |W|^2; sklearn C = 1/(lambda n)), fitted strong "
     "to weak, each warm-starting the next (default: 1 down to 1e-6, two per decade).",
 )
 @click.option("--lbfgs-tol", type=float, help="Stop a strength when max|grad| <= tol x max|lambda W| (1e-2).")
 @click.option("--lbfgs-max-iter", type=click.IntRange(min=1), help="L-BFGS iterations per strength (1000).")
 @click.option("--knn-k", help="Neighbour counts to select from, e.g. 10,20,100,200 (the default).")
-@click.option("--knn-temperature", callback=_floats, help="Vote temperatures to select from (default 0.07).")
+@click.option(
+    "--knn-temperature", callback=_floats("0.02,0.07,0.1"), help="Vote temperatures to select from (default 0.07)."
+)
 @click.option("--tag", default="", help="Free text stored with the result, for `featcache results --tag`.")
 @_format_option
 @_command

@@ -73,19 +73,23 @@ def build_dataset(spec: DatasetSpec, split: str, transform: Callable | None = No
         raise ConfigError(
             f"dataset '{spec.name}': unknown option(s) {bad} for format '{spec.format}'; allowed: {allowed}"
         )
-    return cls(spec.root, split, transform, name=spec.name, **spec.options)
+    shared = {"class_splits": spec.splits} if cls.shares_classes else {}
+    return cls(spec.root, split, transform, name=spec.name, **spec.options, **shared)
 
 
 class ImageDataset:
     """Base of all datasets: labels, ids and a content fingerprint.
 
     Subclasses set the class attributes ``splits`` (``None``: any) and ``options`` (extra keyword arguments
-    accepted from ``DatasetSpec.options``) and call ``_setup`` from their constructor.
+    accepted from ``DatasetSpec.options``) and call ``_setup`` from their constructor. A format whose splits
+    list their own classes sets ``shares_classes``: its constructor then takes ``class_splits`` (every split
+    of the dataset) and numbers their classes together, so that one label means one class in every split.
     """
 
     format: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...] | None] = None
     options: ClassVar[tuple[str, ...]] = ()
+    shares_classes: ClassVar[bool] = False
 
     root: Path | None
     split: str
@@ -404,7 +408,7 @@ class CIFAR100(CIFAR10):
 # File-backed formats live in datasets_files.py; importing it registers them (either import order works).
 from . import datasets_files  # noqa: E402
 
-_FILE_NAMES = ("ImageFolderDataset", "INaturalist2018", "find_classes", "make_samples")
+_FILE_NAMES = ("ImageFolderDataset", "INaturalist2018", "find_classes", "dataset_classes", "make_samples")
 
 
 def __getattr__(name: str) -> Any:

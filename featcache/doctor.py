@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import numpy as np
 import PIL
@@ -12,8 +13,9 @@ import torchvision
 import zarr
 
 from . import __version__
+from .devices import resolve_precision
 
-__all__ = ["machine_report"]
+__all__ = ["machine_report", "pillow_note", "source_checkout"]
 
 
 def _gpu_jpeg() -> str:
@@ -29,10 +31,46 @@ def _gpu_jpeg() -> str:
         return f"no ({str(e).splitlines()[0]})"
 
 
+def source_checkout() -> Path | None:
+    """The source checkout featcache runs from (its Makefile has the ``simd`` target), or None when installed."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return root if "\nsimd:" in (root / "Makefile").read_text() else None
+    except OSError:  # an installed package has no Makefile next to it
+        return None
+
+
+def pillow_note(version: str, checkout: Path | None) -> str:
+    """The PIL row: which Pillow runs and, for plain Pillow, how this user installs pillow-simd."""
+    if ".post" in version:  # pillow-simd versions end in .postN
+        return f"{version} (pillow-simd)"
+    if checkout is not None:
+        return f"{version} (Pillow; `make simd` in {checkout} installs pillow-simd)"
+    return f"{version} (Pillow; for faster decoding: pip uninstall pillow, then pip install pillow-simd)"
+
+
+def _cpu_bf16() -> str:
+    from .demo import native_bf16  # the demo's own test, read at each call: the two cannot disagree
+
+    return "yes, native (the demo pretrains in bf16)" if native_bf16() else "not native (the demo pretrains in fp32)"
+
+
+def _cuda_bf16(cuda: bool) -> str:
+    if not cuda:
+        return "- (no CUDA device)"
+    if torch.cuda.is_bf16_supported():
+        return "yes (extract's auto precision is bf16)"
+    return "no (extract's auto precision is fp32)"
+
+
 def machine_report() -> list[dict]:
-    """Rows of ``{"item", "value"}`` describing software and hardware."""
+    """Rows of ``{"item", "value"}`` describing software and hardware.
+
+    Returns:
+        One row per item, in display order.
+    """
     cuda = torch.cuda.is_available()
-    simd = ".post" in PIL.__version__  # pillow-simd versions end in .postN
+    auto = resolve_precision("auto", torch.device("cuda" if cuda else "cpu"))
     rows = {
         "featcache": __version__,
         "python": platform.python_version(),
@@ -40,15 +78,16 @@ def machine_report() -> list[dict]:
         "torchvision": torchvision.__version__,
         "zarr": zarr.__version__,
         "numpy": np.__version__,
-        "PIL": f"{PIL.__version__} ({'pillow-simd' if simd else 'Pillow; `make simd` installs pillow-simd'})",
+        "PIL": pillow_note(PIL.__version__, source_checkout()),
         "cpu cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "cuda device": torch.cuda.get_device_name(0) if cuda else "none",
         "cuda memory": f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.1f} GiB" if cuda else "-",
-        "bf16 support": str(cuda and torch.cuda.is_bf16_supported()),
+        "cpu bf16": _cpu_bf16(),
+        "cuda bf16": _cuda_bf16(cuda),
         "gpu jpeg decode": _gpu_jpeg(),
-        "default extract": "cuda, bf16, device preprocessing"
+        "default extract": f"cuda, {auto}, device preprocessing"
         if cuda
-        else "cpu, fp32, device preprocessing for arrays, PIL workers for files",
+        else f"cpu, {auto}, device preprocessing for arrays, PIL workers for files",
     }
     return [{"item": k, "value": v} for k, v in rows.items()]

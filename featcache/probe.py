@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .classmap import split_class_mismatch
 from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError, FeatcacheError, StoreError
@@ -191,7 +192,7 @@ def _open(cfg: ProbeConfig) -> tuple[list[Store], ConcatView, ConcatView]:
     train = ConcatView(stores, train_split, allow_transform_mix=cfg.allow_transform_mix)
     test = ConcatView(stores, test_split, allow_transform_mix=cfg.allow_transform_mix)
     if train.classes != test.classes:
-        raise StoreError(f"splits '{train_split}' and '{test_split}' of {first.path} list different classes")
+        raise StoreError(split_class_mismatch(first.path, train_split, train.classes, test_split, test.classes))
     return stores, train, test
 
 

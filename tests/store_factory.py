@@ -39,19 +39,21 @@ def make_store(
     compression: str = "none",
     views: dict[str, list[np.ndarray]] | None = None,
     views_seed: int = 0,
+    classes: dict[str, list[str]] | None = None,
     **prov_over,
 ) -> Path:
     """Write ``splits`` (name -> (features, labels)) and ``views`` (name -> one array per augmented view);
-    ``chunks`` limits how many chunks get written."""
+    ``chunks`` limits how many chunks get written; ``classes`` (name -> class list) replaces a split's default
+    class list ('0', '1', ..., the same for every split)."""
     dim = next(iter(splits.values()))[0].shape[1]
     prov = provenance(name, dim, dtype=dtype, **prov_over)
     with StoreWriter(path, prov) as w:
         for split, (X, y) in splits.items():
             split_ids = (ids or {}).get(split) or [f"{split}/{i}" for i in range(len(X))]
             top = max((int(labels.max()) for _, labels in splits.values() if len(labels)), default=-1)
-            classes = [str(c) for c in range(top + 1)]  # the same class list for every split
+            split_classes = (classes or {}).get(split) or [str(c) for c in range(top + 1)]
             sw = w.split(
-                SplitData(split, split_ids, y, f"fp-{split}-{len(X)}", classes),
+                SplitData(split, split_ids, y, f"fp-{split}-{len(X)}", split_classes),
                 dim,
                 dtype,
                 chunk_rows=chunk_rows,

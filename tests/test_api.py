@@ -54,3 +54,12 @@ def test_load_split_refuses_stores_that_do_not_mix(cache, tmp_path):
     make_store(root / "synthetic" / "odd.zarr", {"train": (X[:, :2], (y + 1) % 3)}, name="odd")
     with pytest.raises(StoreMismatchError, match="labels_sha256"):
         fc.load_split(["s0", "odd"], dataset="synthetic", cache_dir=root)
+
+
+@pytest.mark.parametrize("view", [True, False, 1.0, "1", -1])
+def test_load_split_refuses_a_view_that_is_not_an_index(cache, view):
+    root, *_ = cache
+    with pytest.raises(ConfigError, match=rf"load_split: view must be None or an integer >= 0 .*got {view!r}"):
+        fc.load_split("s0", "train", dataset="synthetic", cache_dir=root, view=view)
+    v1, _, _ = fc.load_split("s0", "train", dataset="synthetic", cache_dir=root, view=np.int64(1), rows=[0])
+    np.testing.assert_array_equal(v1, cache[3][1][[0], :2])

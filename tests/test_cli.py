@@ -105,6 +105,40 @@ def test_invalid_option_values(run, args, needle):
     assert result.exit_code != 0 and needle in result.output
 
 
+GRID_OPTIONS = {  # option: its own example; the others' examples must not appear in its errors
+    "--wd": "1e-4,5e-4",
+    "--lr": "0.001,0.01,0.1",
+    "--knn-temperature": "0.02,0.07,0.1",
+    "--lbfgs-strengths": "1,1e-2,1e-4",
+}
+
+
+@pytest.mark.parametrize("option", list(GRID_OPTIONS))
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("-1", "numbers, e.g."),
+        ("abc", "not a comma-separated list"),
+        ("0.1,0.1", "repeats 0.1: give each value once"),
+        ("0.5,0.2,0.50", "repeats 0.5:"),  # equal as numbers, not as text
+    ],
+)
+def test_grid_option_errors_name_the_option_and_its_own_example(run, option, value, needle):
+    r = run("probe", "--stores", "a", option, value)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"'{option}'" in r.output and needle in r.output and f"e.g. {GRID_OPTIONS[option]};" in r.output
+    others = [ex for o, ex in GRID_OPTIONS.items() if o != option]
+    assert not any(ex in r.output for ex in others), r.output
+
+
+def test_grid_options_take_zero_only_as_a_weight_decay(run):
+    for option in ("--lr", "--knn-temperature", "--lbfgs-strengths"):
+        r = run("probe", "--stores", "a", option, "0")
+        assert r.exit_code == 2 and "positive numbers" in r.output, r.output
+    r = run("probe", "--stores", "a", "--wd", "0")
+    assert r.exit_code == 1 and "--stores" in r.output  # parsed; the store is what is missing next
+
+
 def test_extract_ls_verify_probe_results(run, paths):
     write_cifar10(paths.data / "cifar", n_train_per_batch=12, n_test=20)
     for k in range(2):

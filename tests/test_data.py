@@ -250,6 +250,42 @@ def test_imagefolder_split_all_and_helpers(tmp_path):
     assert samples and all(p.suffix.lower() == ".png" for p, _ in samples)
 
 
+def test_imagefolder_splits_share_one_class_map(tmp_path, caplog):
+    # train lacks 'ant', val lacks 'dog': numbered per split, cat would be 0 in train and 1 in val, zebra 2 and 2
+    write_imagefolder(tmp_path, splits=("train",), classes=("cat", "dog", "zebra"), per_class=2)
+    write_imagefolder(tmp_path, splits=("val",), classes=("ant", "cat", "zebra"), per_class=2)
+    union = ["ant", "cat", "dog", "zebra"]
+    s = spec("imagefolder", tmp_path, splits=("train", "val"))
+    by_split = {split: build_dataset(s, split) for split in ("train", "val")}
+    for split, ds in by_split.items():
+        assert ds.classes == union, split
+        assert all(ds.classes[t] == i.split("/")[0] for t, i in zip(ds.targets, ds.ids, strict=True)), split
+    assert sorted(set(by_split["train"].targets.tolist())) == [1, 2, 3]
+    assert sorted(set(by_split["val"].targets.tolist())) == [0, 1, 3]
+    # constructed alone, a split numbers its own folders (torchvision's ImageFolder)
+    assert ImageFolderDataset(tmp_path, "val").classes == ["ant", "cat", "zebra"]
+    # a split of the dataset whose folder is absent is left out of the map, with a warning
+    with caplog.at_level("WARNING"):
+        assert build_dataset(spec("imagefolder", tmp_path, splits=("train", "test")), "train").classes == [
+            "cat",
+            "dog",
+            "zebra",
+        ]
+    assert f"{tmp_path / 'test'} not found" in caplog.text
+    # one without class folders (bare test images) adds no class and is no error while building another split
+    (tmp_path / "test").mkdir()
+    write_imagefolder(tmp_path / "test", splits=("all",), classes=(), per_class=0)
+    assert build_dataset(spec("imagefolder", tmp_path, splits=("train", "test")), "train").classes[0] == "cat"
+
+
+def test_imagefolder_same_classes_keep_their_fingerprint(tmp_path):
+    # splits that list the same classes are numbered as before: existing stores of them stay valid
+    write_imagefolder(tmp_path, per_class=2)
+    for split in ("train", "val"):
+        shared = build_dataset(spec("imagefolder", tmp_path, splits=("train", "val")), split)
+        assert shared.fingerprint() == ImageFolderDataset(tmp_path, split).fingerprint()
+
+
 def test_imagefolder_missing_or_empty(tmp_path):
     with pytest.raises(DatasetError, match=rf"{tmp_path / 'val'} not found.*\.jpg/\.jpeg/\.png"):
         ImageFolderDataset(tmp_path, "val")

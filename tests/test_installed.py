@@ -44,6 +44,7 @@ def test_the_wheel_works_from_an_empty_directory(installed, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "featcache 0.2.0", r.stdout + r.stderr
     where = _run(installed, work, "doctor")
     assert where.returncode == 0 and "featcache" in where.stdout, where.stderr
+    assert "make simd" not in where.stdout  # a pip user has no Makefile: doctor gives the pip commands
     torch.save(make_net("resnet10", seed=0).state_dict(), work / "net.pth")
     r = _run(installed, work, "extract", "--ckpt", "net.pth", "--arch", "resnet10", "--dataset", "digits",
              "--limit", "80", "--views", "1", "--workers", "0", "--quiet")  # fmt: skip

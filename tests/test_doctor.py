@@ -1,0 +1,42 @@
+"""`featcache doctor` reports what the code does: the demo's bf16 test, extract's precision, how to get pillow-simd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REPO
+
+import featcache.demo
+import featcache.doctor
+from featcache.doctor import machine_report, pillow_note, source_checkout
+
+
+def _rows() -> dict[str, str]:
+    return {r["item"]: r["value"] for r in machine_report()}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_is_the_demo_s_own_test(monkeypatch, native):
+    monkeypatch.setattr(featcache.demo, "native_bf16", lambda: native)
+    row = _rows()["cpu bf16"]
+    assert row.startswith("yes, native") if native else row.startswith("not native"), row
+    assert ("the demo pretrains in bf16" in row) is native and ("the demo pretrains in fp32" in row) is not native
+
+
+def test_cuda_bf16_and_default_extract_follow_the_auto_precision(monkeypatch):
+    rows = _rows()
+    if not torch.cuda.is_available():
+        assert rows["cuda bf16"] == "- (no CUDA device)" and rows["default extract"].startswith("cpu, fp32,")
+        return
+    auto = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    assert f"auto precision is {auto}" in rows["cuda bf16"] and rows["default extract"].startswith(f"cuda, {auto},")
+
+
+def test_pillow_simd_advice_fits_how_featcache_was_installed(monkeypatch, tmp_path):
+    assert source_checkout() == REPO  # the tests run on the editable install of this checkout
+    assert "`make simd` in" in pillow_note("11.0.0", REPO)
+    pip = pillow_note("11.0.0", None)
+    assert "make" not in pip and "pip uninstall pillow, then pip install pillow-simd" in pip
+    assert pillow_note("9.5.0.post1", None) == "9.5.0.post1 (pillow-simd)"
+    monkeypatch.setattr(featcache.doctor, "source_checkout", lambda: None)
+    assert "make simd" not in _rows()["PIL"]
