@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 
-__all__ = ["KeyMatch", "file_sha256", "load_state_dict", "clean_state_dict", "match_state_dict"]
+__all__ = ["KeyMatch", "file_sha256", "file_changed", "load_state_dict", "clean_state_dict", "match_state_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,35 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# (path, size, mtime_ns) -> sha256: a file hashed once per process while its size and mtime stay the same
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def file_changed(
+    path: str | os.PathLike, sha256: str, size: int | None = None, mtime_ns: int | None = None
+) -> str | None:
+    """Whether the file at ``path`` is no longer the one recorded with ``sha256`` (and ``size``, ``mtime_ns``).
+
+    The same size and mtime as recorded mean the same file; otherwise (or with none recorded) the file is hashed.
+    An absent file is not a changed one: a machine that only probes may hold the stores without the checkpoints,
+    and the recorded hash is then the identity (logged at debug level).
+
+    Returns:
+        None when the file is the recorded one or absent, else its sha256 now.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        log.debug("checkpoint %s is absent here: its store's recorded sha256 %s is its identity", path, sha256[:12])
+        return None
+    if size is not None and (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path)
+    return None if _HASHED[key] == sha256 else _HASHED[key]
 
 
 def _listing(keys: Collection[str]) -> str:
