@@ -715,13 +715,14 @@ def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet):
     rerun after an interruption, it finishes what is missing and never logs a result twice.
     """
     from .report import build_report, write_report
-    from .sweep import load_sweep, plan_sweep, run_sweep
+    from .sweep import check_plan, load_sweep, plan_sweep, run_sweep
 
     reg = load_registry(paths)
     full = load_sweep(config, reg)
     chosen = full.with_overrides(datasets=datasets) if datasets else full
     if dry_run:
         plan = plan_sweep(chosen, reg, paths)
+        check_plan(plan)  # what the run would fail on, it fails on now
         click.echo(render(plan.describe()))
         found = len(plan.probes) - len(plan.pending())
         click.echo(f"dry run: {len(plan.extracts)} extraction(s) and {len(plan.pending())} probe(s) would run; "
