@@ -18,13 +18,25 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, StoreMismatchError
 
-__all__ = ["KeyMatch", "file_sha256", "file_changed", "load_state_dict", "clean_state_dict", "match_state_dict"]
+if TYPE_CHECKING:
+    from .store import CheckpointRef
+
+__all__ = [
+    "KeyMatch",
+    "file_sha256",
+    "file_changed",
+    "check_store_checkpoint",
+    "load_state_dict",
+    "clean_state_dict",
+    "match_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +112,20 @@ def file_changed(
     if key not in _HASHED:
         _HASHED[key] = file_sha256(path)
     return None if _HASHED[key] == sha256 else _HASHED[key]
+
+
+def check_store_checkpoint(store_path: str | os.PathLike, ref: CheckpointRef) -> None:
+    """Refuse a store whose checkpoint file (``ref``, its CheckpointRef) changed since it was extracted.
+
+    Raises:
+        StoreMismatchError: the file at ``ref.path`` is no longer the recorded one (see :func:`file_changed`).
+    """
+    now = file_changed(ref.path, ref.sha256, ref.size, ref.mtime_ns)
+    if now is not None:
+        raise StoreMismatchError(
+            f"store {store_path} was extracted from an older {ref.path} (sha256 {ref.sha256[:12]}, the file's is now "
+            f"{now[:12]}); extract it again (featcache extract ... --overwrite) or put the old file back"
+        )
 
 
 def _listing(keys: Collection[str]) -> str:

@@ -497,12 +497,15 @@ def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt
 
     Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
     """
+    from .checkpoints import check_store_checkpoint
     from .probe import ProbeConfig, heads_from_preset, run_probe
     from .results import append_record, format_probe
     from .store import open_store, resolve_stores
 
     reg = load_registry(paths)
     store_paths = tuple(resolve_stores(stores, dataset, paths.cache, reg.sets))
+    for p in store_paths:  # features of the checkpoint file as it is now, or a refusal
+        check_store_checkpoint(p, open_store(p).provenance.checkpoint)
     held = open_store(store_paths[0]).provenance.dataset.name
     preset = preset or reg.preset_for(dataset or held)
     chosen = reg.probe_preset(preset)

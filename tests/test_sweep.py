@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -385,6 +386,10 @@ def test_a_changed_checkpoint_file_is_noticed(world, tmp_path, monkeypatch, capl
         r = CliRunner().invoke(main, ["sweep", str(_small_config(sweep, tmp_path)), "--dry-run", "--cache-dir",
                                       str(paths.cache), "--checkpoint-dir", str(paths.checkpoints)])  # fmt: skip
         assert r.exit_code == 1 and "demo-cat2-d0-m1.zarr was extracted from an older" in r.output
+        r = CliRunner().invoke(main, ["probe", "--stores", "demo-cat2-d0-m0,demo-cat2-d0-m1", "--dataset",
+                                      "digits-transfer", "--cache-dir", str(paths.cache)])  # fmt: skip
+        refused = rf"Error: store .*{older}[^\n]*--overwrite\) or put the old file back\n"
+        assert r.exit_code == 1 and re.fullmatch(refused, r.output), r.output
         # the same bytes again, with a new mtime: hashed, found the same
         spec.path.write_bytes(before)
         assert spec.path.stat().st_mtime_ns != stat.st_mtime_ns
