@@ -160,9 +160,16 @@ def _row_infos(sweep: SweepConfig, reg: Registry) -> tuple[tuple[RowInfo, ...], 
     return tuple(infos), draws
 
 
-def _transform(reg: Registry, ds: DatasetSpec, name: str | None, c: CheckpointSpec) -> dict:
-    """The preprocessing extract would record for ``c``: the architecture's own, unless a preset is named."""
-    own = resolve_preprocessing(c.arch) if name is None and c.arch else None
+def _transform(reg: Registry, ds: DatasetSpec, name: str | None, c: CheckpointSpec) -> dict | None:
+    """The preprocessing extract would record for ``c``: the architecture's own, unless a preset is named.
+
+    None when this machine cannot tell (timm missing): a machine that only probes needs no backbone library.
+    """
+    try:
+        own = resolve_preprocessing(c.arch) if name is None and c.arch else None
+    except ConfigError as e:
+        log.debug("%s: preprocessing of %s unknown here (%s); its stores' is not compared", c.name, c.arch, e)
+        return None
     return (own or reg.transform(ds, name)).to_dict()
 
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .checkpoints import file_changed
 from .config import CheckpointSpec, DatasetSpec
@@ -46,7 +46,7 @@ class Wanted:
     extract_where: str  # "<file>: extract"
 
 
-def _stale(store: Store, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, transform: dict[str, Any]) -> str:
+def _stale(store: Store, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, transform: dict | None) -> str:
     """How ``store`` differs from what the sweep would extract now ("" when it does not)."""
     prov = store.provenance
     ref = prov.checkpoint
@@ -61,7 +61,7 @@ def _stale(store: Store, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, tr
         differs.append(("dtype", prov.dtype, want.extract_where, want.dtype))
     if want.precision != "auto" and prov.precision != want.precision:
         differs.append(("precision", prov.precision, want.extract_where, want.precision))
-    if prov.transform != transform:
+    if transform is not None and prov.transform != transform:
         keys = identity_diff(prov.transform, transform)
         old, new = f"'{prov.transform_name}'", f"'{transform.get('name')}'"
         old += f" ({', '.join(keys)} other than now)" if old == new else ""
@@ -72,17 +72,17 @@ def _stale(store: Store, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, tr
     if not differs:
         return ""
     what, have, where, asked = differs[0]
-    return f"was extracted with {what} {have} but {where} asks for {what} {asked}; delete the store or point " \
-        "--cache-dir elsewhere"  # fmt: skip
+    fix = "delete the store or point --cache-dir elsewhere"
+    return f"was extracted with {what} {have} but {where} asks for {what} {asked}; {fix}"
 
 
 def store_state(
-    path: Path, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, transform: Callable[[], dict[str, Any]]
+    path: Path, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, transform: Callable[[], dict | None]
 ) -> tuple[Store | None, str, str]:
     """(the store if it is ready, else None; why not, for ``--dry-run``; the refusal when it is stale, else "").
 
     ``transform()`` gives the preprocessing the sweep would extract ``spec`` with (its named parameters, as a
-    store records them); it is called only when the store exists.
+    store records them; None when unknown here, then not compared); it is called only when the store exists.
     """
     if not (path / "zarr.json").exists():
         return None, "missing", ""

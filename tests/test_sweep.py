@@ -339,6 +339,16 @@ def _boom(*a, **k):
     raise AssertionError("must not run")
 
 
+def test_a_machine_that_cannot_resolve_the_preprocessing_still_uses_the_stores(world, monkeypatch):
+    paths, reg, sweep, _, _ = world
+
+    def no_timm(arch):
+        raise ConfigError(f"--arch {arch} needs timm: pip install 'featcache[timm]'")
+
+    monkeypatch.setattr(sweep_mod, "resolve_preprocessing", no_timm)
+    assert plan_sweep(sweep, reg, paths).pending() == []  # a probe-only machine needs no backbone library
+
+
 @pytest.mark.parametrize(
     "change",
     [{"views": 1}, {"views_seed": 1}, {"precision": "bf16"}, {"transform": {"name": "other"}}, {"layer": "layer3"},
