@@ -101,13 +101,35 @@ def load_split(
     return out, concat.labels[rows], [ids[r] for r in rows]
 
 
-def load_results(where: PathLike = "cache", patterns: Sequence[str] = (), **fields: Any) -> list[ProbeRecord]:
-    """Probe records of a results log (a ``.jsonl`` file or a cache dir), filtered like ``featcache results``.
+def load_results(where: PathLike | None = None, patterns: Sequence[str] = (), **fields: Any) -> list[ProbeRecord]:
+    """Probe records of a results log, filtered like ``featcache results``; newest first.
 
-    ``fields``: exact values of ``dataset``, ``features``, ``tag``, ``preset``, ``solver``, ``views``, ``store``,
-    ``id``; ``patterns``: whole-word patterns. Newest first.
+    Args:
+        where: the log (a ``.jsonl`` file) or the cache dir holding ``results.jsonl``; default ``cache`` in the
+            working directory.
+        patterns: whole-word patterns.
+        fields: exact values of ``dataset``, ``features``, ``tag``, ``preset``, ``solver``, ``views``, ``store``,
+            ``id``.
+
+    Returns:
+        The matching records; [] (with a warning naming the log) when the default log does not exist yet.
+
+    Raises:
+        ResultsError: ``where`` was given and holds no results log (a mistyped path would otherwise read as no
+            results), or the log cannot be read.
+        ConfigError: an unknown field.
     """
-    return select_records(load_records(where), patterns, **fields)
+    import logging
+
+    from .results import ResultsError, resolve_log
+
+    path = resolve_log("cache" if where is None else where)
+    if not path.exists():
+        if where is not None:
+            raise ResultsError(f"no results log at {path}; pass the cache dir the probes wrote to, or the .jsonl file "
+                               "given to --results")  # fmt: skip
+        logging.getLogger(__name__).warning("no results log at %s (the default); pass where= to read another", path)
+    return select_records(load_records(path), patterns, **fields)
 
 
 def results_table(records: Sequence[ProbeRecord], pandas: bool = False):

@@ -18,13 +18,25 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, StoreMismatchError
 
-__all__ = ["KeyMatch", "file_sha256", "load_state_dict", "clean_state_dict", "match_state_dict"]
+if TYPE_CHECKING:
+    from .store import CheckpointRef
+
+__all__ = [
+    "KeyMatch",
+    "file_sha256",
+    "file_changed",
+    "check_store_checkpoint",
+    "load_state_dict",
+    "clean_state_dict",
+    "match_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,49 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# (path, size, mtime_ns) -> sha256: a file hashed once per process while its size and mtime stay the same
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def file_changed(
+    path: str | os.PathLike, sha256: str, size: int | None = None, mtime_ns: int | None = None
+) -> str | None:
+    """Whether the file at ``path`` is no longer the one recorded with ``sha256`` (and ``size``, ``mtime_ns``).
+
+    The same size and mtime as recorded mean the same file; otherwise (or with none recorded) the file is hashed.
+    An absent file is not a changed one: a machine that only probes may hold the stores without the checkpoints,
+    and the recorded hash is then the identity (logged at debug level).
+
+    Returns:
+        None when the file is the recorded one or absent, else its sha256 now.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        log.debug("checkpoint %s is absent here: its store's recorded sha256 %s is its identity", path, sha256[:12])
+        return None
+    if size is not None and (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path)
+    return None if _HASHED[key] == sha256 else _HASHED[key]
+
+
+def check_store_checkpoint(store_path: str | os.PathLike, ref: CheckpointRef) -> None:
+    """Refuse a store whose checkpoint file (``ref``, its CheckpointRef) changed since it was extracted.
+
+    Raises:
+        StoreMismatchError: the file at ``ref.path`` is no longer the recorded one (see :func:`file_changed`).
+    """
+    now = file_changed(ref.path, ref.sha256, ref.size, ref.mtime_ns)
+    if now is not None:
+        raise StoreMismatchError(
+            f"store {store_path} was extracted from an older {ref.path} (sha256 {ref.sha256[:12]}, the file's is now "
+            f"{now[:12]}); extract it again (featcache extract ... --overwrite) or put the old file back"
+        )
 
 
 def _listing(keys: Collection[str]) -> str:

@@ -514,12 +514,15 @@ def probe(paths: Paths, stores, dataset, preset, wd, lr, epochs, views, tag, fmt
 
     Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
     """
+    from .checkpoints import check_store_checkpoint
     from .probe import ProbeConfig, heads_from_preset, run_probe
     from .results import append_record, format_probe
     from .store import open_store, resolve_stores
 
     reg = load_registry(paths)
     store_paths = tuple(resolve_stores(stores, dataset, paths.cache, reg.sets))
+    for p in store_paths:  # features of the checkpoint file as it is now, or a refusal
+        check_store_checkpoint(p, open_store(p).provenance.checkpoint)
     held = open_store(store_paths[0]).provenance.dataset.name
     preset = preset or reg.preset_for(dataset or held)
     chosen = reg.probe_preset(preset)
@@ -732,13 +735,14 @@ def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet):
     rerun after an interruption, it finishes what is missing and never logs a result twice.
     """
     from .report import build_report, write_report
-    from .sweep import load_sweep, plan_sweep, run_sweep
+    from .sweep import check_plan, load_sweep, plan_sweep, run_sweep
 
     reg = load_registry(paths)
     full = load_sweep(config, reg)
     chosen = full.with_overrides(datasets=datasets) if datasets else full
     if dry_run:
         plan = plan_sweep(chosen, reg, paths)
+        check_plan(plan)  # what the run would fail on, it fails on now
         click.echo(render(plan.describe()))
         found = len(plan.probes) - len(plan.pending())
         click.echo(f"dry run: {len(plan.extracts)} extraction(s) and {len(plan.pending())} probe(s) would run; "

@@ -244,6 +244,7 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPl
 
 def _provenance(cfg: ExtractConfig, plan: ExtractPlan, sp: StorePlan, bb: LoadedBackbone, dim: int) -> Provenance:
     versions = (__version__, torch.__version__, torchvision.__version__, zarr.__version__, np.__version__)
+    stat = Path(bb.path).stat()  # later runs compare size and mtime before hashing the file again
     return Provenance(
         software=Software(*versions, platform.python_version()),
         dataset=DatasetRef(cfg.dataset.name, cfg.dataset.format, cfg.limit),
@@ -255,6 +256,8 @@ def _provenance(cfg: ExtractConfig, plan: ExtractPlan, sp: StorePlan, bb: Loaded
             ema=sp.checkpoint.ema,
             stripped_prefix=bb.stripped_prefix,
             ignored_keys=tuple(bb.ignored_keys),
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
         ),
         layer=sp.layer or bb.layer,
         pool=(bb.pool or "") if sp.layer else "",

@@ -40,7 +40,7 @@ from .errors import ConfigError, FeatcacheError, StoreError
 from .feed import MEMORY_SHARE, Arrays, Rows, epoch_features, fits_gpu, load, plan_memory, view_schedule
 from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
 from .logreg import LogRegConfig
-from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
+from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed, record_key
 from .solvers import SolverConfig, run_solver
 from .store import Store, resolve_stores
 
@@ -365,10 +365,7 @@ def _record(cfg, stores, train, test, views, notes, hyperparameters, heads, sele
         tag=cfg.tag,
         dataset=first.dataset.name,
         features=f"cat{len(stores)}",
-        stores=tuple(
-            StoreUsed(s.name, str(s.path), s.provenance.checkpoint.to_dict(), d)
-            for s, d in zip(stores, train.dims, strict=True)
-        ),  # fmt: skip
+        stores=tuple(StoreUsed.of(s.name, s.path, s.provenance, d) for s, d in zip(stores, train.dims, strict=True)),
         feature_dim=train.dim,
         transform=first.transform_name,
         precision=first.precision,
@@ -390,8 +387,9 @@ def _record(cfg, stores, train, test, views, notes, hyperparameters, heads, sele
 def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> str:
     """The :attr:`ProbeRecord.key` that :func:`run_probe` gives ``cfg``'s record, known before probing.
 
-    Reads only the stores' metadata (checkpoint hashes, splits, view counts) and uses exactly the fields
-    ``ProbeRecord.key`` uses, so a sweep can tell whether a probe is already in the results log.
+    Reads only the stores' metadata (provenance, splits, views) and builds the key from the same
+    :class:`StoreUsed` and :class:`ViewsUsed` entries that :func:`run_probe` records, so a sweep can tell
+    whether a probe is already in the results log.
 
     Args:
         cfg: the probe as it would run.
@@ -403,17 +401,17 @@ def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> st
     Raises:
         StoreError: a store cannot be opened, or lacks the train split.
     """
-    from .results import probe_key
-
     stores = [Store(p) for p in cfg.stores] if stores is None else list(stores)
     first = stores[0]
     train_split = cfg.train_split or ("train" if "train" in first.splits else first.splits[0])
     test_split = cfg.test_split or next((s for s in ("test", "val") if s in first.splits), None)
-    views = cfg.views if cfg.views is not None else min(s.split_meta(train_split).n_views for s in stores)
+    count = cfg.views if cfg.views is not None else min(s.split_meta(train_split).n_views for s in stores)
+    made = first.split_meta(train_split).views  # run_probe records the first store's crops (all share them)
+    views = ViewsUsed(count, made.seed, dict(made.augment)) if count and made is not None else ViewsUsed(count)
     hyperparameters = dataclasses.asdict(cfg.heads if cfg.solver is None else cfg.solver)
-    return probe_key(
+    return record_key(
         dataset=first.provenance.dataset.name,
-        checkpoints=[s.provenance.checkpoint.to_dict().get("sha256", s.name) for s in stores],
+        stores=[StoreUsed.of(s.name, s.path, s.provenance, s.provenance.feature_dim) for s in stores],
         train_split=train_split,
         test_split=test_split,
         preset=cfg.preset,

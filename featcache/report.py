@@ -2,11 +2,12 @@
 
 The table has one row per sweep row (cat1, cat2, ...): models per draw, steps per model, total steps, and the
 test top-1 of each dataset as mean ± std over the row's draws, the best mean of each column marked. A cell's
-results are found by the key each probe of the sweep has now (:func:`featcache.sweep.plan_sweep`), so a result of
-another configuration (other epochs, other checkpoints) never stands in; a probe whose stores are gone is found
-by its tag instead. The plot shows accuracy against the number of concatenated models at the fixed budget, one
-line per dataset, the spread as error bars. It needs matplotlib (``pip install 'featcache[plot]'``); without it
-the tables are written all the same.
+result is the record of exactly the key each probe of the sweep has now (:func:`featcache.sweep.plan_sweep`), so
+a result of another configuration (other epochs, checkpoints, views, preprocessing) never stands in, whatever its
+tag. A probe whose stores are missing here (or stale) has no key yet: its cell stays empty and the footnote says
+how many such probes there are. The plot shows accuracy against the number of concatenated models at the fixed
+budget, one line per dataset, the spread as error bars. It needs matplotlib (``pip install 'featcache[plot]'``);
+without it the tables are written all the same.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .results import ProbeRecord
-from .sweep import ProbeJob, RowInfo, SweepPlan
+from .sweep import RowInfo, SweepPlan
 from .tables import render
 
 __all__ = ["Cell", "SweepReport", "ReportFiles", "build_report", "write_report", "plot_report", "PLOT_HINT"]
@@ -54,6 +54,7 @@ class SweepReport:
     datasets: tuple[str, ...]
     cells: dict[tuple[str, str], Cell]  # (row, dataset)
     settings: dict[str, str]  # dataset -> how it was probed (preset, views, epochs)
+    unknown: int = 0  # probes whose stores are missing or stale here: their results cannot be looked up
 
     def best(self, dataset: str) -> set[str]:
         """The rows with the highest mean in the dataset's column (several on a tie; none without results)."""
@@ -95,9 +96,15 @@ class SweepReport:
         found = sum(len(c.values) for c in self.cells.values())
         planned = sum(c.draws for c in self.cells.values())
         how = "; ".join(f"{d}: {s}" for d, s in self.settings.items())
+        unknown = (
+            f" {self.unknown} probe(s) have no ready stores here, so their results cannot be looked up (left out): "
+            f"run `featcache sweep {self.name}` to extract them."
+            if self.unknown
+            else ""
+        )
         return (
             f"Linear-probe test top-1 (%), selected on val and read once on test: mean ± std (ddof=1) over the "
-            f"draws; the best mean of each column marked. {found}/{planned} results found. {how}."
+            f"draws; the best mean of each column marked. {found}/{planned} results found.{unknown} {how}."
         )
 
 
@@ -110,27 +117,21 @@ def _steps(n: int | None) -> str:
     return str(n)
 
 
-def _find(plan: SweepPlan, job: ProbeJob) -> ProbeRecord | None:
-    """The job's result: by key; while its stores are missing (key unknown), the newest with its tag."""
-    if job.key is not None:
-        return plan.record(job)
-    return plan.tagged.get((job.dataset, job.config.tag))
-
-
 def build_report(plan: SweepPlan) -> SweepReport:
     """The report of a sweep as its results log stands (see :func:`featcache.sweep.plan_sweep`)."""
     datasets = tuple(d.name for d in plan.sweep.datasets)
     values: dict[tuple[str, str], list[float]] = {(r.name, d): [] for r in plan.rows for d in datasets}
     settings = {}
     for job in plan.probes:
-        rec = _find(plan, job)
+        rec = plan.record(job)  # exactly this probe's key: never a record of the same tag with other settings
         if rec is not None:
             values[(job.row, job.dataset)].append(rec.selected.test_top1)
         c = job.config
         settings[job.dataset] = f"preset {c.preset}, {c.views} view(s), {c.heads.epochs} epochs"
     draws = {r.name: r.draws for r in plan.rows}
     cells = {k: Cell(tuple(v), draws[k[0]]) for k, v in values.items()}
-    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings)
+    unknown = sum(job.key is None for job in plan.probes)
+    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings, unknown)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def plot_report(report: SweepReport, path: Path) -> Path:
     ax.set_ylabel("linear-probe test top-1 (%)")
     ax.set_title(f"sweep {report.name}: mean ± std over draws", fontsize=10)
     ax.grid(alpha=0.3)
-    if report.datasets:
+    if ax.get_legend_handles_labels()[0]:  # a line per dataset with results
         ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")

@@ -1,31 +1,39 @@
 """Probe results: the typed record every solver writes, the append-only JSONL log, and queries over it.
 
 A :class:`ProbeRecord` is one ``featcache probe`` (or sweep step): what was probed (stores by checkpoint
-hash, dataset, splits, views), how (preset, solver, hyperparameters), every grid point's accuracy, the
-val-selected result and, for SGD, the research-style number. Records are appended to the log
-(``<cache>/results.jsonl``, ``--results``, ``FEATCACHE_RESULTS``) as single lines written with one
-``write`` under an exclusive ``flock`` and fsynced, so concurrent probes never interleave. A line that does
-not end in a newline (an older version killed mid-write, a full disk) is repaired before the next append,
-and skipped on reading, so it never hides later records.
+hash and how their features were made, dataset, splits, views), how (preset, solver, hyperparameters), every grid
+point's accuracy, the val-selected result and, for SGD, the research-style number; its :attr:`~ProbeRecord.key`
+says which probes are the same experiment (:mod:`featcache.results_record`). Records are appended to the log
+(``<cache>/results.jsonl``, ``--results``, ``FEATCACHE_RESULTS``) one line at a time under a lock, and read
+line by line, a bad line skipped and named (:mod:`featcache.results_log`); sweeps claim a probe before running
+it (:mod:`featcache.results_claims`). This module holds the queries of ``featcache results`` and the tables.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, FeatcacheError
-from .records import Record, RecordError
+from .errors import ConfigError
+from .results_claims import claim, claims_dir, holder
+from .results_log import ResultsError, append_record, load_records, resolve_log, results_path
+from .results_record import (
+    SCHEMA,
+    GridPoint,
+    ProbeRecord,
+    ResearchNumber,
+    Selection,
+    StoreUsed,
+    ViewsUsed,
+    probe_key,
+    record_key,
+)
 from .tables import render
 
 __all__ = [
+    "SCHEMA",
     "StoreUsed",
     "GridPoint",
     "Selection",
@@ -33,230 +41,23 @@ __all__ = [
     "ViewsUsed",
     "ProbeRecord",
     "ResultsError",
+    "probe_key",
+    "record_key",
     "results_path",
+    "resolve_log",
     "append_record",
     "load_records",
+    "claim",
+    "claims_dir",
+    "holder",
     "select_records",
     "summary_rows",
+    "varying_columns",
     "SUMMARY_COLUMNS",
     "FIELDS",
     "format_probe",
     "records_frame",
 ]
-
-SCHEMA = 2  # 1: featcache 0.1's dicts (weight_decay keys, "splits" and "in_memory"), upgraded on reading
-
-
-class ResultsError(FeatcacheError):
-    """The results log cannot be written (disk full, read-only) or read."""
-
-
-@dataclass(frozen=True)
-class StoreUsed(Record):
-    name: str
-    path: str
-    checkpoint: dict[str, Any]  # the store's CheckpointRef: name, arch, sha256, ...
-    dim: int
-
-
-@dataclass(frozen=True)
-class GridPoint(Record):
-    """One head of the grid (SGD: lr and weight decay; L-BFGS: strength; k-NN: k and temperature)."""
-
-    params: dict[str, float]
-    val_top1: float
-    # test accuracy of this point's final fit at its val-selected epoch (SGD); for solvers that read test once,
-    # only the selected point's
-    test_top1: float | None = None
-    val_epoch: int | None = None  # SGD: the epoch val selected for this point
-    test_top5: float | None = None  # None with fewer than 6 classes
-    best_test_top1: float | None = None  # SGD: best test accuracy over epochs (selected on test)
-    extra: dict[str, Any] = field(default_factory=dict)  # solver details (iterations, ...)
-
-
-@dataclass(frozen=True)
-class Selection(Record):
-    params: dict[str, float]
-    val_top1: float
-    test_top1: float
-    method: str
-    epoch: int | None = None
-    test_top5: float | None = None
-
-
-@dataclass(frozen=True)
-class ResearchNumber(Record):
-    """The seed's reported number: the best test accuracy over epochs and grid, i.e. selected on test."""
-
-    test_top1: float
-    params: dict[str, float]
-    epoch: int | None
-    note: str
-
-
-@dataclass(frozen=True)
-class ViewsUsed(Record):
-    count: int  # augmented views the heads trained on; 0: centre-crop features
-    seed: int | None = None
-    augment: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ProbeRecord(Record):
-    id: str
-    timestamp: str
-    dataset: str
-    features: str  # cat<k>
-    stores: tuple[StoreUsed, ...]
-    feature_dim: int
-    train_split: str
-    test_split: str
-    rows: dict[str, int]  # fit, val, train, test
-    preset: str
-    solver: str
-    hyperparameters: dict[str, Any]
-    heads: tuple[GridPoint, ...]
-    selected: Selection
-    tag: str = ""
-    transform: str | None = None
-    precision: str | None = None
-    views: ViewsUsed = field(default_factory=lambda: ViewsUsed(0))
-    research: ResearchNumber | None = None
-    notes: tuple[str, ...] = ()  # warnings the probe raised (classes missing from a split, ...)
-    timings: dict[str, float] = field(default_factory=dict)
-    device: str = ""
-    memory: str = ""  # resident | per-epoch | streamed
-    versions: dict[str, str] = field(default_factory=dict)
-    schema: int = SCHEMA
-
-    @property
-    def key(self) -> str:
-        """What makes two probes the same experiment: stores (by checkpoint hash, in order), data and settings."""
-        return probe_key(
-            dataset=self.dataset,
-            checkpoints=[s.checkpoint.get("sha256", s.name) for s in self.stores],
-            train_split=self.train_split,
-            test_split=self.test_split,
-            preset=self.preset,
-            solver=self.solver,
-            hyperparameters=self.hyperparameters,
-            views=self.views.count,
-        )
-
-
-def probe_key(**what: Any) -> str:
-    """A stable hash of a probe's identity (see :attr:`ProbeRecord.key`); sweeps look results up by it."""
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def results_path(cache_dir: str | os.PathLike) -> Path:
-    """The default log of a cache: ``<cache>/results.jsonl``."""
-    return Path(cache_dir) / "results.jsonl"
-
-
-def _log(where: str | os.PathLike) -> Path:
-    p = Path(where)
-    return p if p.suffix == ".jsonl" else results_path(p)
-
-
-def append_record(where: str | os.PathLike, record: ProbeRecord) -> Path:
-    """Append ``record`` as one line to the log at ``where`` (a ``.jsonl`` file, or a cache dir); create it if needed.
-
-    Raises:
-        ResultsError: the log cannot be written (the message says why and how to write it elsewhere).
-    """
-    path = _log(where)
-    line = (json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n").encode()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError as e:
-        raise _write_error(path, e) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        # a torn last line (no newline) would glue onto this record: end it first
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(28, "short write")
-            os.fsync(fd)
-        except OSError as e:
-            os.ftruncate(fd, size)  # take back a partial line: the log stays whole
-            raise _write_error(path, e) from None
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-    return path
-
-
-def _write_error(path: Path, e: OSError) -> ResultsError:
-    return ResultsError(
-        f"cannot append to the results log {path}: {e.strerror or e}; the record above was printed. Free space or "
-        "pass --results PATH (or set FEATCACHE_RESULTS) to log elsewhere"
-    )
-
-
-def _upgrade(doc: dict) -> dict:
-    """A schema-1 dict (featcache 0.1) in today's shape."""
-    if doc.get("schema", 1) >= 2:
-        return doc
-    doc = dict(doc)
-
-    def params(d: dict) -> dict:
-        return {"weight_decay": d.get("weight_decay")} if "weight_decay" in d else dict(d.get("params", {}))
-
-    doc["heads"] = [{**h, "params": params(h)} for h in doc.get("heads", [])]
-    sel = doc.get("selected", {})
-    doc["selected"] = {**sel, "params": params(sel), "method": sel.get("method", "")}
-    if isinstance(doc.get("research"), dict):
-        r = doc["research"]
-        doc["research"] = {**r, "params": params(r), "epoch": r.get("epoch"), "note": r.get("note", "")}
-    splits = doc.get("splits") or {}
-    doc.setdefault("train_split", splits.get("train", "train"))
-    doc.setdefault("test_split", splits.get("test", "test"))
-    doc.setdefault("solver", "sgd")
-    doc.setdefault("preset", "seed")
-    doc.setdefault("hyperparameters", {})
-    doc.setdefault("rows", {})
-    doc.setdefault("feature_dim", sum(s.get("dim", 0) for s in doc.get("stores", [])))
-    doc["stores"] = [{"path": "", "checkpoint": {}, "dim": 0, **s} for s in doc.get("stores", [])]
-    if "in_memory" in doc:
-        doc["memory"] = "resident" if doc["in_memory"] else "streamed"
-    doc["schema"] = 1
-    return doc
-
-
-def load_records(where: str | os.PathLike) -> list[ProbeRecord]:
-    """All records of the log at ``where`` (a ``.jsonl`` file or a cache dir), oldest first.
-
-    A torn line (no JSON, a kill mid-write) is skipped wherever it is.
-
-    Raises:
-        ConfigError: a complete line is JSON but not a record (the file was edited by hand).
-    """
-    path = _log(where)
-    if not path.exists():
-        return []
-    out = []
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ResultsError(f"cannot read the results log {path}: {e.strerror or e}") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn by a crash or a full disk: the records around it still count
-        try:
-            out.append(ProbeRecord.from_dict(_upgrade(doc), f"{path}:{n}"))
-        except (RecordError, TypeError, AttributeError) as e:
-            raise ConfigError(f"{path}:{n} is not a results record ({e}); fix or delete that line") from None
-    return out
 
 
 # Field filters of `featcache results` and sweeps: exact values, never substrings.

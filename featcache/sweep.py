@@ -6,10 +6,16 @@ of *draws*, a draw being a ``--ckpt`` value whose checkpoints are concatenated) 
 1. per dataset, extracts every store that is missing, incomplete or short of views, in one :func:`extract` call
    (every checkpoint shares each decoded batch);
 2. probes every (dataset, row, draw) whose result is not yet in the results log. A probe is identified by
-   :attr:`ProbeRecord.key` (stores by checkpoint hash, dataset, splits, preset, solver, hyperparameters, views),
-   predicted before it runs by :func:`featcache.probe.probe_key_for`. Each record is appended atomically once its
-   probe finishes, so a sweep killed at any moment and run again finishes what is missing, and never logs a
-   result twice. Records are tagged ``sweep:<name> <row> d<k>``.
+   :attr:`ProbeRecord.key` (stores by checkpoint hash and how their features were made, dataset, splits, preset,
+   solver, hyperparameters, views), predicted before it runs by :func:`featcache.probe.probe_key_for`. Each
+   record is appended atomically once its probe finishes, so a sweep killed at any moment and run again finishes
+   what is missing, and never logs a result twice; a probe is claimed before it runs (:func:`featcache.results.
+   claim`), so a second sweep on the same log skips it, and waits for it at the end of the dataset. Records are
+   tagged ``sweep:<name> <row> d<k>``.
+
+Stores extracted otherwise than the sweep now asks (another checkpoint file, precision, preprocessing, views
+seed, ...) are not used: their probes stay pending and the run refuses them (:mod:`featcache.sweep_check`, which
+also checks, before anything runs, what the run would fail on).
 
 Library code: progress goes to the ``echo`` callable, never to stdout.
 """
@@ -17,19 +23,21 @@ Library code: progress goes to the ``echo`` callable, never to stdout.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from .config import DatasetSpec, Paths, Registry
+from .config import CheckpointSpec, DatasetSpec, Paths, Registry
 from .errors import ConfigError, StoreError
 from .extract import ExtractConfig, extract
+from .models import resolve_preprocessing
 from .probe import ProbeConfig, heads_from_preset, probe_key_for, run_probe
 from .progress import NullProgress, ProgressFactory
-from .results import ProbeRecord, append_record, load_records
-from .store import Store, store_path
+from .results import ProbeRecord, append_record, claim, holder, load_records
+from .store import store_path
+from .sweep_check import Wanted, check_plan, store_state
 from .sweep_config import SweepConfig, SweepDataset, SweepExtract, SweepProbe, SweepRow, find_sweep, load_sweep
 
 __all__ = [
@@ -47,6 +55,7 @@ __all__ = [
     "load_sweep",
     "tag_for",
     "plan_sweep",
+    "check_plan",
     "run_sweep",
 ]
 
@@ -71,7 +80,8 @@ class ExtractJob:
 
     dataset: str
     config: ExtractConfig
-    reasons: tuple[str, ...]  # one per checkpoint of ``config``: missing, incomplete, 0/4 views, ...
+    reasons: tuple[str, ...]  # one per checkpoint of ``config``: missing, incomplete, 0/4 views, stale, ...
+    refusals: tuple[str, ...] = ()  # why stale stores cannot be extracted again (the run refuses them)
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,6 @@ class SweepPlan:
     extracts: tuple[ExtractJob, ...]
     probes: tuple[ProbeJob, ...]
     done: dict[str, ProbeRecord]  # key -> the newest record with it
-    tagged: dict[tuple[str, str], ProbeRecord]  # (dataset, tag) -> the newest record with them
 
     def pending(self) -> list[ProbeJob]:
         return [p for p in self.probes if p.key is None or p.key not in self.done]
@@ -126,35 +135,23 @@ def tag_for(sweep: str, row: str, draw: int) -> str:
     return f"sweep:{sweep} {row} d{draw}"
 
 
-def _store_state(path: Path, ds: DatasetSpec, views: int, limit: int | None, where: str) -> tuple[Store | None, str]:
-    """(the store if it is ready, else None; why not)."""
-    if not (path / "zarr.json").exists():
-        return None, "missing"
-    try:
-        store = Store(path)
-        if store.provenance.dataset.limit != limit:
-            raise ConfigError(
-                f"store {path} was extracted with limit {store.provenance.dataset.limit} but {where} asks for limit "
-                f"{limit}; delete the store or point --cache-dir elsewhere"
-            )
-        for split in ds.splits:
-            if split not in store.splits or not store.split_meta(split).complete:
-                return None, "incomplete"
-        have = store.split_meta(ds.train_split).n_views
-    except StoreError:
-        return None, "unreadable"  # extract says why, or repairs it
-    return (store, "ready") if have >= views else (None, f"{have}/{views} views")
-
-
 def _row_infos(sweep: SweepConfig, reg: Registry) -> tuple[tuple[RowInfo, ...], dict[str, list[list]]]:
     infos, draws = [], {}
     for row in sweep.rows:
         expanded = [reg.expand_checkpoints(d) for d in row.draws]
+        seen: dict[frozenset[str], int] = {}
         for k, specs in enumerate(expanded):
+            where = f"{sweep.source}: rows.{row.name}.draws: draw {k} ({row.draws[k]})"
             if len(specs) != len(expanded[0]):
                 raise ConfigError(
-                    f"{sweep.source}: rows.{row.name}.draws: draw {k} ({row.draws[k]}) has {len(specs)} checkpoint(s), "
-                    f"draw 0 ({row.draws[0]}) has {len(expanded[0])}; every draw of a row concatenates as many models"
+                    f"{where} has {len(specs)} checkpoint(s), draw 0 ({row.draws[0]}) has {len(expanded[0])}; every "
+                    "draw of a row concatenates as many models"
+                )
+            same = seen.setdefault(frozenset(c.name for c in specs), k)
+            if same != k:  # the mean and spread over draws would count it twice
+                raise ConfigError(
+                    f"{where} concatenates the same checkpoints as draw {same} ({row.draws[same]}); each draw must "
+                    "be other checkpoints: remove it or name others"
                 )
         n = len(expanded[0])
         total = row.steps_per_model * n if row.steps_per_model else None
@@ -163,19 +160,35 @@ def _row_infos(sweep: SweepConfig, reg: Registry) -> tuple[tuple[RowInfo, ...], 
     return tuple(infos), draws
 
 
+def _transform(reg: Registry, ds: DatasetSpec, name: str | None, c: CheckpointSpec) -> dict | None:
+    """The preprocessing extract would record for ``c``: the architecture's own, unless a preset is named.
+
+    None when this machine cannot tell (timm missing): a machine that only probes needs no backbone library.
+    """
+    try:
+        own = resolve_preprocessing(c.arch) if name is None and c.arch else None
+    except ConfigError as e:
+        log.debug("%s: preprocessing of %s unknown here (%s); its stores' is not compared", c.name, c.arch, e)
+        return None
+    return (own or reg.transform(ds, name)).to_dict()
+
+
 def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
     """Resolve the sweep against the registry, the cache and the results log; runs nothing.
 
+    Stores extracted otherwise than the sweep asks are planned for extraction with a refusal
+    (:func:`check_plan` raises it); their probes stay pending.
+
     Raises:
-        ConfigError: unknown datasets, checkpoints, presets or transforms (named), draws of one row with different
-            numbers of checkpoints, or a store extracted with another ``limit``.
+        ConfigError: unknown datasets, checkpoints, presets or transforms (named), or draws of one row with
+            different numbers of checkpoints or the same checkpoints.
     """
     rows, draws = _row_infos(sweep, reg)
     done: dict[str, ProbeRecord] = {}
-    tagged: dict[tuple[str, str], ProbeRecord] = {}
     for r in sorted(load_records(paths.results_log), key=lambda r: r.timestamp):  # the newest of equals wins
-        done[r.key] = tagged[(r.dataset, r.tag)] = r
+        done[r.key] = r
     extracts, probes = [], []
+    e = sweep.extract
     for d in sweep.datasets:
         where = f"{sweep.source}: datasets.{d.name}"
         ds = reg.dataset(d.name)
@@ -183,20 +196,22 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
         preset = reg.probe_preset(preset_name)
         try:
             heads, val_fraction = heads_from_preset(preset, epochs=d.epochs)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: preset '{preset_name}': {e}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{where}: preset '{preset_name}': {err}") from None
         views = d.views if d.views is not None else int(preset.get("views", 0))
+        want = Wanted(views, d.limit, e.views_seed, e.dtype, e.precision, where, f"{sweep.source}: extract")
         specs = list({c.name: c for draw in draws.values() for cs in draw for c in cs}.values())
-        ready, todo, reasons = {}, [], []
+        ready, todo, reasons, refusals = {}, [], [], []
         for c in specs:
-            store, why = _store_state(store_path(paths.cache, ds.name, c.name), ds, views, d.limit, where)
+            path = store_path(paths.cache, ds.name, c.name)
+            store, why, refusal = store_state(path, c, ds, want, functools.partial(_transform, reg, ds, d.transform, c))
             if store is None:
                 todo.append(c)
                 reasons.append(why)
+                refusals += [refusal] if refusal else []
             else:
                 ready[c.name] = store
         if todo:
-            e = sweep.extract
             try:
                 cfg = ExtractConfig(
                     checkpoints=tuple(todo), dataset=ds, transform=reg.transform(ds, d.transform),
@@ -207,7 +222,7 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
                 )  # fmt: skip
             except ConfigError as err:
                 raise ConfigError(f"{sweep.source}: extract: {err}") from None
-            extracts.append(ExtractJob(ds.name, cfg, tuple(reasons)))
+            extracts.append(ExtractJob(ds.name, cfg, tuple(reasons), tuple(refusals)))
         for row in sweep.rows:
             for k, cs in enumerate(draws[row.name]):
                 names = tuple(c.name for c in cs)
@@ -220,7 +235,7 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
                 )  # fmt: skip
                 key = probe_key_for(cfg, [ready[n] for n in names]) if all(n in ready for n in names) else None
                 probes.append(ProbeJob(ds.name, row.name, k, names, cfg, key))
-    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done, tagged)
+    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done)
 
 
 # --- running it ----------------------------------------------------------------------------------------------
@@ -252,6 +267,53 @@ def _logged(paths: Paths) -> set[str]:
     return {r.key for r in load_records(paths.results_log)}
 
 
+@dataclass
+class _Prober:
+    """Runs a dataset's pending probes, each under its claim, numbering them as they are taken up."""
+
+    paths: Paths
+    echo: Callable[[str], None]
+    total: int
+    taken: int = 0
+    ran: int = 0
+
+    def run(self, jobs: list[ProbeJob]) -> None:
+        """Every job; those another sweep holds are waited for after the others."""
+        held = [p for p in jobs if not self._one(p, wait=False)]
+        for p in held:
+            self.echo(f"[probe] {p.dataset} {p.row} d{p.draw}: waiting for the other sweep to finish it")
+            self._one(p, wait=True)
+
+    def _one(self, p: ProbeJob, wait: bool) -> bool:
+        """Run ``p`` unless it is logged; False (at once) when another sweep holds it and not ``wait``."""
+        if p.key is None:  # extraction reported success, yet a store is not ready: never probe a partial store
+            raise StoreError(
+                f"stores {', '.join(p.stores)} of {p.dataset} are not complete after extraction; "
+                "run `featcache ls` and `featcache verify` on them"
+            )
+        with claim(self.paths.results_log, p.key, wait=wait) as mine:
+            if not mine:
+                who = holder(self.paths.results_log, p.key) or "another process"
+                self.echo(f"[probe] {p.dataset} {p.row} d{p.draw}: another sweep is running it ({who}); later")
+                return False
+            self.taken += 1
+            head = f"[probe {self.taken}/{self.total}] {p.dataset} {p.row} d{p.draw}"
+            if p.key in _logged(self.paths):  # read under the claim: logged by its last holder, or meanwhile
+                self.echo(f"{head}: already in the results log")
+                return True
+            record = run_probe(p.config)
+            if record.key != p.key:  # the predicted key must be the logged one, or reruns would probe again
+                log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
+            self.echo(
+                f"{head} ({len(p.stores)} model(s), {record.feature_dim} features): test top-1 "
+                f"{record.selected.test_top1:.2f} (val {record.selected.val_top1:.2f}) in "
+                f"{record.timings.get('total_s', 0):.1f}s, result {record.id}"
+            )
+            append_record(self.paths.results_log, record)  # after the echo: a failed append loses nothing seen
+            self.ran += 1
+        return True
+
+
 def run_sweep(
     sweep: SweepConfig,
     reg: Registry,
@@ -262,16 +324,19 @@ def run_sweep(
 ) -> SweepResult:
     """Extract what is missing and probe what is not in the results log, dataset by dataset.
 
-    Each result is echoed, then appended to the log; a probe whose key is already logged (read again just before
-    it would run, so that two sweeps sharing a log rarely repeat work) is skipped.
+    Each result is echoed, then appended to the log. A probe is claimed before it runs and the log is read again
+    under the claim, so two sweeps sharing a log never run one probe twice: a probe another sweep holds is left
+    for later, then waited for; a claim whose sweep died is taken over.
 
     Raises:
         ConfigError: see :func:`plan_sweep`.
+        StoreMismatchError, CheckpointError, DatasetError: see :func:`check_plan`; raised before anything runs.
         StoreError, CheckpointError, DatasetError, ProbeError, ResultsError: an extraction, probe or log append
             failed; what finished before is kept, and the same call resumes.
     """
     t0 = time.perf_counter()
     plan = plan_sweep(sweep, reg, paths)
+    check_plan(plan)
     todo = plan.pending()
     if not plan.extracts and not todo:
         result = SweepResult(plan, 0, 0, len(plan.probes), time.perf_counter() - t0)
@@ -282,7 +347,8 @@ def run_sweep(
         f"sweep {sweep.name}: {len(sweep.datasets)} dataset(s) x {len(plan.rows)} row(s); {n_ex} extraction(s), "
         f"{n_pr} of {len(plan.probes)} probe(s) to run"
     )
-    extracted = ran = i_ex = i_pr = 0
+    prober = _Prober(paths, echo, n_pr)
+    extracted = i_ex = 0
     for d in sweep.datasets:
         current = plan
         job = next((e for e in plan.extracts if e.dataset == d.name), None)
@@ -297,29 +363,9 @@ def run_sweep(
             extracted += sum(s["status"] != "already complete" for s in report.stores)
             echo(f"[extract {i_ex}/{n_ex}] {d.name}: {report.summary()}")
             current = plan_sweep(dataclasses.replace(sweep, datasets=(d,)), reg, paths)  # now the keys are known
-        for p in (p for p in current.probes if p.dataset == d.name and p.key not in current.done):
-            i_pr += 1
-            if p.key is None:  # extraction reported success, yet a store is not ready: never probe a partial store
-                raise StoreError(
-                    f"stores {', '.join(p.stores)} of {d.name} are not complete after extraction; "
-                    "run `featcache ls` and `featcache verify` on them"
-                )
-            head = f"[probe {i_pr}/{n_pr}] {d.name} {p.row} d{p.draw}"
-            if p.key in _logged(paths):
-                echo(f"{head}: already in the results log")
-                continue
-            record = run_probe(p.config)
-            if record.key != p.key:  # the predicted key must be the logged one, or reruns would probe again
-                log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
-            echo(
-                f"{head} ({len(p.stores)} model(s), {record.feature_dim} features): test top-1 "
-                f"{record.selected.test_top1:.2f} (val {record.selected.val_top1:.2f}) in "
-                f"{record.timings.get('total_s', 0):.1f}s, result {record.id}"
-            )
-            append_record(paths.results_log, record)  # after the echo: a failed append loses nothing seen
-            ran += 1
+        prober.run([p for p in current.probes if p.dataset == d.name and p.key not in current.done])
     plan = plan_sweep(sweep, reg, paths)
     found = sum(plan.record(j) is not None for j in plan.probes)
-    result = SweepResult(plan, extracted, ran, found - ran, time.perf_counter() - t0)
+    result = SweepResult(plan, extracted, prober.ran, found - prober.ran, time.perf_counter() - t0)
     echo(result.summary())
     return result

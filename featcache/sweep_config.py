@@ -164,6 +164,18 @@ def _name(value: Any, where: str) -> str:
     return str(value)
 
 
+def _no_repeats(row: SweepRow, source: str) -> None:
+    """Refuse a draw listed twice in a row: the mean and spread over draws would count its result twice."""
+    seen: dict[str, int] = {}
+    for k, draw in enumerate(row.draws):
+        first = seen.setdefault(",".join(t.strip() for t in draw.split(",") if t.strip()), k)
+        if first != k:
+            raise ConfigError(
+                f"{source}: rows.{row.name}.draws: draw {k} ({draw}) repeats draw {first}; each draw counts once in "
+                "the mean ± std over draws: remove it or name other checkpoints"
+            )
+
+
 def parse_sweep(doc: Any, source: str, default_name: str) -> SweepConfig:
     """Validate a sweep document (parsed YAML).
 
@@ -188,6 +200,8 @@ def parse_sweep(doc: Any, source: str, default_name: str) -> SweepConfig:
         _build(SweepRow, entry, f"{source}: rows.{row}", name=_name(row, f"{source}: rows"))
         for row, entry in doc["rows"].items()
     )
+    for row in rows:
+        _no_repeats(row, source)
     datasets = doc["datasets"]
     if isinstance(datasets, list):  # a list of names: every dataset with its defaults
         datasets = {name: None for name in datasets}

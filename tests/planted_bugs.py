@@ -149,6 +149,66 @@ BUGS = {
         "        pass\n",
         ["tests/test_class_map.py"],
     ),
+    "20 probe key leaves out the stores' precision": (
+        "featcache/results_record.py",
+        '            "precision": self.precision,\n',
+        "",
+        ["tests/test_results.py", "tests/test_sweep.py"],
+    ),
+    "21 probe key leaves out the views' seed": (
+        "featcache/results_record.py",
+        'views={"count": views.count, "seed": views.seed, "augment": views.augment},',
+        'views={"count": views.count, "augment": views.augment},',
+        ["tests/test_results.py", "tests/test_sweep.py"],
+    ),
+    "22 probe key leaves out the extracted layer": (
+        "featcache/results_record.py",
+        '            "layer": self.layer,\n',
+        "",
+        ["tests/test_results.py", "tests/test_sweep.py"],
+    ),
+    "23 probe key leaves out the preprocessing": (
+        "featcache/results_record.py",
+        '            "transform": self.transform,\n',
+        "",
+        ["tests/test_results.py", "tests/test_sweep.py"],
+    ),
+    "24 report cell falls back to a record with the probe's tag": (
+        "featcache/report.py",
+        "        rec = plan.record(job)  # exactly this probe's key",
+        "        rec = plan.record(job) or next((r for r in plan.done.values() if r.tag == job.config.tag), None)  #",
+        ["tests/test_report.py", "tests/test_sweep.py"],
+    ),
+    "25 sweep probes a store whose checkpoint file changed": (
+        "featcache/sweep_check.py",
+        "    now = file_changed(spec.path, ref.sha256, ref.size, ref.mtime_ns)\n",
+        "    now = None\n",
+        ["tests/test_sweep.py"],
+    ),
+    "26 checkpoint file taken for the same by its size alone": (
+        "featcache/checkpoints.py",
+        "    if size is not None and (st.st_size, st.st_mtime_ns) == (size, mtime_ns):\n",
+        "    if size is not None and st.st_size == size:\n",
+        ["tests/test_sweep.py"],
+    ),
+    "27 a draw listed twice in a row is accepted": (
+        "featcache/sweep_config.py",
+        "        _no_repeats(row, source)\n",
+        "        pass\n",
+        ["tests/test_sweep.py"],
+    ),
+    "28 a draw of the same checkpoints in another order passes for another draw": (
+        "featcache/sweep.py",
+        "same = seen.setdefault(frozenset(c.name for c in specs), k)",
+        "same = seen.setdefault(tuple(c.name for c in specs), k)",
+        ["tests/test_sweep.py"],
+    ),
+    "29 two sweeps hold one probe's claim at once": (
+        "featcache/results_claims.py",
+        "fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))",
+        "fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))",
+        ["tests/test_results.py", "tests/test_sweep.py"],
+    ),
 }
 
 

@@ -69,7 +69,9 @@ def test_store_records_provenance(paths, registry, cifar, ckpt):
     extract(_config(paths, registry, [spec], dtype="float16"))
     s = open_store(store_path(paths.cache, "cifar10", "net0"))
     p = s.provenance
-    assert p.checkpoint == CheckpointRef("net0", "resnet10", file_sha256(spec.path), str(spec.path), ema=False)
+    st = spec.path.stat()
+    assert p.checkpoint == CheckpointRef("net0", "resnet10", file_sha256(spec.path), str(spec.path), ema=False,
+                                         size=st.st_size, mtime_ns=st.st_mtime_ns)  # fmt: skip
     assert p.layer == "avgpool" and p.feature_dim == 512 and p.dtype == "float16"
     assert p.precision == "fp32" and p.preprocess == PreprocessRef("pil", "cpu")
     assert p.transform["name"] == "cifar-32px" and p.transform["resize"] == 36

@@ -8,6 +8,10 @@ import sys
 
 import pytest
 from conftest import REPO
+from data_factory import write_cifar10, write_cifar100, write_imagefolder, write_inat
+
+from featcache.config import Paths, load_registry
+from featcache.sweep import load_sweep
 
 SCRIPT = REPO / "pipeline" / "slurm_sweep.sh"
 
@@ -49,9 +53,25 @@ def test_slurm_script_runs_the_sweep_cli():
 
 
 def test_slurm_script_dry_run_with_the_real_cli(tmp_path):
-    """The command the job runs works: the research grid planned on an empty cache (no data, no checkpoints)."""
-    done = _launch("--dry-run", "--cache-dir", str(tmp_path), FEATCACHE=f"{sys.executable} -m featcache.cli")
+    """The command the job runs works: the research grid planned, and checked as the run would check it."""
+    paths = Paths(data=tmp_path / "data", cache=tmp_path / "cache", checkpoints=tmp_path / "ckpts")
+    roots = ["--data-dir", str(paths.data), "--cache-dir", str(paths.cache), "--checkpoint-dir", str(paths.checkpoints)]
+    real = {"FEATCACHE": f"{sys.executable} -m featcache.cli"}
+    empty = _launch("--dry-run", *roots, **real)  # an empty machine: the dry run fails as the run would, at once
+    assert empty.returncode == 1, empty.stderr
+    assert empty.stderr.startswith("Error: sweep timecat: 16 checkpoint file(s) to extract are missing: ")
+    reg = load_registry(paths)
+    for row in load_sweep("timecat", reg).rows:
+        for spec in (c for d in row.draws for c in reg.expand_checkpoints(d)):
+            spec.path.parent.mkdir(parents=True, exist_ok=True)
+            spec.path.touch()  # a dry run reads no checkpoint, it only checks that the files are there
+    write_cifar10(paths.data / "cifar")
+    write_cifar100(paths.data / "cifar")
+    write_imagefolder(paths.data / "imagenet")
+    write_inat(paths.data / "inaturalist18")
+    done = _launch("--dry-run", *roots, **real)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == (
         "dry run: 4 extraction(s) and 32 probe(s) would run; 0 of 32 probe(s) already done"
     )
+    assert not paths.cache.exists()  # a dry run writes nothing

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
+import logging
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
+from click.testing import CliRunner
 
+import featcache as fc
+from featcache.cli import main
 from featcache.errors import ConfigError
 from featcache.results import (
     GridPoint,
@@ -18,7 +27,10 @@ from featcache.results import (
     StoreUsed,
     ViewsUsed,
     append_record,
+    claim,
+    claims_dir,
     format_probe,
+    holder,
     load_records,
     results_path,
     select_records,
@@ -100,8 +112,7 @@ def test_a_torn_line_anywhere_hides_nothing_and_is_ended_before_the_next_append(
     path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     assert len(load_records(log)) == 6
     path.write_text(path.read_text() + '{"id": 1}\n')  # JSON but not a record: edited by hand
-    with pytest.raises(ConfigError, match=r"results\.jsonl:\d+ is not a results record"):
-        load_records(log)
+    assert len(load_records(log)) == 6  # skipped and named (see test_bad_lines_are_skipped_and_named)
 
 
 def test_a_full_disk_loses_no_record_already_logged(log, monkeypatch):
@@ -171,3 +182,127 @@ def test_format_probe_mentions_selection_research_views_and_notes(log):
     assert "4 augmented views" in text and "fit 9 + val 1 of 'train', test 5 of 'test'" in text
     assert format_probe(rec, "csv").splitlines()[0].startswith("weight_decay,val_top1")
     assert json.loads(format_probe(rec, "json"))["views"]["count"] == 4
+
+
+def _made(views: ViewsUsed | None = None, **store) -> ProbeRecord:
+    """A record whose store says how its features were made (schema 3), trained on 2 views of seed 0."""
+    made = {"layer": "avgpool", "pool": "", "dtype": "float16", "precision": "bf16",
+            "transform": {"name": "cifar-32px", "resize": 32, "crop": 32}, **store}  # fmt: skip
+    base = _record(1, "cifar10", ["run0"], 1e-4)
+    views = views or ViewsUsed(2, 0, {"scale": [0.8, 1.0]})
+    return dataclasses.replace(base, stores=(dataclasses.replace(base.stores[0], **made),), views=views)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"views": ViewsUsed(4, 0, {"scale": [0.8, 1.0]})},  # the view count
+        {"views": ViewsUsed(2, 1, {"scale": [0.8, 1.0]})},  # the views' seed
+        {"precision": "fp32"},
+        {"transform": {"name": "cifar-32px", "resize": 36, "crop": 32}},
+        {"layer": "layer3"},
+        {"pool": "avg"},
+        {"dtype": "float32"},
+    ],
+)
+def test_each_setting_changed_alone_gives_another_key(tmp_path, change):
+    base, other = _made(), _made(**change)
+    assert other.key != base.key
+    append_record(tmp_path, other)
+    assert load_records(tmp_path)[0].key == other.key  # the key survives the log's JSON
+
+
+def test_records_of_schema_2_load_and_never_pass_for_todays_probes(tmp_path):
+    today = _made()
+    doc = {**today.to_dict(), "schema": 2}
+    doc["stores"] = [{k: v for k, v in s.items() if k in ("name", "path", "checkpoint", "dim")} for s in doc["stores"]]
+    results_path(tmp_path).write_text(json.dumps(doc) + "\n")
+    (old,) = load_records(tmp_path)
+    assert old.schema == 2 and old.stores[0].layer is None and old.selected == today.selected
+    assert old.key != today.key  # it lacks how its stores were made: a sweep runs that probe again, once
+
+
+def test_bad_lines_are_skipped_and_named(log, caplog):
+    path = results_path(log)
+    lines = path.read_bytes().splitlines()
+    newer = {**_record(8, "cifar10", ["run3"], 1e-4).to_dict(), "schema": 99, "wavelets": [3]}
+    unreadable = {"schema": 99, "id": "r9", "renamed": True}
+    path.write_bytes(b"\n".join([
+        lines[0], b'{"id": "caf\xe9"}', lines[1], b"[1, 2]", b'{"id": 1}', lines[2], json.dumps(newer).encode(),
+        json.dumps(unreadable).encode(), *lines[3:]]) + b"\n")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="featcache.results_log"):
+        records = load_records(log)
+    assert [r.id for r in records] == ["r1", "r2", "r3", "r8", "r4", "r5"]
+    assert records[3].notes[-1].startswith("written by a newer featcache (record schema 99; this one reads 3)")
+    warned = caplog.text
+    assert (
+        f"results log {path}: skipped line(s) 2 (not UTF-8 (damaged bytes)), 4 (JSON but not a results record "
+        in warned
+    )
+    assert "5 (JSON but not a results record (missing key 'timestamp'))" in warned
+    assert "8 (a record of a newer featcache (schema 99) that this one cannot read: upgrade featcache)" in warned
+    assert f"results log {path}: line(s) 7 were written by a newer featcache" in warned
+    # every reader of the log gets the same: the CLI and the notebook API
+    r = CliRunner().invoke(main, ["results", "--results", str(path), "--format", "csv"])
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 7, r.output
+    assert [x.id for x in fc.load_results(path)] == ["r8", "r5", "r4", "r3", "r2", "r1"]  # newest first
+
+
+def test_load_results_names_a_missing_log(tmp_path, monkeypatch, caplog):
+    with pytest.raises(ResultsError, match=r"no results log at .*nope/results\.jsonl; pass the cache dir the probes"):
+        fc.load_results(tmp_path / "nope")
+    with pytest.raises(ResultsError, match=r"no results log at .*typo\.jsonl"):
+        fc.load_results(tmp_path / "typo.jsonl")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="featcache.api"):
+        assert fc.load_results() == []
+    assert "no results log at cache/results.jsonl (the default); pass where= to read another" in caplog.text
+    append_record(tmp_path / "cache", _record(1, "cifar10", ["a"], 1e-4))
+    assert [r.id for r in fc.load_results()] == ["r1"]
+
+
+def test_a_claim_is_held_by_one_process_and_taken_over_when_it_dies(tmp_path):
+    log = tmp_path / "results.jsonl"
+    code = (
+        "import sys, time\n"
+        "from featcache.results import claim\n"
+        "with claim(sys.argv[1], 'k1', wait=False) as held:\n"
+        "    print('held' if held else 'refused', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(log)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with claim(log, "k1", wait=False) as mine:
+            assert not mine
+        assert holder(log, "k1").startswith(f"pid {proc.pid} on host ")
+        with claim(log, "k2", wait=False) as mine:
+            assert mine  # another probe is free
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs in the holder
+        proc.wait()
+    with claim(log, "k1", wait=False) as mine:
+        assert mine  # the kernel released the dead holder's lock: its claim is taken over
+    assert list(claims_dir(log).iterdir()) == []  # released by its new holder
+
+
+def test_a_waiting_claim_is_granted_when_the_holder_is_done(tmp_path):
+    log = tmp_path / "results.jsonl"
+    order: list[str] = []
+    entered = threading.Event()
+
+    def hold():
+        with claim(log, "k", wait=False) as mine:
+            assert mine
+            entered.set()
+            time.sleep(0.2)  # the waiter blocks meanwhile (no assertion on how long)
+            order.append("holder done")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    entered.wait(60)
+    with claim(log, "k", wait=True) as mine:
+        order.append("waiter in")
+        assert mine and holder(log, "k").startswith(f"pid {os.getpid()} ")
+    t.join()
+    assert order == ["holder done", "waiter in"] and list(claims_dir(log).iterdir()) == []

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,21 +23,35 @@ from click.testing import CliRunner
 from PIL import Image
 from store_factory import make_store
 
+from featcache import checkpoints
 from featcache import sweep as sweep_mod
+from featcache.checkpoints import file_changed, file_sha256
 from featcache.cli import main
 from featcache.config import Paths, load_registry
 from featcache.demo import to_algoperf
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, StoreMismatchError
 from featcache.heads import HeadConfig
 from featcache.probe import ProbeConfig, probe_key_for, run_probe
 from featcache.report import build_report, write_report
-from featcache.results import append_record, load_records
+from featcache.results import append_record, claim, claims_dir, load_records
+from featcache.store import Store, StoreWriter
 from featcache.sweep import load_sweep, plan_sweep, run_sweep
 from featcache.sweep_config import parse_sweep
 
 # The digits sweep as the demo runs it, made small: 2 draws per row (14 checkpoints), 60 samples per split,
 # 2 views, 2 epochs. The code path is the demo's.
 SMALL = {"draws": 2, "limit": 60, "views": 2, "epochs": 2}
+
+
+def save_demo_checkpoints(reg, sweep) -> None:
+    """Random (untrained) checkpoints of the sweep in the AlgoPerf format, one seed each, where none exists."""
+    names = dict.fromkeys(c.name for row in sweep.rows for d in row.draws for c in reg.expand_checkpoints(d))
+    for seed, name in enumerate(names):
+        spec = reg.checkpoint(name)
+        if not spec.path.exists():
+            spec.path.parent.mkdir(parents=True, exist_ok=True)
+            state = to_algoperf(make_net("resnet10", seed).state_dict())
+            torch.save({"model_params": state, "global_step": 1}, spec.path)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +61,7 @@ def world(tmp_path_factory):
     paths = Paths(data=root / "data", cache=root / "cache", checkpoints=root / "ckpts")
     reg = load_registry(paths)
     sweep = load_sweep("digits", reg).with_overrides(**SMALL)
-    names = dict.fromkeys(c.name for row in sweep.rows for d in row.draws for c in reg.expand_checkpoints(d))
-    for seed, name in enumerate(names):
-        spec = reg.checkpoint(name)
-        spec.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model_params": to_algoperf(make_net("resnet10", seed).state_dict()), "global_step": 1}, spec.path)
+    save_demo_checkpoints(reg, sweep)
     lines: list[str] = []
     first = run_sweep(sweep, reg, paths, echo=lines.append)
     return paths, reg, sweep, first, lines
@@ -160,6 +178,16 @@ def test_report_of_the_sweep(world, tmp_path):
         assert cell.mean == pytest.approx(np.mean(values)) and cell.std == pytest.approx(np.std(values, ddof=1))
 
 
+def test_report_cells_hold_only_the_record_of_their_probes_key(world, tmp_path):
+    paths, reg, sweep, first, _ = world
+    other = build_report(plan_sweep(sweep.with_overrides(epochs=3), reg, paths))  # same tags, other keys
+    assert all(c.values == () for c in other.cells.values()) and other.unknown == 0
+    gone = dataclasses.replace(paths, cache=tmp_path / "cache", results=paths.results_log)  # the log, no stores
+    report = build_report(plan_sweep(sweep, reg, gone))
+    assert all(c.values == () for c in report.cells.values()) and report.unknown == 6
+    assert "0/6 results found. 6 probe(s) have no ready stores here" in report.footnote()
+
+
 def test_dry_run_lists_what_would_run_and_what_is_done(world, tmp_path):
     paths, reg, sweep, first, _ = world
     plan = plan_sweep(sweep, reg, paths)
@@ -171,8 +199,10 @@ def test_dry_run_lists_what_would_run_and_what_is_done(world, tmp_path):
     assert rows[0]["step"] == "extract" and rows[0]["status"] == "to run: missing"
     assert rows[0]["stores"].startswith("14 stores: demo-cat1-d0-m0")
     assert [r["status"] for r in rows[1:]] == ["to run, after extract"] * 6
+    full = dataclasses.replace(paths, checkpoints=tmp_path / "ckpts")  # the whole digits sweep's checkpoints
+    save_demo_checkpoints(load_registry(full), load_sweep("digits", reg))
     r = CliRunner().invoke(main, ["sweep", "digits", "--dry-run", "--cache-dir", str(tmp_path / "c2"),
-                                  "--checkpoint-dir", str(paths.checkpoints)], catch_exceptions=False)  # fmt: skip
+                                  "--checkpoint-dir", str(full.checkpoints)], catch_exceptions=False)  # fmt: skip
     assert r.exit_code == 0, r.output
     assert r.output.strip().splitlines()[-1] == (
         "dry run: 1 extraction(s) and 9 probe(s) would run; 0 of 9 probe(s) already done"
@@ -221,6 +251,9 @@ GOOD = {"rows": {"cat1": {"draws": ["run0"], "steps_per_model": 10}}, "datasets"
         ({"rows": {"cat1": {"draws": ["run0"], "steps_per_model": "many"}}}, "rows.cat1.steps_per_model must be"),
         ({"rows": {"cat1": {"draws": ["run0"], "steps_per_model": 0}}}, "steps_per_model must be an integer >= 1"),
         ({"rows": {"cat1": {"draws": []}}}, "rows.cat1.draws must be a non-empty list"),
+        ({"rows": {"cat1": {"draws": ["run0", "run1", "run0"]}}},
+         "x.yaml: rows.cat1.draws: draw 2 (run0) repeats draw 0; each draw counts once in the mean ± std"),
+        ({"rows": {"cat2": {"draws": ["run0,run1", "run0, run1"]}}}, "rows.cat2.draws: draw 1 (run0, run1) repeats"),
         ({"rows": {"cat1": {"steps_per_model": 3}}}, "rows.cat1: missing key 'draws'"),
         ({"rows": {"cat 1": {"draws": ["run0"]}}}, "rows: 'cat 1' must be one word"),
         ({"rows": None}, "missing key 'rows'"),
@@ -246,6 +279,12 @@ def test_errors_found_when_resolving(tmp_path, paths, registry):
 
     with pytest.raises(ConfigError, match=r"rows.cat2.draws: draw 1 \(run1\) has 1 checkpoint\(s\), draw 0"):
         plan({**GOOD, "rows": {"cat2": {"draws": ["step200k", "run1"]}}})
+    with pytest.raises(
+        ConfigError,
+        match=r"s.yaml: rows.cat2.draws: draw 2 \(run1,run0\) concatenates the same "
+        r"checkpoints as draw 0 \(run0,run1\); each draw must be other checkpoints",
+    ):
+        plan({**GOOD, "rows": {"cat2": {"draws": ["run0,run1", "run2,run3", "run1,run0"]}}})
     with pytest.raises(ConfigError, match="unknown checkpoint 'run9'"):
         plan({**GOOD, "rows": {"cat1": {"draws": ["run9"]}}})
     with pytest.raises(ConfigError, match="unknown dataset 'cifar11'"):
@@ -258,8 +297,261 @@ def test_errors_found_when_resolving(tmp_path, paths, registry):
         load_sweep("timecat", registry).with_overrides(datasets=["mnist"])
 
 
-def test_stores_of_another_limit_are_refused(world):
+def _extract_opts(sweep, **over):
+    return dataclasses.replace(sweep, extract=dataclasses.replace(sweep.extract, **over))
+
+
+def _dataset_opts(sweep, **over):
+    return dataclasses.replace(sweep, datasets=tuple(dataclasses.replace(d, **over) for d in sweep.datasets))
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        (lambda s: s.with_overrides(views=1), None),  # the stores hold 2 views: ready, other keys
+        (lambda s: _extract_opts(s, views_seed=1), "views seed 0 but .*digits.yaml: extract asks for views seed 1"),
+        (lambda s: _extract_opts(s, precision="bf16"), "precision fp32 but .*: extract asks for precision bf16"),
+        (lambda s: _dataset_opts(s, transform="cifar-32px"),
+         "transform 'digits-32px' but .*datasets.digits-transfer asks for transform 'cifar-32px'"),
+        (lambda s: _extract_opts(s, dtype="float16"), "dtype float32 but .*: extract asks for dtype float16"),
+        (lambda s: s.with_overrides(limit=50),
+         r"limit 60 but .*digits.yaml: datasets.digits-transfer asks for limit 50; delete the "
+         "store or point --cache-dir elsewhere"),
+    ],
+)  # fmt: skip
+def test_replanning_with_one_setting_changed_leaves_every_probe_pending(world, change, refusal, monkeypatch):
+    paths, reg, sweep, first, _ = world
+    plan = plan_sweep(change(sweep), reg, paths)
+    assert len(plan.done) == 6 and len(plan.pending()) == 6  # the finished sweep's records stand for none of them
+    if refusal is None:
+        assert plan.extracts == () and {p.key for p in plan.probes}.isdisjoint(plan.done)
+        return
+    assert plan.extracts[0].reasons == ("stale",) * 14 and all(p.key is None for p in plan.probes)
+    monkeypatch.setattr(sweep_mod, "extract", _boom)
+    monkeypatch.setattr(sweep_mod, "run_probe", _boom)
+    with pytest.raises(
+        StoreMismatchError, match=f"store .*demo-cat1-d0-m0.zarr was extracted with {refusal}.*13 more store"
+    ):
+        run_sweep(change(sweep), reg, paths)  # refused before anything runs: extract never overwrites a store
+
+
+def _boom(*a, **k):
+    raise AssertionError("must not run")
+
+
+def test_a_machine_that_cannot_resolve_the_preprocessing_still_uses_the_stores(world, monkeypatch):
     paths, reg, sweep, _, _ = world
-    with pytest.raises(ConfigError, match=r"was extracted with limit 60 but .*digits.yaml: datasets.digits-transfer "
-                                          r"asks for limit 50; delete the store"):  # fmt: skip
-        plan_sweep(sweep.with_overrides(limit=50), reg, paths)
+
+    def no_timm(arch):
+        raise ConfigError(f"--arch {arch} needs timm: pip install 'featcache[timm]'")
+
+    monkeypatch.setattr(sweep_mod, "resolve_preprocessing", no_timm)
+    assert plan_sweep(sweep, reg, paths).pending() == []  # a probe-only machine needs no backbone library
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"views": 1}, {"views_seed": 1}, {"precision": "bf16"}, {"transform": {"name": "other"}}, {"layer": "layer3"},
+     {"pool": "avg"}, {"dtype": "float16"}],
+)  # fmt: skip
+def test_each_extraction_setting_changed_alone_gives_another_key(tmp_path, change):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 6)).astype("float32"), np.arange(40) % 3
+    views = [X + rng.standard_normal(X.shape).astype("float32") for _ in range(2)]
+
+    def store(name, **over):
+        cfg_views = over.pop("views", 2)
+        return make_store(tmp_path / f"{name}.zarr", {"train": (X, y), "test": (X[:12], y[:12])}, name="s",
+                          views={"train": views}, **over), cfg_views  # fmt: skip
+
+    heads = HeadConfig(epochs=2, batch_size=8, weight_decays=(1e-4,), milestones=(1,))
+    keys = []
+    for name, over in (("base", {}), ("changed", dict(change))):
+        path, n_views = store(name, **over)
+        cfg = ProbeConfig((path,), heads, device="cpu", views=n_views, preset="quick")
+        keys.append(probe_key_for(cfg))
+        if name == "changed":
+            assert run_probe(cfg).key == keys[-1]  # the record has the key the sweep predicts
+    assert keys[0] != keys[1]
+
+
+def test_a_changed_checkpoint_file_is_noticed(world, tmp_path, monkeypatch, caplog):
+    paths, reg, sweep, first, _ = world
+    spec = reg.checkpoint("demo-cat2-d0-m1")
+    before, stat = spec.path.read_bytes(), spec.path.stat()
+    try:
+        # another network of the same architecture: the same size, another mtime and hash
+        torch.save({"model_params": to_algoperf(make_net("resnet10", 99).state_dict()), "global_step": 1}, spec.path)
+        assert spec.path.stat().st_size == stat.st_size
+        plan = plan_sweep(sweep, reg, paths)
+        assert [p.key is None for p in plan.probes] == [False, False, True, False, False, False]  # cat2 d0
+        assert plan.extracts[0].reasons == ("stale",)
+        monkeypatch.setattr(sweep_mod, "extract", _boom)
+        monkeypatch.setattr(sweep_mod, "run_probe", _boom)
+        older = (
+            r"demo-cat2-d0-m1.zarr was extracted from an older .*cat2-d0-m1.pth.tar \(sha256 [0-9a-f]{12}, the file's"
+        )
+        with pytest.raises(StoreMismatchError, match=older):
+            run_sweep(sweep, reg, paths)
+        r = CliRunner().invoke(main, ["sweep", str(_small_config(sweep, tmp_path)), "--dry-run", "--cache-dir",
+                                      str(paths.cache), "--checkpoint-dir", str(paths.checkpoints)])  # fmt: skip
+        assert r.exit_code == 1 and "demo-cat2-d0-m1.zarr was extracted from an older" in r.output
+        r = CliRunner().invoke(main, ["probe", "--stores", "demo-cat2-d0-m0,demo-cat2-d0-m1", "--dataset",
+                                      "digits-transfer", "--cache-dir", str(paths.cache)])  # fmt: skip
+        refused = rf"Error: store .*{older}[^\n]*--overwrite\) or put the old file back\n"
+        assert r.exit_code == 1 and re.fullmatch(refused, r.output), r.output
+        # the same bytes again, with a new mtime: hashed, found the same
+        spec.path.write_bytes(before)
+        assert spec.path.stat().st_mtime_ns != stat.st_mtime_ns
+        assert plan_sweep(sweep, reg, paths).pending() == []
+        # no file at all (a machine with the cache only): the store's recorded hash is the identity
+        spec.path.unlink()
+        with caplog.at_level(logging.DEBUG, logger="featcache.checkpoints"):
+            assert plan_sweep(sweep, reg, paths).pending() == []
+        assert "cat2-d0-m1.pth.tar is absent here: its store's recorded sha256" in caplog.text
+    finally:
+        spec.path.write_bytes(before)
+        os.utime(spec.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_file_changed_trusts_size_and_mtime_else_hashes(tmp_path, monkeypatch):
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"weights")
+    sha, st = file_sha256(f), f.stat()
+    assert file_changed(f, sha, None, None) is None  # nothing recorded (an older store): hashed
+    monkeypatch.setattr(checkpoints, "file_sha256", _boom)
+    assert file_changed(f, sha, st.st_size, st.st_mtime_ns) is None  # as recorded: not hashed
+    monkeypatch.undo()
+    f.write_bytes(b"weightz")  # the same size, another content and mtime
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert file_changed(f, sha, st.st_size, st.st_mtime_ns) == file_sha256(f) != sha
+    assert file_changed(tmp_path / "gone.pth", sha, st.st_size, st.st_mtime_ns) is None
+
+
+def test_old_stores_without_size_and_mtime_still_resume_and_read(tmp_path):
+    path = make_store(tmp_path / "old.zarr", {"train": (np.ones((4, 2), "float32"), np.arange(4) % 2)})
+    prov = Store(path).provenance
+    assert prov.checkpoint.size is None and prov.checkpoint.mtime_ns is None
+    now = dataclasses.replace(prov, checkpoint=dataclasses.replace(prov.checkpoint, size=7, mtime_ns=8))
+    assert prov.identity() == now.identity()  # a file's stat is not the store's identity: resuming is allowed
+    StoreWriter(path, now).close()
+
+
+def _small_config(sweep, tmp_path) -> Path:
+    """The world's sweep (SMALL) as a YAML file, for the CLI."""
+    config = tmp_path / "small.yaml"
+    doc = yaml.safe_load(open(sweep.source))
+    doc["rows"] = {r.name: {"steps_per_model": r.steps_per_model, "draws": list(r.draws)} for r in sweep.rows}
+    doc["datasets"] = {"digits-transfer": {"limit": 60, "views": 2, "epochs": 2}}
+    config.write_text(yaml.safe_dump({**doc, "name": "digits"}))
+    return config
+
+
+def test_two_sweeps_on_one_log_run_each_probe_once(world, tmp_path):
+    """Two real `featcache sweep` processes, started together on a fresh log, every probe slowed down."""
+    paths, reg, sweep, first, _ = world
+    config = _small_config(sweep, tmp_path)
+    log = tmp_path / "results.jsonl"
+    go = tmp_path / "go"
+    runner = (
+        "import sys, time, pathlib\n"
+        "import featcache.sweep as s\n"
+        "real = s.run_probe\n"
+        "s.run_probe = lambda cfg: (time.sleep(0.5), real(cfg))[1]  # both sweeps are mid-probe together\n"
+        "pathlib.Path(sys.argv[1] + '.ready').touch()\n"
+        "while not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.01)\n"
+        "from featcache.cli import main\n"
+        "sys.argv = ['featcache', *sys.argv[2:]]\n"
+        "main()\n"
+    )
+    args = ["sweep", str(config), "--no-report", "--quiet", "--cache-dir", str(paths.cache), "--checkpoint-dir",
+            str(paths.checkpoints), "--results", str(log)]  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", runner, str(go) + str(k), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for k in range(2)]  # fmt: skip
+    try:
+        while not all(Path(f"{go}{k}.ready").exists() for k in range(2)):
+            assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
+            time.sleep(0.05)
+        for k in range(2):
+            Path(f"{go}{k}").touch()
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert _keys(dataclasses.replace(paths, results=log)) == Counter(p.key for p in first.plan.probes)  # once each
+    ran = [sum(line.startswith("[probe") and "test top-1" in line for line in out.splitlines()) for out in outputs]
+    assert sum(ran) == 6, outputs
+    assert list(claims_dir(log).iterdir()) == []
+
+
+def test_a_probe_claimed_by_another_sweep_is_left_for_later_then_waited_for(world, tmp_path, monkeypatch):
+    paths, reg, sweep, first, _ = world
+    paths = dataclasses.replace(paths, results=tmp_path / "results.jsonl")
+    other = first.plan.probes[1]  # cat1 d1, held by "another sweep" that logs it after a while
+    held, release = threading.Event(), threading.Event()
+
+    def other_sweep():
+        with claim(paths.results_log, other.key, wait=False) as mine:
+            assert mine
+            held.set()
+            release.wait(60)
+            append_record(paths.results_log, first.plan.done[other.key])
+
+    ran = []
+
+    def probe(cfg):
+        ran.append(cfg.tag)
+        record = run_probe(cfg)
+        if len(ran) == 5:  # every other probe is done: the other sweep may finish its own now
+            release.set()
+        return record
+
+    monkeypatch.setattr(sweep_mod, "run_probe", probe)
+    t = threading.Thread(target=other_sweep)
+    t.start()
+    held.wait(60)
+    lines: list[str] = []
+    result = run_sweep(sweep, reg, paths, echo=lines.append)
+    t.join()
+    assert "sweep:digits cat1 d1" not in ran and len(ran) == 5 and result.ran == 5
+    assert any("cat1 d1: another sweep is running it (pid " in line for line in lines)
+    assert lines.index("[probe] digits-transfer cat1 d1: waiting for the other sweep to finish it") < lines.index(
+        "[probe 6/6] digits-transfer cat1 d1: already in the results log"
+    )
+    assert sum(_keys(paths).values()) == 6
+
+
+def test_a_fresh_directory_says_that_the_demo_trains_the_checkpoints(tmp_path):
+    roots = ["--cache-dir", str(tmp_path / "cache"), "--checkpoint-dir", str(tmp_path / "ckpts"),
+             "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    for extra in ([], ["--dry-run"]):
+        r = CliRunner().invoke(main, ["sweep", "digits", *roots, *extra])
+        assert r.exit_code == 1, r.output
+        assert r.output.startswith("Error: sweep digits: 21 checkpoint file(s) to extract are missing: ")
+        assert r.output.rstrip().endswith("... (21 in all); `featcache demo` trains them")
+        assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        ({"extract": {"device": "cuda", "workers": 0}}, "cuda"),  # a machine without a GPU
+        ({"datasets": ["imagefolder:nowhere"]}, "nowhere"),  # no such folder under the data dir
+    ],
+)
+def test_dry_run_fails_as_the_run_would_before_running_anything(world, tmp_path, doc, needle):
+    paths, reg, sweep, _, _ = world
+    if doc.get("extract", {}).get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({"rows": {"cat1": {"draws": ["demo-cat1-d0"]}},
+                                      "datasets": {"digits-transfer": {"limit": 60}}, **doc}))  # fmt: skip
+    roots = ["--cache-dir", str(tmp_path / "cache"), "--checkpoint-dir", str(paths.checkpoints), "--data-dir",
+             str(tmp_path / "data")]  # fmt: skip
+    dry = CliRunner().invoke(main, ["sweep", str(config), "--dry-run", *roots])
+    real = CliRunner().invoke(main, ["sweep", str(config), *roots])
+    assert dry.exit_code == real.exit_code == 1 and dry.output == real.output, (dry.output, real.output)
+    assert dry.output.startswith("Error: ") and needle in dry.output and len(dry.output.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # nothing ran

@@ -70,6 +70,13 @@ class CheckpointRef(Record):
     ema: bool = False
     stripped_prefix: str = ""  # a uniform key prefix removed while loading (e.g. Lightning's ``model.``)
     ignored_keys: tuple[str, ...] = ()  # non-backbone keys dropped with --ignore-extra-keys
+    # the file's size and mtime at extraction: a file that still has both is taken to be the same without hashing
+    # it again (None in stores written before they were recorded: the hash decides)
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    # not identity: a copied or touched file with the same sha256 holds the same weights
+    FILE_STAT: typing.ClassVar[tuple[str, ...]] = ("size", "mtime_ns")
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ class Provenance(Record):
         doc = self.to_dict()
         for key in NOT_IDENTITY:
             doc.pop(key, None)
+        for key in CheckpointRef.FILE_STAT:
+            doc["checkpoint"].pop(key, None)
         return doc
 
 

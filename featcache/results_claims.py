@@ -1,0 +1,88 @@
+"""Claims on probes of a results log, so that two sweeps sharing a log never run one probe twice.
+
+A claim is an exclusive ``flock`` on ``<log>.claims/<key>``, held from the moment a sweep checks that the probe's
+key is not logged until its record is appended. The kernel releases it when the holder exits, killed or not,
+so a claim is never lost: the next sweep takes it over and, finding no record, runs the probe. The file holds the
+holder's pid, host and start time (for people; the lock is what counts). A released claim is unlinked while still
+held; whoever was waiting on it then sees that its file is gone and locks the path afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .results_log import resolve_log, write_error
+
+__all__ = ["claim", "claims_dir", "holder"]
+
+
+def claims_dir(where: str | os.PathLike) -> Path:
+    """The folder of the claims on the log at ``where``: ``<log>.claims`` next to it."""
+    path = resolve_log(where)
+    return path.with_name(path.name + ".claims")
+
+
+def holder(where: str | os.PathLike, key: str) -> str:
+    """Who holds the claim on ``key``, as its file says (``pid P on host H since T``); "" when unknown."""
+    try:
+        return (claims_dir(where) / key).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _lock(path: Path, wait: bool) -> int | None:
+    """An fd holding the lock on the file now at ``path``; None when another process holds it and not ``wait``."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder released (unlinked) it while we waited: lock the path's new file
+
+
+@contextlib.contextmanager
+def claim(where: str | os.PathLike, key: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the claim on probe ``key`` of the log at ``where`` for the ``with`` block.
+
+    Yields True once held; False at once when another live process holds it and ``wait`` is False. Re-read
+    the log inside the block: the probe may have been logged by the claim's previous holder.
+
+    Raises:
+        ResultsError: the claims folder cannot be written (the message says how to log elsewhere).
+    """
+    folder = claims_dir(where)
+    path = folder / key
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _lock(path, wait)
+    except OSError as e:
+        raise write_error(path, e) from None
+    if fd is None:
+        yield False
+        return
+    try:
+        os.ftruncate(fd, 0)
+        who = f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.pwrite(fd, f"{who}\n".encode(), 0)
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # still ours: nobody else locks this inode while we hold it
+        os.close(fd)

@@ -1,0 +1,184 @@
+"""The typed record every solver writes, and its key: what makes two probes the same experiment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .records import Record
+
+if TYPE_CHECKING:
+    from .store import Provenance
+
+__all__ = [
+    "SCHEMA",
+    "StoreUsed",
+    "GridPoint",
+    "Selection",
+    "ResearchNumber",
+    "ViewsUsed",
+    "ProbeRecord",
+    "probe_key",
+    "record_key",
+]
+
+# 1: featcache 0.1's dicts (weight_decay keys, "splits" and "in_memory"), upgraded on reading
+# 2: typed records; the key left out how the stores' features were made
+# 3: each store's layer, pool, dtype, precision and transform recorded, and in the key with the views' seed
+SCHEMA = 3
+
+
+@dataclass(frozen=True)
+class StoreUsed(Record):
+    """A store a probe read, and what made its features (the part of its provenance the key holds).
+
+    Records of schema 2 and older lack ``layer`` ... ``transform`` (None), so their keys differ from today's.
+    """
+
+    name: str
+    path: str
+    checkpoint: dict[str, Any]  # the store's CheckpointRef: name, arch, sha256, ...
+    dim: int
+    layer: str | None = None
+    pool: str | None = None
+    dtype: str | None = None
+    precision: str | None = None
+    transform: dict[str, Any] | None = None  # the evaluation preprocessing's named parameters
+
+    @classmethod
+    def of(cls, name: str, path: Any, prov: Provenance, dim: int) -> StoreUsed:
+        """The entry of a store ``name`` at ``path`` with provenance ``prov``, contributing ``dim`` features."""
+        return cls(name, str(path), prov.checkpoint.to_dict(), dim, prov.layer, prov.pool, prov.dtype,
+                   prov.precision, dict(prov.transform))  # fmt: skip
+
+    def identity(self) -> dict[str, Any]:
+        """The store's part of the key: the checkpoint's content and how its features were extracted."""
+        return {
+            "checkpoint": self.checkpoint.get("sha256", self.name),
+            "layer": self.layer,
+            "pool": self.pool,
+            "dtype": self.dtype,
+            "precision": self.precision,
+            "transform": self.transform,
+        }
+
+
+@dataclass(frozen=True)
+class GridPoint(Record):
+    """One head of the grid (SGD: lr and weight decay; L-BFGS: strength; k-NN: k and temperature)."""
+
+    params: dict[str, float]
+    val_top1: float
+    # test accuracy of this point's final fit at its val-selected epoch (SGD); for solvers that read test once,
+    # only the selected point's
+    test_top1: float | None = None
+    val_epoch: int | None = None  # SGD: the epoch val selected for this point
+    test_top5: float | None = None  # None with fewer than 6 classes
+    best_test_top1: float | None = None  # SGD: best test accuracy over epochs (selected on test)
+    extra: dict[str, Any] = field(default_factory=dict)  # solver details (iterations, ...)
+
+
+@dataclass(frozen=True)
+class Selection(Record):
+    params: dict[str, float]
+    val_top1: float
+    test_top1: float
+    method: str
+    epoch: int | None = None
+    test_top5: float | None = None
+
+
+@dataclass(frozen=True)
+class ResearchNumber(Record):
+    """The seed's reported number: the best test accuracy over epochs and grid, i.e. selected on test."""
+
+    test_top1: float
+    params: dict[str, float]
+    epoch: int | None
+    note: str
+
+
+@dataclass(frozen=True)
+class ViewsUsed(Record):
+    count: int  # augmented views the heads trained on; 0: centre-crop features
+    seed: int | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeRecord(Record):
+    id: str
+    timestamp: str
+    dataset: str
+    features: str  # cat<k>
+    stores: tuple[StoreUsed, ...]
+    feature_dim: int
+    train_split: str
+    test_split: str
+    rows: dict[str, int]  # fit, val, train, test
+    preset: str
+    solver: str
+    hyperparameters: dict[str, Any]
+    heads: tuple[GridPoint, ...]
+    selected: Selection
+    tag: str = ""
+    transform: str | None = None
+    precision: str | None = None
+    views: ViewsUsed = field(default_factory=lambda: ViewsUsed(0))
+    research: ResearchNumber | None = None
+    notes: tuple[str, ...] = ()  # warnings the probe raised (classes missing from a split, ...)
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = ""
+    memory: str = ""  # resident | per-epoch | streamed
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    @property
+    def key(self) -> str:
+        """What makes two probes the same experiment (see :func:`record_key`); sweeps look results up by it."""
+        return record_key(
+            dataset=self.dataset,
+            stores=self.stores,
+            train_split=self.train_split,
+            test_split=self.test_split,
+            preset=self.preset,
+            solver=self.solver,
+            hyperparameters=self.hyperparameters,
+            views=self.views,
+        )
+
+
+def probe_key(**what: Any) -> str:
+    """A stable hash of keyword values (JSON with sorted keys): 16 hex digits."""
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def record_key(
+    *,
+    dataset: str,
+    stores: Sequence[StoreUsed],
+    train_split: str,
+    test_split: str | None,
+    preset: str,
+    solver: str,
+    hyperparameters: dict[str, Any],
+    views: ViewsUsed,
+) -> str:
+    """The key of a probe: its stores in order (checkpoint hash, layer, pool, dtype, precision, transform), the
+    dataset and splits, the preset, solver and hyperparameters, and the views trained on (count, seed, crops).
+
+    :attr:`ProbeRecord.key` and :func:`featcache.probe.probe_key_for` (the key before probing) both call this.
+    """
+    return probe_key(
+        dataset=dataset,
+        stores=[s.identity() for s in stores],
+        train_split=train_split,
+        test_split=test_split,
+        preset=preset,
+        solver=solver,
+        hyperparameters=hyperparameters,
+        views={"count": views.count, "seed": views.seed, "augment": views.augment},
+    )
