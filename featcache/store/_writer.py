@@ -92,9 +92,9 @@ class StoreWriter:
             self.lock.acquire()
         try:
             with disk_errors(self.path), self.exclusive():
-                self._open(provenance, overwrite)
-                if shard is None:
+                if shard is None:  # before touching anything: a live shard's files are its own
                     self._refuse_live_shards()
+                self._open(provenance, overwrite)
         except BaseException:
             self.lock.release()
             raise
@@ -119,14 +119,21 @@ class StoreWriter:
         finally:
             self.main.release()
 
-    def _refuse_live_shards(self) -> None:
+    def _live_shards(self) -> list[tuple[Path, dict]]:
+        """The shard locks of other live writers (this writer's own aside), with their holders."""
+        found = []
         for path in self.layout.shard_locks():
             holder = describe_lock(path)
-            if holder is not None and not holder["stale"]:
-                raise StoreLockedError(
-                    f"store {self.path} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); "
-                    "wait for the shards to finish, then rerun without --shard to fill what is missing"
-                )
+            if holder is not None and not holder["stale"] and path != self.lock.path:
+                found.append((path, holder))
+        return found
+
+    def _refuse_live_shards(self) -> None:
+        for path, holder in self._live_shards():
+            raise StoreLockedError(
+                f"store {self.path} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); "
+                "wait for the shards to finish, then rerun without --shard to fill what is missing"
+            )
 
     def _open(self, provenance: Provenance, overwrite: bool) -> None:
         meta = self.path / "zarr.json"
@@ -157,7 +164,10 @@ class StoreWriter:
                     "new store, or --overwrite to replace it"
                 )
             self.prov = old
-            remove_partials(self.path)
+            # Temp files are removed only with no other live writer: another shard (another torchrun rank)
+            # may be between writing a chunk's temp file and renaming it into place.
+            if not self._live_shards():
+                remove_partials(self.path)
         fsync(self.path)
 
     def _remove_debris(self) -> None:
@@ -377,7 +387,9 @@ class SplitWriter(ArrayWriter):
         self.meta = meta
 
     def _list_in_store(self) -> None:
-        prov = self.store.prov
+        # read again: another shard may have listed a split since this writer opened the store
+        doc = zarr.open_group(self.store.path, mode="r").attrs.get("featcache")
+        self.store.prov = prov = parse(Provenance, doc, f"{self.store.path}: provenance")
         if self.name not in prov.splits:
             self.store.set_provenance(dataclasses.replace(prov, splits=(*prov.splits, self.name)))
 
