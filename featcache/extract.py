@@ -8,7 +8,6 @@ device and finished chunks are written, so the device rarely waits.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -28,8 +27,9 @@ from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ImageDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import ConfigError, StoreIncompleteError
-from .forward import ExtractReport, SplitRun, Target, prepare_model
+from .errors import ConfigError
+from .extract_stores import write_stores
+from .forward import ExtractReport, prepare_model
 from .loaders import BACKENDS
 from .models import LoadedBackbone, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
@@ -41,10 +41,6 @@ from .store import (
     Provenance,
     Software,
     SplitData,
-    SplitReader,
-    SplitWriter,
-    StoreWriter,
-    chunk_rows_for,
     store_path,
 )
 
@@ -300,21 +296,6 @@ def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[I
     return dataset, SplitData(split, dataset.ids, dataset.targets, fp, dataset.classes)
 
 
-def _repair(writer: SplitWriter) -> int:
-    """Forget the chunks of a split (and of its views) that fail verification; returns how many."""
-    reader = SplitReader(writer.layout, writer.name, writer.meta)
-    arrays = [reader] + [reader.view(k) for k in range(reader.n_views)]
-    forgotten = 0
-    for array in arrays:
-        bad = array.bad_chunks()
-        if bad:
-            where = f"{writer.name} {array.label} of {writer.store.path}"
-            log.warning("%s: re-extracting chunk(s) %s", where, sorted(bad))
-            writer.invalidate(array.view_index, sorted(bad))
-            forgotten += len(bad)
-    return forgotten
-
-
 def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> ExtractReport:
     """Extract the features of every checkpoint in ``cfg`` on every split; resume what was started.
 
@@ -339,84 +320,20 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
         backbones[c.name] = load_backbone(c, trust=cfg.trust_checkpoint, layers=layers, pool=cfg.pool,
                                           ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source)  # fmt: skip
     maker = ViewMaker(plan.augment, cfg.views_seed) if plan.augment is not None else None
+    dims = [backbones[sp.checkpoint.name].feature_dims[sp.output] if sp.output is not None
+            else backbones[sp.checkpoint.name].feature_dim for sp in plan.stores]  # fmt: skip
+    provs = [
+        _provenance(cfg, plan, sp, backbones[sp.checkpoint.name], d) for sp, d in zip(plan.stores, dims, strict=True)
+    ]
     with distributed.group(plan.device) as world:
         shard = cfg.shard or (world.shard if world else None)
         if world is not None and cfg.shard is not None:
             raise ConfigError("--shard splits the work between independent tasks; under torchrun/srun the ranks do")
         if world is not None and world.rank != 0:
             progress = NullProgress  # one progress bar, rank 0's, for the whole group
-        report = _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progress, shard, world)
+        models = {name: bb.module for name, bb in backbones.items()}
+        report = write_stores(cfg, plan, splits, datasets, data, models, provs, dims, maker, progress, shard, world)
         if world is not None:  # the report counts the group's images, not this rank's share
             report.images, report.view_images = world.total(report.images, report.view_images, device=plan.device)
     report.seconds = time.perf_counter() - t_start
     return report
-
-
-def _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progress, shard, world) -> ExtractReport:
-    """Open (or create) every store, then each split: its arrays' missing chunks (this shard's), then completion."""
-    report = ExtractReport()
-    stores: list[StoreWriter] = []
-    try:
-        dims = []
-        for sp in plan.stores:
-            bb = backbones[sp.checkpoint.name]
-            dim = bb.feature_dims[sp.output] if sp.output is not None else bb.feature_dim
-            dims.append(dim)
-            prov = _provenance(cfg, plan, sp, bb, dim)
-            stores.append(StoreWriter(sp.path, prov, overwrite=cfg.overwrite, shard=shard))
-        models = {name: prepare_model(bb.module, plan.device, plan.compiled) for name, bb in backbones.items()}
-        chunk_rows = cfg.chunk_rows or chunk_rows_for(max(dims), cfg.dtype)
-        status = {s.path: "already complete" for s in stores}
-        for split in splits:
-            want_views = cfg.views if split in plan.view_splits else 0
-            targets, writers = [], []
-            with contextlib.ExitStack() as held:  # metadata changes under each store's own lock
-                for s in stores:
-                    held.enter_context(s.exclusive())
-                for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
-                    w = s.split(data[split], dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
-                    writers.append(w)
-                    if cfg.repair and _repair(w):
-                        status[s.path] = "repaired"
-                    arrays = [w, *(w.views(want_views, cfg.views_seed, maker.describe()) if want_views else [])]
-                    targets += [Target(a, sp.checkpoint.name, sp.output) for a in arrays]
-                    pending = [a for a in arrays if not a.complete]
-                    if pending and status[s.path] == "already complete":
-                        resumed = any(len(a.pending()) < a.n_chunks for a in pending)
-                        status[s.path] = "resumed" if resumed else "written"
-            run = SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views, shard)
-            scale = world.size if world is not None else 1  # rank 0's bar stands for the group: its rows x ranks
-            bar = progress(run.n_rows * scale, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
-            run.execute(report, bar, scale)
-            if world is not None:
-                world.barrier()  # every rank's chunks are written: rank 0 can complete the split
-            if world is None or world.rank == 0:
-                _complete(stores, writers, want_views, status, shard)
-        for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
-            report.stores.append(
-                {
-                    "name": sp.name,
-                    "checkpoint": sp.checkpoint.name,
-                    "path": str(s.path),
-                    "status": status[s.path],
-                    "dim": dim,
-                    "rows": {split: len(data[split].ids) for split in splits},
-                    "views": cfg.views if plan.view_splits else 0,
-                }
-            )
-    finally:
-        for s in stores:
-            s.close()
-    return report
-
-
-def _complete(stores: list[StoreWriter], writers: list[SplitWriter], views: int, status: dict, shard) -> None:
-    """Mark each split complete once all its chunks are in: a shard whose peers are still running leaves it."""
-    for s, w in zip(stores, writers, strict=True):
-        with s.exclusive():
-            try:
-                w.finalize(views=views)
-            except StoreIncompleteError:
-                if shard is None:
-                    raise
-                status[s.path] = f"shard {shard[0]}/{shard[1]} done; the others are missing"

@@ -77,7 +77,7 @@ from ._schema import (
     ViewsMeta,
     identity_diff,
 )
-from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter
+from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter, already_complete, planned_meta
 
 __all__ = [
     "FORMAT_VERSION",
@@ -95,6 +95,8 @@ __all__ = [
     "StoreWriter",
     "SplitWriter",
     "ArrayWriter",
+    "already_complete",
+    "planned_meta",
     "Store",
     "StoreSummary",
     "SplitReader",

@@ -54,6 +54,57 @@ class SplitData:
     classes: Sequence[str]
 
 
+def planned_meta(data: SplitData, dim: int, dtype: str, chunk_rows: int, compression: str) -> SplitMeta:
+    """The metadata a new split of ``data`` gets (not complete, no views)."""
+    rows = len(data.ids)
+    return SplitMeta(
+        rows=rows,
+        dim=int(dim),
+        dtype=str(np.dtype(dtype)),
+        chunk_rows=int(chunk_rows),
+        n_chunks=-(-rows // chunk_rows),
+        compression=compression,
+        fingerprint=data.fingerprint,
+        ids_sha256=sha256_ids(data.ids),
+        labels_sha256=sha256_labels(data.labels),
+        classes=tuple(data.classes),
+    )
+
+
+def already_complete(path: Path, provenance: Provenance, wanted: dict[str, tuple[SplitMeta, ViewsMeta | None]]) -> bool:
+    """Whether the store at ``path`` already holds all of ``wanted`` complete: nothing to write, no lock to take.
+
+    Read only, so that a complete store on a read-only cache is reported as such. Anything else (no store,
+    another identity or format, a split missing, incomplete or of other samples, fewer views or other crops,
+    a lock left by a writer, dead or alive) is False: the writer then resumes it, takes over a dead writer's
+    lock, or says what differs.
+
+    Args:
+        wanted: split name -> (its planned metadata, the views asked for or None).
+    """
+    layout = Layout(path)
+    if layout.lock.exists() or layout.shard_locks():
+        return False
+    try:
+        doc = zarr.open_group(path, mode="r").attrs.get("featcache")
+        if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
+            return False
+        prov = parse(Provenance, doc, f"{path}: provenance")
+        if identity_diff(prov.identity(), provenance.identity()):
+            return False
+        for name, (want, views) in wanted.items():
+            split = zarr.open_group(path / name, mode="r").attrs.get("featcache_split") if name in prov.splits else None
+            old = parse(SplitMeta, split, f"{path}/{name}: split metadata") if isinstance(split, dict) else None
+            if old is None or not old.complete or old.content_diff(want):
+                return False
+            if views is not None and views.count:
+                if old.n_views < views.count or (old.views.seed, old.views.augment) != (views.seed, views.augment):
+                    return False
+    except (OSError, ValueError, StoreError):
+        return False
+    return True
+
+
 class StoreWriter:
     """Creates a store, or reopens an incomplete one to resume it; holds the store's lock.
 
@@ -237,8 +288,9 @@ class ArrayWriter:
 
     @property
     def complete(self) -> bool:
+        # a view counted complete in a split that is not (being repaired or resumed) is checked chunk by chunk
         m = self.split.meta
-        return m.complete if self.view is None else self.view < m.n_views
+        return m.complete and (self.view is None or self.view < m.n_views)
 
     def bounds(self, i: int) -> tuple[int, int]:
         return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.rows)
@@ -313,19 +365,7 @@ class SplitWriter(ArrayWriter):
         self.split, self.view = self, None
         self.store, self.name, self.layout = store, data.name, store.layout
         self.dir = store.path / data.name
-        rows = len(data.ids)
-        want = SplitMeta(
-            rows=rows,
-            dim=int(dim),
-            dtype=str(np.dtype(dtype)),
-            chunk_rows=int(chunk_rows),
-            n_chunks=-(-rows // chunk_rows),
-            compression=compression,
-            fingerprint=data.fingerprint,
-            ids_sha256=sha256_ids(data.ids),
-            labels_sha256=sha256_labels(data.labels),
-            classes=tuple(data.classes),
-        )
+        want = planned_meta(data, dim, dtype, chunk_rows, compression)
         with disk_errors(store.path):
             old = self._created_meta()
             if old is not None:
@@ -428,12 +468,14 @@ class SplitWriter(ArrayWriter):
         return [ArrayWriter(self, k) for k in range(count)]
 
     def invalidate(self, view: int | None, chunks: Sequence[int]) -> None:
-        """Forget ``chunks`` of an array (they failed verification), so that the next extract redoes them."""
+        """Forget ``chunks`` of an array (they failed verification), so that the next extract redoes them.
+
+        The split is marked incomplete first and keeps its views count: a store is never made smaller, and a
+        repair killed half way leaves a store that readers refuse and the next extract finishes.
+        """
         with disk_errors(self.store.path):
-            if view is None:
+            if self.meta.complete:
                 self._write_meta(dataclasses.replace(self.meta, complete=False))
-            elif self.meta.views is not None and view < self.meta.n_views:
-                self._write_meta(dataclasses.replace(self.meta, views=dataclasses.replace(self.meta.views, count=view)))
             for i in chunks:
                 marker = self.layout.marker(self.name, view, i)
                 if marker.exists():
@@ -446,7 +488,7 @@ class SplitWriter(ArrayWriter):
             StoreIncompleteError: some chunks are not written yet (their indices are listed).
             StoreError: a chunk file is missing or of the wrong size, or the disk refused the write.
         """
-        arrays = [self, *(ArrayWriter(self, k) for k in range(self.meta.n_views, views))]
+        arrays = [self, *(ArrayWriter(self, k) for k in range(max(self.meta.n_views, views)))]
         for a in arrays:
             missing = [i for i in range(self.n_chunks) if not a.done(i)]
             if missing:
@@ -465,11 +507,14 @@ class SplitWriter(ArrayWriter):
             completed_at=self.meta.completed_at or _now(),
             skipped_rows=tuple(reader.skipped()),
         )
+        changed = not self.meta.complete or views > meta.n_views
         if views > meta.n_views:
             meta = dataclasses.replace(meta, views=dataclasses.replace(meta.views, count=views))
         with disk_errors(self.store.path):
             # the flag goes last: zarr renames zarr.json into place; fsync it and its directory
             self._write_meta(meta)
+            if changed and self.layout.verdict().exists():  # a verdict on what was there before is obsolete
+                rmtree(self.layout.verdict().parent)
 
 
 def _compressors(compression: str) -> list | None:
