@@ -62,9 +62,10 @@ read-only or missing cache directory) becomes a one-line :class:`StoreError`; th
 resumable.
 """
 
+from ._catalog import StoreSummary, already_complete, list_stores, resolve_stores
 from ._format import CHUNK_BYTES, FORMAT_VERSION, chunk_rows_for, sha256_ids, sha256_labels, store_path
 from ._lock import StoreLock, describe_lock
-from ._reader import FeatureArray, SplitReader, Store, StoreSummary, list_stores, open_store, resolve_stores
+from ._reader import FeatureArray, SplitReader, Store, open_store
 from ._schema import (
     CheckpointRef,
     ChunkMarker,
@@ -77,7 +78,7 @@ from ._schema import (
     ViewsMeta,
     identity_diff,
 )
-from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter, already_complete, planned_meta
+from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter, planned_meta
 
 __all__ = [
     "FORMAT_VERSION",

@@ -71,40 +71,6 @@ def planned_meta(data: SplitData, dim: int, dtype: str, chunk_rows: int, compres
     )
 
 
-def already_complete(path: Path, provenance: Provenance, wanted: dict[str, tuple[SplitMeta, ViewsMeta | None]]) -> bool:
-    """Whether the store at ``path`` already holds all of ``wanted`` complete: nothing to write, no lock to take.
-
-    Read only, so that a complete store on a read-only cache is reported as such. Anything else (no store,
-    another identity or format, a split missing, incomplete or of other samples, fewer views or other crops,
-    a lock left by a writer, dead or alive) is False: the writer then resumes it, takes over a dead writer's
-    lock, or says what differs.
-
-    Args:
-        wanted: split name -> (its planned metadata, the views asked for or None).
-    """
-    layout = Layout(path)
-    if layout.lock.exists() or layout.shard_locks():
-        return False
-    try:
-        doc = zarr.open_group(path, mode="r").attrs.get("featcache")
-        if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
-            return False
-        prov = parse(Provenance, doc, f"{path}: provenance")
-        if identity_diff(prov.identity(), provenance.identity()):
-            return False
-        for name, (want, views) in wanted.items():
-            split = zarr.open_group(path / name, mode="r").attrs.get("featcache_split") if name in prov.splits else None
-            old = parse(SplitMeta, split, f"{path}/{name}: split metadata") if isinstance(split, dict) else None
-            if old is None or not old.complete or old.content_diff(want):
-                return False
-            if views is not None and views.count:
-                if old.n_views < views.count or (old.views.seed, old.views.augment) != (views.seed, views.augment):
-                    return False
-    except (OSError, ValueError, StoreError):
-        return False
-    return True
-
-
 class StoreWriter:
     """Creates a store, or reopens an incomplete one to resume it; holds the store's lock.
 
