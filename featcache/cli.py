@@ -328,7 +328,7 @@ def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, layers, qu
         **opts,  # the remaining options are named like ExtractConfig's fields
     )
     if dry_run:
-        plan = plan_extract(cfg)
+        plan = plan_extract(cfg, check_layers=True)
         click.echo(render(plan.describe()))
         if cfg.views:
             click.echo(

@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .extract_stores import write_stores
 from .forward import ExtractReport, prepare_model
 from .loaders import BACKENDS
-from .models import LoadedBackbone, load_backbone, resolve_preprocessing
+from .models import LoadedBackbone, build_features, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
 from .store import (
     CheckpointRef,
@@ -125,8 +125,16 @@ class ExtractConfig:
                 raise ConfigError(f"--shard {i}/{n}: give I/N with 0 <= I < N, e.g. 0/4")
             if self.overwrite or self.repair:
                 raise ConfigError("--shard cannot be combined with --overwrite or --repair: run those once first")
+        if self.store_name is not None and store_path(".", "d", self.store_name).stem != self.store_name:
+            raise ConfigError(
+                f"--store-name {self.store_name!r} is not a plain name: use letters, digits, '.', '_' and '-', not "
+                "starting or ending with '.' or '_' (a store is <cache>/<dataset>/<name>.zarr)"
+            )
         if self.store_name and len(self.checkpoints) != 1:
             raise ConfigError("--store-name names one store: give exactly one checkpoint with --ckpt")
+        repeated = sorted({name for name in self.layers if self.layers.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"--layers names {', '.join(map(repr, repeated))} more than once; name each layer once")
         for s in self.splits:
             if s not in self.dataset.splits:
                 raise ConfigError(f"--split {s!r}: dataset '{self.dataset.name}' has {', '.join(self.dataset.splits)}")
@@ -183,12 +191,15 @@ class ExtractPlan:
         ]
 
 
-def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPlan:
+def plan_extract(cfg: ExtractConfig, rows_total: int | None = None, *, check_layers: bool = False) -> ExtractPlan:
     """Resolve device, precision, backend, compile, preprocessing and store names, before any work.
+
+    With ``check_layers`` (``--dry-run``) each architecture is built, without its weights, to check ``--layers``
+    and ``--pool`` at the crop size, as the extraction does when it loads the checkpoints.
 
     Raises:
         ConfigError: unknown architecture, checkpoints whose preprocessing differs, --views without a training
-            transform, or two checkpoints (or layers) that would write one store.
+            transform, two checkpoints that would write one store, or layers and a pool that do not fit.
     """
     device = distributed.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
@@ -222,7 +233,7 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPl
     for c in cfg.checkpoints:
         base = cfg.store_name or c.name
         for out, layer in enumerate(cfg.layers or (None,)):
-            name = base if len(cfg.layers) <= 1 else f"{base}@{layer}"
+            name = f"{base}@{layer}" if layer else base  # one layer too: <ckpt> is the pre-logits store
             stores.append(StorePlan(c, out if len(cfg.layers) > 1 else None, layer, name,
                                     store_path(cfg.cache_dir, cfg.dataset.name, name)))  # fmt: skip
     seen: dict[Path, StorePlan] = {}
@@ -235,6 +246,9 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPl
                 "them in separate calls with --store-name"
             )
         seen[sp.path] = sp
+    if check_layers and cfg.layers:
+        for arch in dict.fromkeys(c.arch for c in cfg.checkpoints if c.arch):
+            build_features(arch, layers=cfg.layers, pool=cfg.pool, input_size=transform.crop)
     return ExtractPlan(device, precision, backend, compiled, transform, source, augment, tuple(stores), view_splits)
 
 
@@ -318,7 +332,8 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
     backbones = {}
     for c in cfg.checkpoints:
         backbones[c.name] = load_backbone(c, trust=cfg.trust_checkpoint, layers=layers, pool=cfg.pool,
-                                          ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source)  # fmt: skip
+                                          ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source,
+                                          input_size=plan.transform.crop)  # fmt: skip
     maker = ViewMaker(plan.augment, cfg.views_seed) if plan.augment is not None else None
     dims = [backbones[sp.checkpoint.name].feature_dims[sp.output] if sp.output is not None
             else backbones[sp.checkpoint.name].feature_dim for sp in plan.stores]  # fmt: skip
