@@ -3,7 +3,9 @@
 Data flows one way: dataset -> batched preprocessing (:mod:`featcache.loaders`) -> every backbone
 on the same batch -> per-store chunk buffers -> a writer thread that writes whole chunks
 (:mod:`featcache.store`). Batch i+1 is prepared in the background while batch i runs on the
-device and finished chunks are written, so the device rarely waits.
+device and finished chunks are written, so the device rarely waits. This module validates the input and
+plans the run; :mod:`featcache.extract_stores` opens, repairs and completes the stores and
+:mod:`featcache.forward` runs the batches.
 """
 
 from __future__ import annotations
