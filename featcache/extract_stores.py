@@ -85,6 +85,9 @@ def write_stores(cfg, plan, splits, datasets, data, models, provs: list[Provenan
                 world.barrier()  # every rank's chunks are written: rank 0 can complete the split
             if world is None or world.rank == 0:
                 _complete(stores, writers, counts, status, shard)
+                if cfg.repair:  # every chunk was checked, the failing ones redone: the old verdict no longer holds
+                    for s in stores:
+                        s.forget_verdict()
         for sp, dim in zip(plan.stores, dims, strict=True):
             report.stores.append(
                 {

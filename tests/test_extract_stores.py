@@ -132,6 +132,9 @@ def test_verify_during_an_extraction_says_incomplete_and_completion_or_repair_cl
     assert extract(dataclasses.replace(cfg, repair=True)).stores[0]["status"] == "repaired"
     assert json.loads(run("ls", "--format", "json").output)[0]["status"] == "complete"  # before any new verify
     assert open_store(store).last_verdict() is None
+    open_store(store)._record_verdict(["train: a verdict left by an older featcache"], True, "damaged")
+    assert extract(dataclasses.replace(cfg, repair=True)).stores[0]["status"] == "already complete"  # nothing bad
+    assert open_store(store).last_verdict() is None  # every chunk was checked: the old verdict is gone
 
 
 # --- names --------------------------------------------------------------------------------------------------

@@ -198,6 +198,12 @@ class StoreWriter:
             if not child.name.startswith(self.layout.lock.name):
                 rmtree(child)
 
+    def forget_verdict(self) -> None:
+        """Remove the last ``featcache verify`` verdict: it judged what the store held before this writer."""
+        with disk_errors(self.path):
+            if self.layout.verdict().exists():
+                rmtree(self.layout.verdict().parent)
+
     def set_provenance(self, prov: Provenance) -> None:
         self.prov = prov
         self.group.attrs["featcache"] = prov.to_dict()
@@ -479,8 +485,8 @@ class SplitWriter(ArrayWriter):
         with disk_errors(self.store.path):
             # the flag goes last: zarr renames zarr.json into place; fsync it and its directory
             self._write_meta(meta)
-            if changed and self.layout.verdict().exists():  # a verdict on what was there before is obsolete
-                rmtree(self.layout.verdict().parent)
+        if changed:  # a verdict on what was there before is obsolete
+            self.store.forget_verdict()
 
 
 def _compressors(compression: str) -> list | None:
