@@ -204,7 +204,10 @@ def main(ctx, verbose, **roots):
     show_default=True,
     help="Seed of the views: view k of an image depends only on (sample id, k, seed). Recorded in the store.",
 )
-@click.option("--store-name", help="Store name for a single checkpoint (default: the checkpoint's name).")
+@click.option(
+    "--store-name",
+    help="Store name for a single checkpoint (default: the checkpoint's name): letters, digits, '.', '_' and '-'.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
