@@ -219,7 +219,10 @@ def main(ctx, verbose, **roots):
     show_default=True,
     help="Seed of the views: view k of an image depends only on (sample id, k, seed). Recorded in the store.",
 )
-@click.option("--store-name", help="Store name for a single checkpoint (default: the checkpoint's name).")
+@click.option(
+    "--store-name",
+    help="Store name for a single checkpoint (default: the checkpoint's name): letters, digits, '.', '_' and '-'.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -343,7 +346,7 @@ def extract(paths: Paths, ckpt, arch, ema, dataset, split, transform, layers, qu
         **opts,  # the remaining options are named like ExtractConfig's fields
     )
     if dry_run:
-        plan = plan_extract(cfg)
+        plan = plan_extract(cfg, check_layers=True)
         click.echo(render(plan.describe()))
         if cfg.views:
             click.echo(

@@ -3,12 +3,13 @@
 Data flows one way: dataset -> batched preprocessing (:mod:`featcache.loaders`) -> every backbone
 on the same batch -> per-store chunk buffers -> a writer thread that writes whole chunks
 (:mod:`featcache.store`). Batch i+1 is prepared in the background while batch i runs on the
-device and finished chunks are written, so the device rarely waits.
+device and finished chunks are written, so the device rarely waits. This module validates the input and
+plans the run; :mod:`featcache.extract_stores` opens, repairs and completes the stores and
+:mod:`featcache.forward` runs the batches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -28,10 +29,11 @@ from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
 from .data import ImageDataset, build_dataset
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import ConfigError, StoreIncompleteError
-from .forward import ExtractReport, SplitRun, Target, prepare_model
+from .errors import ConfigError
+from .extract_stores import write_stores
+from .forward import ExtractReport, prepare_model
 from .loaders import BACKENDS
-from .models import LoadedBackbone, load_backbone, resolve_preprocessing
+from .models import LoadedBackbone, build_features, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
 from .store import (
     CheckpointRef,
@@ -41,10 +43,6 @@ from .store import (
     Provenance,
     Software,
     SplitData,
-    SplitReader,
-    SplitWriter,
-    StoreWriter,
-    chunk_rows_for,
     store_path,
 )
 
@@ -129,8 +127,16 @@ class ExtractConfig:
                 raise ConfigError(f"--shard {i}/{n}: give I/N with 0 <= I < N, e.g. 0/4")
             if self.overwrite or self.repair:
                 raise ConfigError("--shard cannot be combined with --overwrite or --repair: run those once first")
+        if self.store_name is not None and store_path(".", "d", self.store_name).stem != self.store_name:
+            raise ConfigError(
+                f"--store-name {self.store_name!r} is not a plain name: use letters, digits, '.', '_' and '-', not "
+                "starting or ending with '.' or '_' (a store is <cache>/<dataset>/<name>.zarr)"
+            )
         if self.store_name and len(self.checkpoints) != 1:
             raise ConfigError("--store-name names one store: give exactly one checkpoint with --ckpt")
+        repeated = sorted({name for name in self.layers if self.layers.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"--layers names {', '.join(map(repr, repeated))} more than once; name each layer once")
         for s in self.splits:
             if s not in self.dataset.splits:
                 raise ConfigError(f"--split {s!r}: dataset '{self.dataset.name}' has {', '.join(self.dataset.splits)}")
@@ -187,12 +193,15 @@ class ExtractPlan:
         ]
 
 
-def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPlan:
+def plan_extract(cfg: ExtractConfig, rows_total: int | None = None, *, check_layers: bool = False) -> ExtractPlan:
     """Resolve device, precision, backend, compile, preprocessing and store names, before any work.
+
+    With ``check_layers`` (``--dry-run``) each architecture is built, without its weights, to check ``--layers``
+    and ``--pool`` at the crop size, as the extraction does when it loads the checkpoints.
 
     Raises:
         ConfigError: unknown architecture, checkpoints whose preprocessing differs, --views without a training
-            transform, or two checkpoints (or layers) that would write one store.
+            transform, two checkpoints that would write one store, or layers and a pool that do not fit.
     """
     device = distributed.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
@@ -226,7 +235,7 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPl
     for c in cfg.checkpoints:
         base = cfg.store_name or c.name
         for out, layer in enumerate(cfg.layers or (None,)):
-            name = base if len(cfg.layers) <= 1 else f"{base}@{layer}"
+            name = f"{base}@{layer}" if layer else base  # one layer too: <ckpt> is the pre-logits store
             stores.append(StorePlan(c, out if len(cfg.layers) > 1 else None, layer, name,
                                     store_path(cfg.cache_dir, cfg.dataset.name, name)))  # fmt: skip
     seen: dict[Path, StorePlan] = {}
@@ -239,6 +248,9 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None) -> ExtractPl
                 "them in separate calls with --store-name"
             )
         seen[sp.path] = sp
+    if check_layers and cfg.layers:
+        for arch in dict.fromkeys(c.arch for c in cfg.checkpoints if c.arch):
+            build_features(arch, layers=cfg.layers, pool=cfg.pool, input_size=transform.crop)
     return ExtractPlan(device, precision, backend, compiled, transform, source, augment, tuple(stores), view_splits)
 
 
@@ -303,21 +315,6 @@ def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[I
     return dataset, SplitData(split, dataset.ids, dataset.targets, fp, dataset.classes)
 
 
-def _repair(writer: SplitWriter) -> int:
-    """Forget the chunks of a split (and of its views) that fail verification; returns how many."""
-    reader = SplitReader(writer.layout, writer.name, writer.meta)
-    arrays = [reader] + [reader.view(k) for k in range(reader.n_views)]
-    forgotten = 0
-    for array in arrays:
-        bad = array.bad_chunks()
-        if bad:
-            where = f"{writer.name} {array.label} of {writer.store.path}"
-            log.warning("%s: re-extracting chunk(s) %s", where, sorted(bad))
-            writer.invalidate(array.view_index, sorted(bad))
-            forgotten += len(bad)
-    return forgotten
-
-
 def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> ExtractReport:
     """Extract the features of every checkpoint in ``cfg`` on every split; resume what was started.
 
@@ -340,86 +337,23 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
     backbones = {}
     for c in cfg.checkpoints:
         backbones[c.name] = load_backbone(c, trust=cfg.trust_checkpoint, layers=layers, pool=cfg.pool,
-                                          ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source)  # fmt: skip
+                                          ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source,
+                                          input_size=plan.transform.crop)  # fmt: skip
     maker = ViewMaker(plan.augment, cfg.views_seed) if plan.augment is not None else None
+    dims = [backbones[sp.checkpoint.name].feature_dims[sp.output] if sp.output is not None
+            else backbones[sp.checkpoint.name].feature_dim for sp in plan.stores]  # fmt: skip
+    provs = [
+        _provenance(cfg, plan, sp, backbones[sp.checkpoint.name], d) for sp, d in zip(plan.stores, dims, strict=True)
+    ]
     with distributed.group(plan.device) as world:
         shard = cfg.shard or (world.shard if world else None)
         if world is not None and cfg.shard is not None:
             raise ConfigError("--shard splits the work between independent tasks; under torchrun/srun the ranks do")
         if world is not None and world.rank != 0:
             progress = NullProgress  # one progress bar, rank 0's, for the whole group
-        report = _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progress, shard, world)
+        models = {name: bb.module for name, bb in backbones.items()}
+        report = write_stores(cfg, plan, splits, datasets, data, models, provs, dims, maker, progress, shard, world)
         if world is not None:  # the report counts the group's images, not this rank's share
             report.images, report.view_images = world.total(report.images, report.view_images, device=plan.device)
     report.seconds = time.perf_counter() - t_start
     return report
-
-
-def _extract_stores(cfg, plan, splits, datasets, data, backbones, maker, progress, shard, world) -> ExtractReport:
-    """Open (or create) every store, then each split: its arrays' missing chunks (this shard's), then completion."""
-    report = ExtractReport()
-    stores: list[StoreWriter] = []
-    try:
-        dims = []
-        for sp in plan.stores:
-            bb = backbones[sp.checkpoint.name]
-            dim = bb.feature_dims[sp.output] if sp.output is not None else bb.feature_dim
-            dims.append(dim)
-            prov = _provenance(cfg, plan, sp, bb, dim)
-            stores.append(StoreWriter(sp.path, prov, overwrite=cfg.overwrite, shard=shard))
-        models = {name: prepare_model(bb.module, plan.device, plan.compiled) for name, bb in backbones.items()}
-        chunk_rows = cfg.chunk_rows or chunk_rows_for(max(dims), cfg.dtype)
-        status = {s.path: "already complete" for s in stores}
-        for split in splits:
-            want_views = cfg.views if split in plan.view_splits else 0
-            targets, writers = [], []
-            with contextlib.ExitStack() as held:  # metadata changes under each store's own lock
-                for s in stores:
-                    held.enter_context(s.exclusive())
-                for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
-                    w = s.split(data[split], dim, cfg.dtype, chunk_rows=chunk_rows, compression=cfg.compression)
-                    writers.append(w)
-                    if cfg.repair and _repair(w):
-                        status[s.path] = "repaired"
-                    arrays = [w, *(w.views(want_views, cfg.views_seed, maker.describe()) if want_views else [])]
-                    targets += [Target(a, sp.checkpoint.name, sp.output) for a in arrays]
-                    pending = [a for a in arrays if not a.complete]
-                    if pending and status[s.path] == "already complete":
-                        resumed = any(len(a.pending()) < a.n_chunks for a in pending)
-                        status[s.path] = "resumed" if resumed else "written"
-            run = SplitRun(cfg, plan, datasets[split], writers, targets, models, maker, want_views, shard)
-            scale = world.size if world is not None else 1  # rank 0's bar stands for the group: its rows x ranks
-            bar = progress(run.n_rows * scale, f"{cfg.dataset.name}/{split}") if run.n_rows else NullProgress()
-            run.execute(report, bar, scale)
-            if world is not None:
-                world.barrier()  # every rank's chunks are written: rank 0 can complete the split
-            if world is None or world.rank == 0:
-                _complete(stores, writers, want_views, status, shard)
-        for sp, s, dim in zip(plan.stores, stores, dims, strict=True):
-            report.stores.append(
-                {
-                    "name": sp.name,
-                    "checkpoint": sp.checkpoint.name,
-                    "path": str(s.path),
-                    "status": status[s.path],
-                    "dim": dim,
-                    "rows": {split: len(data[split].ids) for split in splits},
-                    "views": cfg.views if plan.view_splits else 0,
-                }
-            )
-    finally:
-        for s in stores:
-            s.close()
-    return report
-
-
-def _complete(stores: list[StoreWriter], writers: list[SplitWriter], views: int, status: dict, shard) -> None:
-    """Mark each split complete once all its chunks are in: a shard whose peers are still running leaves it."""
-    for s, w in zip(stores, writers, strict=True):
-        with s.exclusive():
-            try:
-                w.finalize(views=views)
-            except StoreIncompleteError:
-                if shard is None:
-                    raise
-                status[s.path] = f"shard {shard[0]}/{shard[1]} done; the others are missing"

@@ -62,12 +62,14 @@ class LayerFeatures(nn.Module):
         backbone: the network; its own output is discarded.
         layers: module names (``backbone.named_modules()``), in output order.
         pool: a name from :data:`POOLS`.
-        input_size: ``(H, W)`` of the dummy image used once to check each layer's output and read its width.
+        input_size: ``(H, W)`` of the dummy image used to check each layer's output and read its width: the
+            size of the crops the network will see.
         arch: the architecture, for errors.
 
     Raises:
         ConfigError: an unknown or repeated layer name, an unknown pool, or a layer whose output the pool
-            does not take (a tuple, or a tensor of another rank).
+            does not take (a tuple, a tensor of another rank, or a pooled width that changes with the image
+            size: a channels-first map pooled as channels-last, or the other way round).
     """
 
     def __init__(self, backbone: nn.Module, layers: Sequence[str], pool: str, input_size: tuple[int, int], arch: str):
@@ -92,10 +94,14 @@ class LayerFeatures(nn.Module):
     def _keep(self, name: str, module: nn.Module, args: object, output: object) -> None:
         self._outputs[name] = output
 
-    def _check(self, input_size: tuple[int, int], arch: str) -> tuple[int, ...]:
+    def _outputs_at(self, size: tuple[int, int]) -> dict[str, object]:
         with torch.no_grad():
-            self.backbone(torch.zeros(1, 3, *input_size))
+            self.backbone(torch.zeros(1, 3, *size))
         outputs, self._outputs = self._outputs, {}
+        return outputs
+
+    def _check(self, input_size: tuple[int, int], arch: str) -> tuple[int, ...]:
+        outputs = self._outputs_at(input_size)
         pool = POOLS[self.pool]
         for name in self.layers:
             out = outputs.get(name)
@@ -109,7 +115,28 @@ class LayerFeatures(nn.Module):
                     f"layer '{name}' of {arch} gives ({shape}); --pool {self.pool} takes {pool.needs}: "
                     f"choose --pool from {', '.join(p for p, v in POOLS.items() if out.ndim in v.shapes)}"
                 )
-        return tuple(int(t.shape[-1]) for t in self._pooled(outputs))
+        widths = tuple(int(t.shape[-1]) for t in self._pooled(outputs))
+        self._check_layout(outputs, widths, input_size, arch)
+        return widths
+
+    def _check_layout(self, outputs: dict, widths: tuple[int, ...], input_size: tuple[int, int], arch: str) -> None:
+        # A map's layout cannot be told from one shape, but a pooled width is the channel count, which does not
+        # change with the image size; one that does is a spatial axis: the pool averaged the wrong axes.
+        other = (input_size[0] + 32, input_size[1] + 32)
+        try:
+            again = tuple(int(t.shape[-1]) for t in self._pooled(self._outputs_at(other)))
+        except Exception:  # noqa: BLE001 - a network of one fixed input size (a ViT): nothing to compare with
+            self._outputs = {}
+            return
+        fix = "avg (the map is channels-first)" if self.pool == "avg-nhwc" else "avg-nhwc (the map is channels-last)"
+        for name, a, b in zip(self.layers, widths, again, strict=True):
+            if a != b and outputs[name].ndim == 4:
+                shape = ", ".join(["B", *map(str, outputs[name].shape[1:])])
+                raise ConfigError(
+                    f"layer '{name}' of {arch} gives ({shape}) at {input_size[0]}x{input_size[1]} px, and --pool "
+                    f"{self.pool} makes {a} features of it there but {b} at {other[0]}x{other[1]}: it averages the "
+                    f"channels, not the positions; use --pool {fix}"
+                )
 
     def _pooled(self, outputs: dict[str, Tensor]) -> tuple[Tensor, ...]:
         fn = POOLS[self.pool].fn

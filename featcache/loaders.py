@@ -43,6 +43,7 @@ from .config import TransformSpec
 from .data import ArrayDataset, FileDataset, ImageDataset, to_rgb
 from .errors import BadImageError
 from .transforms import BatchPreprocess, pil_resize_crop
+from .workers import worker_init
 
 __all__ = ["Batch", "batches", "prefetch", "BACKENDS", "jpeg_components"]
 
@@ -192,10 +193,6 @@ def _collate(items: list) -> list:
     return items
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode; the main process owns the cores' BLAS threads
-
-
 def batches(
     dataset: ImageDataset,
     spec: TransformSpec,
@@ -249,7 +246,7 @@ def batches(
         batch_sampler=index_batches,
         num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=worker_init() if workers else None,  # workers die with this process, even on SIGKILL
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )

@@ -269,7 +269,9 @@ class FeatureNet:
         return sum(self.feature_dims)
 
 
-def build_features(arch: str, *, layers: Sequence[str] | str = (), pool: str | None = None) -> FeatureNet:
+def build_features(
+    arch: str, *, layers: Sequence[str] | str = (), pool: str | None = None, input_size: int | None = None
+) -> FeatureNet:
     """Build ``arch`` randomly initialised, without its classifier, returning the features asked for.
 
     Args:
@@ -277,10 +279,12 @@ def build_features(arch: str, *, layers: Sequence[str] | str = (), pool: str | N
         layers: module names whose pooled outputs are the features (one forward pass for all);
             empty for the pre-logits vector. A single name may be given as a string.
         pool: how layer outputs are pooled (:data:`POOLS`; default ``avg``). Only with ``layers``.
+        input_size: the side of the square crops the network will see (the extraction's crop); default the
+            model's input size (timm's config, else 224).
 
     Returns:
         A :class:`FeatureNet` in eval mode. Widths are read from the network: the classifier's input
-        width, or for layers one dummy forward at the model's input size (timm's config, else 224).
+        width, or for layers dummy forward passes at ``input_size``.
 
     Raises:
         ConfigError: unknown architecture (closest names suggested; with the install hint when timm is
@@ -298,6 +302,7 @@ def build_features(arch: str, *, layers: Sequence[str] | str = (), pool: str | N
             raise ConfigError(f"--pool {pool} needs --layer: the default features use the network's own pooling")
         return FeatureNet(arch, net, (FEATURE_LAYER,), None, (width,), net, classifier)
     size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-2:]
+    size = (input_size, input_size) if input_size else size
     taps = LayerFeatures(net, layers, pool or DEFAULT_POOL, tuple(size), arch).eval()
     return FeatureNet(arch, taps, taps.layers, taps.pool, taps.feature_dims, net, classifier)
 
@@ -342,13 +347,14 @@ def load_backbone(
     pool: str | None = None,
     ignore_extra_keys: bool = False,
     ema_source: str | None = None,
+    input_size: int | None = None,
 ) -> LoadedBackbone:
     """Build ``spec.arch`` and load ``spec.path`` into it, refusing anything but an exact match.
 
     Args:
         spec: the checkpoint; ``spec.ema`` selects the EMA weights.
         trust: passed to :func:`load_state_dict` (``--trust-checkpoint``).
-        layers, pool: the features, as for :func:`build_features`.
+        layers, pool, input_size: the features, as for :func:`build_features`.
         ignore_extra_keys: load a file that also holds non-backbone weights (an SSL projector) without
             them (``--ignore-extra-keys``); they are listed in ``ignored_keys``.
         ema_source: who asked for ``spec.ema`` (``"registry"`` or ``"option"``), to word the error
@@ -365,7 +371,7 @@ def load_backbone(
     """
     if spec.arch is None:
         raise ConfigError(f"checkpoint '{spec.name}' ({spec.path}) has no architecture; pass --arch")
-    net = build_features(spec.arch, layers=layers, pool=pool)
+    net = build_features(spec.arch, layers=layers, pool=pool, input_size=input_size)
     sd = clean_state_dict(load_state_dict(spec.path, trust=trust, ema=spec.ema, ema_source=ema_source))
     expected = net.backbone.state_dict()
     fit = match_state_dict(

@@ -36,7 +36,7 @@ from . import __version__
 from .classmap import split_class_mismatch
 from .concat import ConcatView
 from .devices import resolve_device
-from .errors import ConfigError, FeatcacheError, StoreError
+from .errors import ConfigError, FeatcacheError, StoreError, StoreIncompleteError
 from .feed import MEMORY_SHARE, Arrays, Rows, epoch_features, fits_gpu, load, plan_memory, view_schedule
 from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
 from .logreg import LogRegConfig
@@ -170,12 +170,18 @@ def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -
 
 def _open(cfg: ProbeConfig) -> tuple[list[Store], ConcatView, ConcatView]:
     stores = [Store(p) for p in cfg.stores]
+    for store in stores:
+        store.refuse_damaged()  # a verify verdict stands until a repair or a new extraction clears it
     first = stores[0]
     held = first.provenance.dataset.name
     if cfg.dataset is not None and held != cfg.dataset:
         raise ConfigError(f"store {first.path} holds dataset '{held}', not '{cfg.dataset}'; pass --dataset {held}")
-    train_split = cfg.train_split or ("train" if "train" in first.splits else first.splits[0])
+    train_split = cfg.train_split or ("train" if "train" in first.splits else next(iter(first.splits), None))
     test_split = cfg.test_split or next((s for s in ("test", "val") if s in first.splits), None)
+    if not {train_split, test_split} <= set(first.splits):
+        first.refuse_if_being_written()  # a split still to come is not a missing one
+    if train_split is None:
+        raise StoreIncompleteError(f"store {first.path} has no splits; rerun the `featcache extract` that made it")
     if test_split is None:
         raise ConfigError(f"store {first.path} has no test or val split (it has {', '.join(first.splits)}); "
                           "pass --test-split")  # fmt: skip

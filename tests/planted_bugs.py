@@ -209,6 +209,42 @@ BUGS = {
         "fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))",
         ["tests/test_results.py", "tests/test_sweep.py"],
     ),
+    "30 a repair without --views remakes only the views asked for (none)": (
+        "featcache/extract_stores.py",
+        "counts.append(max(want_views, w.meta.n_views))",
+        "counts.append(want_views)",
+        ["tests/test_views.py"],
+    ),
+    "31 one store named twice goes unnoticed when spelled two ways": (
+        "featcache/store/_catalog.py",
+        "            key = path.resolve()\n",
+        "            key = path\n",
+        ["tests/test_refusals.py"],
+    ),
+    "32 a single --layer store named after the checkpoint alone": (
+        "featcache/extract.py",
+        'name = f"{base}@{layer}" if layer else base',
+        'name = f"{base}@{layer}" if len(cfg.layers) > 1 else base',
+        ["tests/test_extract_stores.py"],
+    ),
+    "33 a verify verdict on an incomplete store recorded as damaged": (
+        "featcache/store/_reader.py",
+        '"incomplete" if incomplete else "damaged" if problems else "ok"',
+        '"damaged" if problems else "ok"',
+        ["tests/test_store.py"],
+    ),
+    "34 the reader's open chunk maps bounded by bytes only": (
+        "featcache/store/_reader.py",
+        "self.max_maps = max(2, min(MAX_MAPS, MAPPED_BYTES // chunk_bytes))",
+        "self.max_maps = max(2, MAPPED_BYTES // chunk_bytes)",
+        ["tests/test_store.py"],
+    ),
+    "35 a pool's width compared at one image size only": (
+        "featcache/layers.py",
+        "        other = (input_size[0] + 32, input_size[1] + 32)\n",
+        "        other = input_size\n",
+        ["tests/test_extract_stores.py"],
+    ),
 }
 
 

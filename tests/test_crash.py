@@ -249,7 +249,7 @@ def test_disk_full_injected_then_resume(setup, monkeypatch, owner, target, at):
         return orig(*args, **kwargs)
 
     monkeypatch.setattr(owner, target, full)
-    name = f"full-{target}"
+    name = f"full-{target.strip('_')}"  # a plain store name: no leading or trailing underscore
     r = _cli(setup, name)
     assert r.exit_code == 1
     _one_error_line(r.output, f"cannot write store {setup.path(name)}: No space left on device (ENOSPC)",

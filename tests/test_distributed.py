@@ -124,3 +124,27 @@ def test_two_torchrun_ranks_on_gloo_write_the_one_process_store(paths, setup):
     got, want = (open_store(store_path(root, "cifar10", "net1")).split("test").read()
                  for root in (paths.cache, paths.cache / "reference"))  # fmt: skip
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_shard_opening_the_store_keeps_a_live_peers_temp_files(paths, setup):
+    # the torchrun race (issue 24): rank 1 opening a store while rank 0 writes a chunk removed rank 0's temp file
+    from featcache.store import StoreWriter
+
+    store = store_path(paths.cache, "cifar10", "net0")
+    extract(dataclasses.replace(setup, shard=(0, 2), splits=("train",)))
+    prov = open_store(store).provenance
+    lock = store / "_featcache" / "lock-shard-0-of-2"  # shard 0, alive (this process), mid-write of chunk 1
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": "t", "started": "now"}))
+    partial = store / "train" / "features" / "c" / "1" / "0.4f2a.partial"
+    tmp = store / "_featcache" / "train" / "features" / "1" / f".zarr.json.{os.getpid()}.tmp"
+    for f in (partial, tmp):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"being written")
+    StoreWriter(store, prov, shard=(1, 2)).close()
+    assert partial.exists() and tmp.exists()
+    with pytest.raises(StoreLockedError, match="being written by shard-0-of-2"):
+        StoreWriter(store, prov)  # a plain writer is refused, and touches nothing first
+    assert partial.exists() and tmp.exists()
+    lock.unlink()
+    StoreWriter(store, prov, shard=(1, 2)).close()  # no live peer: the leftovers are a killed writer's
+    assert not partial.exists() and not tmp.exists()

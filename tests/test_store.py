@@ -276,3 +276,55 @@ def test_plain_zarr_lists_a_store_without_warnings(tmp_path, data):
         feats = g["train/features"]
     assert "features" in tree and feats.metadata.dimension_names == ("row", "feature")
     np.testing.assert_array_equal(feats[:], X)
+
+
+def _maps_of(path) -> int:
+    """Memory maps of this process onto files under ``path``."""
+    return sum(str(path) in line for line in open("/proc/self/maps"))  # noqa: SIM115 - read once, closed by GC
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts maps in /proc/self/maps")
+def test_a_reader_keeps_a_bounded_number_of_chunks_mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(600, 4)).astype(np.float32), rng.integers(0, 3, 600)
+    path = make_store(tmp_path / "many.zarr", {"train": (X, y)}, chunk_rows=3)  # 200 chunks of 48 bytes
+    r = open_store(path).split("train")
+    assert r.n_chunks == 200
+    np.testing.assert_array_equal(r.read(), X)
+    idx = rng.permutation(600)
+    for start in range(0, 600, 50):  # a probe's batches: rows from every chunk, in a shuffled order
+        np.testing.assert_array_equal(r.take(idx[start : start + 50]), X[idx[start : start + 50]])
+    assert 0 < _maps_of(path) <= 64  # store._reader.MAX_MAPS
+    big = make_store(tmp_path / "big.zarr", {"train": (np.repeat(X, 1024, axis=1), y)}, chunk_rows=300)
+    assert 2 <= open_store(big).split("train").max_maps < 64  # 4.7 MiB chunks: fewer of them mapped
+
+
+def test_verify_names_each_problem_once(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)})
+    chunk = path / "train" / "features" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-12])
+    marker = path / "_featcache" / "train" / "features" / "2" / "zarr.json"
+    marker.write_text("{")
+    problems = open_store(path).verify()
+    assert len(problems) == 2, problems
+    assert sum(str(chunk) in p for p in problems) == 1 and sum(str(marker) in p for p in problems) == 1
+
+
+def test_a_verdict_on_an_incomplete_store_is_incomplete_and_completion_clears_verdicts(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, chunks=2)  # 2 of 4 chunks: being extracted
+    assert open_store(path).verify() != []
+    assert open_store(path).last_verdict()["status"] == "incomplete"
+    (row,) = [s for s in list_stores(tmp_path.parent, tmp_path.name) if s.store == "s"]
+    assert row.status == "incomplete" and row.problem is None
+    with StoreWriter(path, provenance("ckpt", 8)) as w:  # the extraction goes on and completes
+        sw = w.split(SplitData("train", [f"train/{i}" for i in range(50)], y, "fp-train-50", ["0", "1", "2"]), 8,
+                     "float32", chunk_rows=16)  # fmt: skip
+        for i in sw.pending():
+            a, b = sw.bounds(i)
+            sw.write_chunk(i, X[a:b])
+        sw.finalize()
+    assert open_store(path).last_verdict() is None
+    (row,) = [s for s in list_stores(tmp_path.parent, tmp_path.name) if s.store == "s"]
+    assert row.status == "complete"

@@ -206,3 +206,38 @@ def test_probe_trains_on_extracted_views(paths, registry, cifar):
     stores = tuple(store_path(paths.cache, "cifar10", f"net{k}") for k in range(2))
     record = run_probe(ProbeConfig(stores, heads, vf, device="cpu", views=None))
     assert record.views.count == 2 and record.features == "cat2" and record.feature_dim == 1024
+
+
+def test_repair_without_views_redoes_a_damaged_view_chunk_and_keeps_every_view(paths, registry, cifar, monkeypatch):
+    spec, _ = save_checkpoint(paths, "net0", seed=0)
+    extract(_config(paths, registry, [spec], views=4, splits=("train",)))  # 30 rows: 5 chunks of 7 rows
+    store = store_path(paths.cache, "cifar10", "net0")
+    views, features = _all_views(_split(paths, "net0")), _split(paths, "net0").read()
+    bad = store / "train" / "views" / "c" / "2" / "4" / "0"  # view 2, chunk 4
+    damaged = bytearray(bad.read_bytes())
+    damaged[8] ^= 0xFF
+    bad.write_bytes(bytes(damaged))
+    untouched = {p: p.stat().st_mtime_ns for p in (store / "train").rglob("c/*/0") if p != bad}
+    untouched.update({p: p.stat().st_mtime_ns for p in (store / "train" / "views").rglob("0") if p != bad})
+    assert open_store(store).verify() != []
+    from featcache.store import _writer
+
+    real = _writer.ArrayWriter.write_chunk
+
+    def dies(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_writer.ArrayWriter, "write_chunk", dies)  # a repair killed before it rewrites anything
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(paths, registry, [spec], repair=True, splits=("train",)))
+    monkeypatch.setattr(_writer.ArrayWriter, "write_chunk", real)
+    half = open_store(store).split("train", require_complete=False)
+    assert not half.complete and half.n_views == 4  # probes refuse it, and it still holds every view
+    report = extract(_config(paths, registry, [spec], repair=True, splits=("train",)))  # no --views
+    assert report.stores[0]["status"] == "repaired" and report.images == 2  # chunk 4: rows 28-29
+    reader = _split(paths, "net0")
+    assert reader.n_views == 4 and bytes(damaged) != bad.read_bytes()
+    np.testing.assert_array_equal(_all_views(reader), views)
+    np.testing.assert_array_equal(reader.read(), features)
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # exactly the failing chunk
+    assert open_store(store).verify() == []

@@ -12,8 +12,8 @@ group on a local (or shared) filesystem, ``<cache>/<dataset>/<name>.zarr``::
                            to full size; it can be memory-mapped. The evaluation view (centre crop).
       views/               (allocated views, rows, dim), dims (view, row, feature), chunks (1, chunk_rows, dim):
                            augmented views of the train split (``extract --views K``); chunk file
-                           ``c/<k>/<i>/0`` is view k's block i, raw like the features'. Views
-                           0..SplitMeta.views.count-1 are complete; view k of a row is a pure function of
+                           ``c/<k>/<i>/0`` is view k's block i, raw like the features'. In a complete split
+                           views 0..SplitMeta.views.count-1 are complete; view k of a row is a pure function of
                            (sample id, k, views seed), so every checkpoint's store holds the same crops.
       labels/              int64 (rows,), written whole when the split is created
       ids/                 string (rows,), stable sample ids in dataset order, written whole
@@ -22,7 +22,9 @@ group on a local (or shared) filesystem, ``<cache>/<dataset>/<name>.zarr``::
       <split>/features/<i>/zarr.json   chunk i of the features is written, fsynced and read back: a group whose
                                        attrs["featcache_chunk"] = ChunkMarker {rows, sha256, skipped}
       <split>/views/<k>/<i>/zarr.json  the same for chunk i of view k
-      verify/zarr.json     attrs["featcache_verify"]: the last ``featcache verify`` verdict (ok, problems, at)
+      verify/zarr.json     attrs["featcache_verify"]: the last ``featcache verify`` verdict (ok, status: ok,
+                           damaged or incomplete, problems, at); removed when an extraction or a repair
+                           completes a split, since it judged what was there before
 
 The typed records (:class:`Provenance`, :class:`SplitMeta`, :class:`ViewsMeta`, :class:`ChunkMarker`) are the
 schema; writer and readers use them, never raw keys. Provenance holds the dataset (name, format, limit),
@@ -39,7 +41,8 @@ Version 1 (no views; markers were plain JSON files ``_featcache/<split>/<i>.json
 extending a v1 store asks for ``--overwrite``.
 
 Writers only ever write whole chunks, and each chunk has its own marker, so several processes
-may each own disjoint chunk ranges of one split. Readers need numpy and zarr only.
+may each own disjoint chunk ranges of one split. Readers need numpy and zarr only, and keep a bounded number
+of chunk files memory-mapped (``_reader.MAPPED_BYTES``, ``MAX_MAPS``).
 
 Write order. A writer holds the lock and writes in this order, so that a kill at any moment
 (SIGKILL, power loss) leaves a store that the same command resumes to the same bytes:
@@ -54,7 +57,12 @@ Write order. A writer holds the lock and writes in this order, so that a kill at
    created or grown, so a resumed run makes the same crops.
 4. Chunk i of an array: the chunk file (zarr writes ``<name>.<uuid>.partial`` and renames it), fsynced and
    read back, then its marker. A chunk without a marker is written again.
-5. ``complete`` (and the views count): last, once every marker is present and every chunk file has its size.
+5. ``complete`` (and the views count): last, once every marker of the features and of every view is present
+   and every chunk file has its size.
+
+A repair (``extract --repair``) first marks the split incomplete, keeping its views count, then removes the
+markers of the chunks that fail verification: a kill from there leaves a store readers refuse and the next
+extract finishes, never a smaller one. Temp files are removed only by a writer with no live shard beside it.
 
 Leftover ``*.partial`` files (zarr) and ``.<name>.<pid>.tmp`` files (our JSON, written to a temp
 file, fsynced and renamed) are removed by the next writer. An OSError while writing (disk full,
@@ -62,9 +70,10 @@ read-only or missing cache directory) becomes a one-line :class:`StoreError`; th
 resumable.
 """
 
+from ._catalog import StoreSummary, already_complete, list_stores, resolve_stores
 from ._format import CHUNK_BYTES, FORMAT_VERSION, chunk_rows_for, sha256_ids, sha256_labels, store_path
 from ._lock import StoreLock, describe_lock
-from ._reader import FeatureArray, SplitReader, Store, StoreSummary, list_stores, open_store, resolve_stores
+from ._reader import FeatureArray, SplitReader, Store, open_store
 from ._schema import (
     CheckpointRef,
     ChunkMarker,
@@ -77,7 +86,7 @@ from ._schema import (
     ViewsMeta,
     identity_diff,
 )
-from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter
+from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter, planned_meta
 
 __all__ = [
     "FORMAT_VERSION",
@@ -95,6 +104,8 @@ __all__ = [
     "StoreWriter",
     "SplitWriter",
     "ArrayWriter",
+    "already_complete",
+    "planned_meta",
     "Store",
     "StoreSummary",
     "SplitReader",

@@ -152,7 +152,8 @@ def disk_errors(store: Path) -> Iterator[None]:
 
 def remove_partials(store: Path) -> None:
     # Temp files of writes a kill interrupted: zarr's `<name>.<uuid>.partial` anywhere, our
-    # `.<name>.<pid>.tmp` anywhere. Only called under the lock, so no live writer owns them.
+    # `.<name>.<pid>.tmp` anywhere. Only called under the store's lock with no other live shard, so no live
+    # writer owns them.
     for p in [*store.rglob("*.partial"), *store.rglob(".*.tmp")]:
         p.unlink(missing_ok=True)
 

@@ -6,14 +6,13 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from ..errors import ConfigError, StoreError, StoreIncompleteError
+from ..errors import StoreError, StoreIncompleteError
 from ._format import (
     Layout,
     check_version,
@@ -22,13 +21,18 @@ from ._format import (
     read_marker,
     sha256_ids,
     sha256_labels,
-    store_path,
     write_json_atomic,
 )
 from ._lock import describe_lock
 from ._schema import ChunkMarker, Provenance, SplitMeta, parse
 
-__all__ = ["FeatureArray", "SplitReader", "Store", "StoreSummary", "open_store", "list_stores", "resolve_stores"]
+__all__ = ["FeatureArray", "SplitReader", "Store", "open_store"]
+
+# Chunk files an array keeps memory-mapped, least recently used dropped first: without a bound, a long probe
+# maps every chunk it touched and its file-backed pages grow to the store's size. A few full chunks (16 MiB)
+# per array; at most MAX_MAPS of tiny ones, far below the kernel's limit on mappings (vm.max_map_count).
+MAPPED_BYTES = 128 * 2**20
+MAX_MAPS = 64
 
 
 class FeatureArray:
@@ -43,7 +47,9 @@ class FeatureArray:
         self.dtype = np.dtype(meta.dtype).newbyteorder("<")
         self.chunk_rows, self.n_chunks = meta.chunk_rows, meta.n_chunks
         self.mmap = meta.compression == "none"
-        self._chunks: dict[int, np.ndarray] = {}
+        chunk_bytes = max(1, self.chunk_rows * self.dim * self.dtype.itemsize)
+        self.max_maps = max(2, min(MAX_MAPS, MAPPED_BYTES // chunk_bytes))
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._array = None
 
     @property
@@ -57,8 +63,12 @@ class FeatureArray:
         return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.rows)
 
     def _chunk(self, i: int) -> np.ndarray:
-        if i not in self._chunks:
+        if i in self._chunks:
+            self._chunks.move_to_end(i)
+        else:
             if self.mmap:
+                while len(self._chunks) >= self.max_maps:
+                    self._chunks.popitem(last=False)  # unmapped once no copy-free view of it is left
                 shape = (self.chunk_rows, self.dim)
                 self._chunks[i] = np.memmap(self.chunk_file(i), dtype=self.dtype, mode="r", shape=shape)
             else:  # compressed: zarr decodes the whole chunk; keep only the latest one
@@ -156,8 +166,12 @@ class FeatureArray:
                 problems.append(f"chunk file {f} {has}, want {want} bytes")
         return problems
 
-    def bad_chunks(self) -> dict[int, str]:
-        """Chunks that fail verification (missing, wrong size, checksum, NaN/Inf), with the reason."""
+    def bad_chunks(self, content_only: bool = False) -> dict[int, str]:
+        """Chunks that fail verification (missing, wrong size, checksum, NaN/Inf), with the reason.
+
+        With ``content_only``, only checksum and NaN/Inf failures of chunks that pass :meth:`cheap_problems`
+        (which reports the others).
+        """
         bad: dict[int, str] = {}
         marks = self.markers()
         for i in range(self.n_chunks):
@@ -179,6 +193,9 @@ class FeatureArray:
                 if why:
                     bad[i] = "; ".join(why)
                 self._chunks.pop(i, None)  # verification streams: do not keep every chunk mapped
+                continue
+            if content_only:
+                del bad[i]
         return bad
 
     def skipped(self) -> list[int]:
@@ -237,7 +254,7 @@ class SplitReader(FeatureArray):
         if self.complete and self.skipped() != sorted(self.meta.skipped_rows):
             problems.append("skipped_rows differ from those of the chunk markers")
         for array in self.arrays():
-            problems += [why for i, why in array.bad_chunks().items() if why != "not written"]
+            problems += list(array.bad_chunks(content_only=True).values())
         for what, digest, want in (
             ("ids", lambda: sha256_ids(self.ids), self.meta.ids_sha256),
             ("labels", lambda: sha256_labels(self.labels), self.meta.labels_sha256),
@@ -287,6 +304,42 @@ class Store:
     def locked(self) -> bool:
         return self.layout.lock.exists()
 
+    def writer(self) -> str | None:
+        """Who writes the store now (``pid P on host H (since T)``, a shard named), or None: no live lock."""
+        for path in (self.layout.lock, *self.layout.shard_locks()):
+            holder = describe_lock(path)
+            if holder is not None and not holder["stale"]:
+                shard = path.name.removeprefix("lock-")
+                return holder["text"] if path == self.layout.lock else f"{shard}, {holder['text']}"
+        return None
+
+    def refuse_if_being_written(self) -> None:
+        """Raise when a live writer holds the store: what a reader misses is on its way, not absent.
+
+        Raises:
+            StoreIncompleteError: names the writer and lists the splits written so far.
+        """
+        who = self.writer()
+        if who is not None:
+            raise StoreIncompleteError(
+                f"store {self.path} is being written by {who} (splits so far: {', '.join(self.splits) or 'none'}); "
+                "wait for it to finish"
+            )
+
+    def refuse_damaged(self) -> None:
+        """Raise when the last ``featcache verify`` found the store damaged: no training on bad chunks.
+
+        Raises:
+            StoreError: names the store, the verdict's first problem and ``--repair``.
+        """
+        verdict = self.last_verdict()
+        if verdict is not None and verdict.get("status", "ok" if verdict.get("ok") else "damaged") == "damaged":
+            first = (verdict.get("problems") or ["?"])[0]
+            raise StoreError(
+                f"store {self.path} failed `featcache verify` at {verdict.get('at', '?')} ({first}); re-extract its "
+                "damaged chunks with `featcache extract --repair` and the options that made it, then verify it again"
+            )
+
     def split_meta(self, name: str) -> SplitMeta:
         """The split's metadata as written.
 
@@ -294,6 +347,7 @@ class Store:
             StoreError: no such split (the present ones are listed), or it has no metadata.
         """
         if name not in self.splits:
+            self.refuse_if_being_written()
             raise StoreError(f"store {self.path} has no split '{name}' (it has: {', '.join(self.splits) or 'none'})")
         try:
             doc = zarr.open_group(self.path / name, mode="r").attrs.get("featcache_split")
@@ -315,10 +369,10 @@ class Store:
         """
         reader = SplitReader(self.layout, name, self.split_meta(name))
         if require_complete and not reader.complete:
-            holder = describe_lock(self.layout.lock)
-            if holder is not None and not holder["stale"]:
+            who = self.writer()
+            if who is not None:
                 raise StoreIncompleteError(
-                    f"split '{name}' of store {self.path} is being written by {holder['text']} "
+                    f"split '{name}' of store {self.path} is being written by {who} "
                     f"({reader.written()}/{reader.n_chunks} chunks so far); wait for it to finish"
                 )
             raise StoreIncompleteError(
@@ -331,9 +385,11 @@ class Store:
         """Every problem found, as ``'<split>: <problem>'``; empty when the store is sound.
 
         With ``record`` (and a writable store) the verdict is kept in the store, so ``ls`` can show a
-        damaged store as damaged; a read-only store is verified all the same.
+        damaged store as damaged; a read-only store is verified all the same. The verdict's ``status`` is
+        ``ok``, ``damaged``, or ``incomplete`` when a split is not marked complete (or none exists yet): an
+        extraction still running or interrupted, which the next extract finishes and which clears the verdict.
         """
-        problems = []
+        problems, incomplete = [], not self.splits
         for name in self.splits:
             try:
                 reader = self.split(name, require_complete=False)
@@ -343,15 +399,16 @@ class Store:
             found = reader.all_cheap_problems() + (reader.deep_problems() if deep else [])
             if not reader.complete:
                 found.insert(0, "not marked complete")
+                incomplete = True
             problems += [f"{name}: {p}" for p in dict.fromkeys(found)]
         if not self.splits:
             problems.append("store has no splits")
         if record and self.version >= 2:
-            self._record_verdict(problems, deep)
+            self._record_verdict(problems, deep, "incomplete" if incomplete else "damaged" if problems else "ok")
         return problems
 
-    def _record_verdict(self, problems: list[str], deep: bool) -> None:
-        verdict = {"featcache_verify": {"ok": not problems, "deep": deep, "problems": problems[:20],
+    def _record_verdict(self, problems: list[str], deep: bool, status: str) -> None:
+        verdict = {"featcache_verify": {"ok": not problems, "status": status, "deep": deep, "problems": problems[:20],
                                         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}  # fmt: skip
         try:
             ensure_groups(self.path, self.layout.verdict().parent.parent)
@@ -372,109 +429,3 @@ class Store:
 def open_store(path: str | os.PathLike) -> Store:
     """Open a store read-only (see :class:`Store`)."""
     return Store(Path(path))
-
-
-@dataclass(frozen=True)
-class StoreSummary:
-    """One row of ``featcache ls``: typed fields for JSON, flattened for the table by the CLI."""
-
-    dataset: str
-    store: str
-    path: str
-    status: str  # complete | incomplete | damaged | being written | stale lock | unreadable
-    splits: dict[str, dict] = field(default_factory=dict)  # name -> {rows, complete, chunks, written, views}
-    dim: int | None = None
-    dtype: str | None = None
-    precision: str | None = None
-    checkpoint: str | None = None
-    arch: str | None = None
-    layer: str | None = None
-    transform: str | None = None
-    preprocess: str | None = None
-    lock: str | None = None  # who holds the lock, when one exists
-    problem: str | None = None
-
-
-def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> list[StoreSummary]:
-    """One summary per store under ``cache_dir`` (optionally one dataset's), for ``featcache ls``."""
-    root = Path(cache_dir)
-    pattern = f"{store_path(root, dataset, 'x').parent.name}/*.zarr" if dataset else "*/*.zarr"
-    out = []
-    for path in sorted(root.glob(pattern)):
-        base = {"dataset": path.parent.name, "store": path.stem, "path": str(path)}
-        try:
-            store = Store(path)
-            readers = [store.split(name, require_complete=False) for name in store.splits]
-        except StoreError as e:
-            out.append(StoreSummary(**base, status="unreadable", problem=str(e)))
-            continue
-        prov = store.provenance
-        lock = describe_lock(store.layout.lock)
-        verdict = store.last_verdict()
-        if lock is not None:
-            status = "stale lock" if lock["stale"] else "being written"
-        elif verdict is not None and not verdict.get("ok"):
-            status = "damaged"
-        else:
-            status = "complete" if readers and all(r.complete for r in readers) else "incomplete"
-        out.append(
-            StoreSummary(
-                **base,
-                status=status,
-                splits={
-                    r.name: {
-                        "rows": r.rows,
-                        "complete": r.complete,
-                        "chunks": r.n_chunks,
-                        "written": r.written(),
-                        "views": r.n_views,
-                    }  # fmt: skip
-                    for r in readers
-                },
-                dim=prov.feature_dim,
-                dtype=prov.dtype,
-                precision=prov.precision,
-                checkpoint=prov.checkpoint.name,
-                arch=prov.checkpoint.arch,
-                layer=prov.layer,
-                transform=prov.transform_name,
-                preprocess=prov.preprocess.backend,
-                lock=None if lock is None else lock["text"],
-                problem=(verdict["problems"][0] if verdict and verdict.get("problems") else None),
-            )
-        )
-    return out
-
-
-def resolve_stores(
-    spec: str, dataset: str | None, cache_dir: Path, sets: dict[str, Sequence[str]] | None = None
-) -> list[Path]:
-    """Resolve ``--stores``: store names under ``<cache>/<dataset>/``, checkpoint set names, or paths.
-
-    A store given by path (ending in ``.zarr`` or holding a ``/``) needs no dataset.
-
-    Raises:
-        ConfigError: an empty list, or names given without a dataset.
-        StoreError: a named store does not exist (the extract command that makes it is suggested).
-    """
-    out: list[Path] = []
-    tokens = [t.strip() for t in spec.split(",")]
-    if not any(tokens):
-        raise ConfigError("--stores is empty; name at least one store, set or store path")
-    for token in tokens:
-        if not token:
-            continue
-        names = list(sets[token]) if token in (sets or {}) else [token]
-        for name in names:
-            if name.endswith(".zarr") or os.sep in name:
-                path = Path(name)
-            elif dataset is None:
-                raise ConfigError(f"--stores '{name}' is a store name: pass --dataset to say whose, or give its path")
-            else:
-                path = store_path(cache_dir, dataset, name)
-            if not (path / "zarr.json").exists():
-                hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
-                raise StoreError(f"no store {path}; create it with `{hint}`")
-            if path not in out:
-                out.append(path)
-    return out

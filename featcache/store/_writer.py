@@ -54,6 +54,23 @@ class SplitData:
     classes: Sequence[str]
 
 
+def planned_meta(data: SplitData, dim: int, dtype: str, chunk_rows: int, compression: str) -> SplitMeta:
+    """The metadata a new split of ``data`` gets (not complete, no views)."""
+    rows = len(data.ids)
+    return SplitMeta(
+        rows=rows,
+        dim=int(dim),
+        dtype=str(np.dtype(dtype)),
+        chunk_rows=int(chunk_rows),
+        n_chunks=-(-rows // chunk_rows),
+        compression=compression,
+        fingerprint=data.fingerprint,
+        ids_sha256=sha256_ids(data.ids),
+        labels_sha256=sha256_labels(data.labels),
+        classes=tuple(data.classes),
+    )
+
+
 class StoreWriter:
     """Creates a store, or reopens an incomplete one to resume it; holds the store's lock.
 
@@ -92,9 +109,9 @@ class StoreWriter:
             self.lock.acquire()
         try:
             with disk_errors(self.path), self.exclusive():
-                self._open(provenance, overwrite)
-                if shard is None:
+                if shard is None:  # before touching anything: a live shard's files are its own
                     self._refuse_live_shards()
+                self._open(provenance, overwrite)
         except BaseException:
             self.lock.release()
             raise
@@ -119,14 +136,21 @@ class StoreWriter:
         finally:
             self.main.release()
 
-    def _refuse_live_shards(self) -> None:
+    def _live_shards(self) -> list[tuple[Path, dict]]:
+        """The shard locks of other live writers (this writer's own aside), with their holders."""
+        found = []
         for path in self.layout.shard_locks():
             holder = describe_lock(path)
-            if holder is not None and not holder["stale"]:
-                raise StoreLockedError(
-                    f"store {self.path} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); "
-                    "wait for the shards to finish, then rerun without --shard to fill what is missing"
-                )
+            if holder is not None and not holder["stale"] and path != self.lock.path:
+                found.append((path, holder))
+        return found
+
+    def _refuse_live_shards(self) -> None:
+        for path, holder in self._live_shards():
+            raise StoreLockedError(
+                f"store {self.path} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); "
+                "wait for the shards to finish, then rerun without --shard to fill what is missing"
+            )
 
     def _open(self, provenance: Provenance, overwrite: bool) -> None:
         meta = self.path / "zarr.json"
@@ -157,7 +181,10 @@ class StoreWriter:
                     "new store, or --overwrite to replace it"
                 )
             self.prov = old
-            remove_partials(self.path)
+            # Temp files are removed only with no other live writer: another shard (another torchrun rank)
+            # may be between writing a chunk's temp file and renaming it into place.
+            if not self._live_shards():
+                remove_partials(self.path)
         fsync(self.path)
 
     def _remove_debris(self) -> None:
@@ -170,6 +197,12 @@ class StoreWriter:
         for child in self.layout.books.iterdir():
             if not child.name.startswith(self.layout.lock.name):
                 rmtree(child)
+
+    def forget_verdict(self) -> None:
+        """Remove the last ``featcache verify`` verdict: it judged what the store held before this writer."""
+        with disk_errors(self.path):
+            if self.layout.verdict().exists():
+                rmtree(self.layout.verdict().parent)
 
     def set_provenance(self, prov: Provenance) -> None:
         self.prov = prov
@@ -227,8 +260,9 @@ class ArrayWriter:
 
     @property
     def complete(self) -> bool:
+        # a view counted complete in a split that is not (being repaired or resumed) is checked chunk by chunk
         m = self.split.meta
-        return m.complete if self.view is None else self.view < m.n_views
+        return m.complete and (self.view is None or self.view < m.n_views)
 
     def bounds(self, i: int) -> tuple[int, int]:
         return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.rows)
@@ -303,19 +337,7 @@ class SplitWriter(ArrayWriter):
         self.split, self.view = self, None
         self.store, self.name, self.layout = store, data.name, store.layout
         self.dir = store.path / data.name
-        rows = len(data.ids)
-        want = SplitMeta(
-            rows=rows,
-            dim=int(dim),
-            dtype=str(np.dtype(dtype)),
-            chunk_rows=int(chunk_rows),
-            n_chunks=-(-rows // chunk_rows),
-            compression=compression,
-            fingerprint=data.fingerprint,
-            ids_sha256=sha256_ids(data.ids),
-            labels_sha256=sha256_labels(data.labels),
-            classes=tuple(data.classes),
-        )
+        want = planned_meta(data, dim, dtype, chunk_rows, compression)
         with disk_errors(store.path):
             old = self._created_meta()
             if old is not None:
@@ -377,7 +399,9 @@ class SplitWriter(ArrayWriter):
         self.meta = meta
 
     def _list_in_store(self) -> None:
-        prov = self.store.prov
+        # read again: another shard may have listed a split since this writer opened the store
+        doc = zarr.open_group(self.store.path, mode="r").attrs.get("featcache")
+        self.store.prov = prov = parse(Provenance, doc, f"{self.store.path}: provenance")
         if self.name not in prov.splits:
             self.store.set_provenance(dataclasses.replace(prov, splits=(*prov.splits, self.name)))
 
@@ -416,12 +440,14 @@ class SplitWriter(ArrayWriter):
         return [ArrayWriter(self, k) for k in range(count)]
 
     def invalidate(self, view: int | None, chunks: Sequence[int]) -> None:
-        """Forget ``chunks`` of an array (they failed verification), so that the next extract redoes them."""
+        """Forget ``chunks`` of an array (they failed verification), so that the next extract redoes them.
+
+        The split is marked incomplete first and keeps its views count: a store is never made smaller, and a
+        repair killed half way leaves a store that readers refuse and the next extract finishes.
+        """
         with disk_errors(self.store.path):
-            if view is None:
+            if self.meta.complete:
                 self._write_meta(dataclasses.replace(self.meta, complete=False))
-            elif self.meta.views is not None and view < self.meta.n_views:
-                self._write_meta(dataclasses.replace(self.meta, views=dataclasses.replace(self.meta.views, count=view)))
             for i in chunks:
                 marker = self.layout.marker(self.name, view, i)
                 if marker.exists():
@@ -434,7 +460,7 @@ class SplitWriter(ArrayWriter):
             StoreIncompleteError: some chunks are not written yet (their indices are listed).
             StoreError: a chunk file is missing or of the wrong size, or the disk refused the write.
         """
-        arrays = [self, *(ArrayWriter(self, k) for k in range(self.meta.n_views, views))]
+        arrays = [self, *(ArrayWriter(self, k) for k in range(max(self.meta.n_views, views)))]
         for a in arrays:
             missing = [i for i in range(self.n_chunks) if not a.done(i)]
             if missing:
@@ -453,11 +479,14 @@ class SplitWriter(ArrayWriter):
             completed_at=self.meta.completed_at or _now(),
             skipped_rows=tuple(reader.skipped()),
         )
+        changed = not self.meta.complete or views > meta.n_views
         if views > meta.n_views:
             meta = dataclasses.replace(meta, views=dataclasses.replace(meta.views, count=views))
         with disk_errors(self.store.path):
             # the flag goes last: zarr renames zarr.json into place; fsync it and its directory
             self._write_meta(meta)
+        if changed:  # a verdict on what was there before is obsolete
+            self.store.forget_verdict()
 
 
 def _compressors(compression: str) -> list | None:
