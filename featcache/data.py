@@ -403,6 +403,7 @@ class CIFAR100(CIFAR10):
 
 # File-backed formats live in datasets_files.py; importing it registers them (either import order works).
 from . import datasets_files  # noqa: E402
+from . import demo_data  # noqa: E402, F401  (registers the demo's digits-mix format)
 
 _FILE_NAMES = ("ImageFolderDataset", "INaturalist2018", "find_classes", "make_samples")
 
