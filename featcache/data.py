@@ -403,7 +403,6 @@ class CIFAR100(CIFAR10):
 
 # File-backed formats live in datasets_files.py; importing it registers them (either import order works).
 from . import datasets_files  # noqa: E402
-from . import demo_data  # noqa: E402, F401  (registers the demo's digits-mix format)
 
 _FILE_NAMES = ("ImageFolderDataset", "INaturalist2018", "find_classes", "make_samples")
 
@@ -412,3 +411,6 @@ def __getattr__(name: str) -> Any:
     if name in _FILE_NAMES:  # re-exported lazily: a plain import here would be circular
         return getattr(datasets_files, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+from . import demo_data  # noqa: E402, F401  (importing it registers the demo's digits-mix format)

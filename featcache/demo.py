@@ -216,7 +216,12 @@ class DemoResult:
 
 
 def run_demo(
-    paths: Paths, *, retrain: bool = False, out: Path | None = None, echo: Callable[[str], None] = log.info
+    paths: Paths,
+    *,
+    retrain: bool = False,
+    out: Path | None = None,
+    echo: Callable[[str], None] = log.info,
+    sweep: SweepConfig | None = None,
 ) -> DemoResult:
     """Pretrain what is missing, run the demo sweep, write and print the report (see the module docstring).
 
@@ -225,6 +230,8 @@ def run_demo(
         retrain: pretrain every checkpoint again (their stores are then extracted again).
         out: folder of the report files (default ``<cache>/reports``).
         echo: where progress and the table go (the CLI passes ``click.echo``).
+        sweep: the sweep to pretrain and run (default: ``configs/sweeps/demo.yaml``); a smaller one runs the same
+            code path in less time.
 
     Returns:
         The report, its verdict lines, where its files are, and the seconds the demo took.
@@ -237,21 +244,23 @@ def run_demo(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(paths, retrain, out, echo)
+        return _run(paths, retrain, out, echo, sweep)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(paths: Paths, retrain: bool, out: Path | None, echo: Callable[[str], None]) -> DemoResult:
+def _run(
+    paths: Paths, retrain: bool, out: Path | None, echo: Callable[[str], None], sweep: SweepConfig | None
+) -> DemoResult:
     t0 = time.perf_counter()
     reg = load_registry(paths)
-    sweep = load_sweep(SWEEP, reg)
+    sweep = sweep or load_sweep(SWEEP, reg)
     budget = [r for r in sweep.rows if r.steps_per_model is not None]
     if not budget:
         raise ConfigError(f"{sweep.source}: the demo needs rows with steps_per_model (the pretraining budget)")
     total = {r.steps_per_model * len(reg.expand_checkpoints(r.draws[0])) for r in budget}
     target = ", ".join(d.name for d in sweep.datasets)
-    models = ", ".join(str(len(reg.expand_checkpoints(r.draws[0]))) for r in budget)
+    models = " or ".join(str(len(reg.expand_checkpoints(r.draws[0]))) for r in budget)
     cpu = torch.backends.cpu.get_cpu_capability()
     echo(f"featcache demo: a pretraining budget of {', '.join(map(str, sorted(total)))} steps on {PRETRAIN} (a colour "
          f"cue competing with the digit's shape), spent on {models} networks; their concatenated features, and the "
@@ -260,10 +269,10 @@ def _run(paths: Paths, retrain: bool, out: Path | None, echo: Callable[[str], No
     pretrain_sweep(sweep, reg, paths, retrain=retrain, echo=echo)
     result = run_sweep(sweep, reg, paths, echo=echo)
     report = with_zero_steps(build_report(result.plan))
-    lines = verdicts(build_report(result.plan))
+    lines = verdicts(report)
     files = write_report(report, out or paths.cache / "reports")
     if files.plot is not None:  # the same file, redrawn with the controls as a line of their own
-        plot_demo(build_report(result.plan), files.plot)
+        plot_demo(report, files.plot)
     echo("")
     draws = max(r.draws for r in report.rows)
     echo(f"Linear-probe test top-1 (%) on {target}, mean ± std over {draws} draws (* best):")
@@ -274,7 +283,8 @@ def _run(paths: Paths, retrain: bool, out: Path | None, echo: Callable[[str], No
     echo("")
     echo(f"table:   {files.markdown}  {files.csv}")
     echo(f"plot:    {files.plot}" if files.plot else f"plot:    not written; {files.note}")
-    echo(f"stores:  {paths.cache / TRANSFER}   (featcache ls --dataset {TRANSFER})")
+    first = sweep.datasets[0].name
+    echo(f"stores:  {paths.cache / first}   (featcache ls --dataset {first})")
     echo(f"results: {paths.results_log}   (featcache results --tag sweep:{sweep.name})")
     seconds = time.perf_counter() - t0
     echo(f"demo finished in {seconds:.0f}s")

@@ -1,7 +1,7 @@
 """What ``featcache demo`` prints about its table: the control rows, the two verdict lines, and its plot.
 
-The demo sweep has two kinds of rows. *Budget* rows (``steps_per_model`` set: cat1, cat2, cat4) spend one
-pretraining budget on 1, 2 or 4 networks. *Control* rows (no ``steps_per_model``: cat1-init, cat4-init) are the
+The demo sweep has two kinds of rows. *Budget* rows (``steps_per_model`` set: cat1, cat4) spend one
+pretraining budget on 1 or 4 networks. *Control* rows (no ``steps_per_model``: cat1-init, cat4-init) are the
 same kind of networks at initialisation, 0 steps: random features, probed exactly as the budget rows. The verdicts
 are computed from the table, whichever way it came out: pretrained against random features at the same number of
 networks, and every cat-n against cat1 at the same budget, each difference held against the spread over draws.
@@ -19,8 +19,12 @@ __all__ = ["controls", "with_zero_steps", "verdicts", "plot_demo"]
 
 
 def controls(report: SweepReport) -> tuple[RowInfo, ...]:
-    """The control rows: those without a pretraining budget (their networks are saved after 0 steps)."""
-    return tuple(r for r in report.rows if r.steps_per_model is None)
+    """The control rows: those without a pretraining budget (None, or 0 once :func:`with_zero_steps` showed it)."""
+    return tuple(r for r in report.rows if not r.steps_per_model)
+
+
+def _budget(report: SweepReport) -> tuple[RowInfo, ...]:
+    return tuple(r for r in report.rows if r.steps_per_model)
 
 
 def with_zero_steps(report: SweepReport) -> SweepReport:
@@ -52,15 +56,17 @@ def verdicts(report: SweepReport) -> list[str]:
 
     Each comparison gives both rows as mean ± std over the draws, the difference, and whether it is more than the
     spread over draws (the larger of the two stds). Pretrained rows meet the control with as many networks;
-    every other budget row meets the one-network row. Until every row has a result, one line says so instead.
+    every other budget row meets the one-network row; both by number of networks. Until every draw has a result,
+    one line says so instead.
     """
     d = report.datasets[0]
     cell = {r.name: report.cells[(r.name, d)] for r in report.rows}
-    if any(c.mean is None for c in cell.values()):
-        return ["measured: some rows have no result yet; rerun `featcache demo` to finish them"]
-    budget = [r for r in report.rows if r.steps_per_model is not None]
+    if any(len(c.values) < c.draws for c in cell.values()):  # a mean of fewer draws is not the row's
+        return ["measured: some draws have no result yet; rerun `featcache demo` to finish them"]
+    budget = _budget(report)
     lines = []
-    pairs = [(next((r for r in budget if r.models == c.models), None), c) for c in controls(report)]
+    pairs = [(next((r for r in budget if r.models == c.models), None), c)
+             for c in sorted(controls(report), key=lambda c: c.models)]  # fmt: skip
     parts = [f"{_show(r, cell[r.name])} vs {_show(c, cell[c.name])}, {_against(cell[r.name], cell[c.name])}"
              for r, c in pairs if r is not None]  # fmt: skip
     if parts:
@@ -68,7 +74,7 @@ def verdicts(report: SweepReport) -> list[str]:
                      + "; ".join(parts))  # fmt: skip
     single = next((r for r in budget if r.models == 1), None)
     parts = [f"{_show(r, cell[r.name], steps=True)} {_against(cell[r.name], cell[single.name])}"
-             for r in budget if single is not None and r is not single]  # fmt: skip
+             for r in sorted(budget, key=lambda r: r.models) if single is not None and r is not single]  # fmt: skip
     if parts:
         lines.append(f"measured, cat-n vs {_show(single, cell[single.name], steps=True)} at the same budget: "
                      + "; ".join(parts))  # fmt: skip
@@ -85,7 +91,7 @@ def plot_demo(report: SweepReport, path: Path) -> Path:
         ImportError: matplotlib is not installed.
     """
     d = report.datasets[0]
-    budget = tuple(r for r in report.rows if r.steps_per_model is not None)
+    budget = _budget(report)
     ctl = {r.models: r for r in controls(report)}
     pre, init = f"{d}: pretrained", f"{d}: at initialisation (0 steps)"
     cells = {}
