@@ -107,10 +107,17 @@ def pretrain(reg: Registry, spec: CheckpointSpec, seed: int, steps: int, *, batc
 
     fp32 throughout and every draw seeded (initialisation, batch order), so a rerun gives the same weights.
     AdamW with a cosine schedule over the model's own ``steps``, so a short run ends annealed like a long one; no
-    augmentation: the digits' offsets are part of the task. ``steps=0`` saves the initialisation.
+    augmentation: the digits' offsets are part of the task. Safe to call from several threads at once.
+
+    Args:
+        reg: the registry holding the pretraining dataset (:data:`PRETRAIN`) and its transform.
+        spec: the checkpoint to write (its ``arch`` and ``path``); the file is replaced atomically.
+        seed: seeds the initialisation and the batch order.
+        steps: optimizer steps; 0 saves the initialisation.
+        batch_size: samples per step.
 
     Returns:
-        Top-1 on the mixture's test split, on its cued and on its plain samples.
+        Top-1 on the mixture's test split, on its cued and on its plain samples, and the seconds it took.
     """
     t0 = time.perf_counter()
     x_all, y_all, _ = _split(reg, reg.dataset(PRETRAIN).train_split)
@@ -178,18 +185,31 @@ def _plan(sweep: SweepConfig, reg: Registry) -> list[tuple[CheckpointSpec, int, 
     return todo
 
 
-def pretrain_sweep(sweep: SweepConfig, reg: Registry, paths: Paths, *, retrain: bool, echo) -> int:
-    """Pretrain every checkpoint of the sweep (see :func:`_plan` for seeds and steps); returns how many were.
+def pretrain_sweep(
+    sweep: SweepConfig, reg: Registry, paths: Paths, *, retrain: bool, echo: Callable[[str], None]
+) -> int:
+    """Pretrain every checkpoint of the sweep that is missing (see :func:`_plan` for seeds and steps).
 
     Checkpoints train in parallel threads, one core each (the weights do not depend on it: every draw is
     seeded). A retrained checkpoint's stores are deleted: their features belong to the old weights.
+
+    Args:
+        sweep: the demo sweep; budget rows train ``steps_per_model`` steps, control rows 0.
+        reg: the registry of its checkpoints and of the pretraining dataset.
+        paths: where the stores are (a retrained checkpoint's are deleted).
+        retrain: train every checkpoint again, even one saved with the same recipe, seed and steps.
+        echo: one line per checkpoint trained, in the sweep's order.
+
+    Returns:
+        How many checkpoints were trained.
     """
     plan = _plan(sweep, reg)
     todo = [(i, spec, seed, steps) for i, (spec, seed, steps) in enumerate(plan, 1)
             if retrain or not _trained(reg, spec, seed, steps)]  # fmt: skip
     if not todo:
         return 0
-    jobs = min(len(todo), len(os.sched_getaffinity(0)), MAX_JOBS)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = min(len(todo), cores, MAX_JOBS)
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="demo-pretrain")
     try:
         futures = [pool.submit(pretrain, reg, spec, seed, steps) for _, spec, seed, steps in todo]

@@ -56,8 +56,14 @@ def verdicts(report: SweepReport) -> list[str]:
 
     Each comparison gives both rows as mean ± std over the draws, the difference, and whether it is more than the
     spread over draws (the larger of the two stds). Pretrained rows meet the control with as many networks;
-    every other budget row meets the one-network row; both by number of networks. Until every draw has a result,
-    one line says so instead.
+    every other budget row meets the one-network row; both by number of networks.
+
+    Args:
+        report: the demo sweep's report; control rows have no (or 0) ``steps_per_model``.
+
+    Returns:
+        The two lines (one when the sweep has no controls or no other budget row), or one line saying that some
+        draws have no result yet.
     """
     d = report.datasets[0]
     cell = {r.name: report.cells[(r.name, d)] for r in report.rows}
