@@ -415,3 +415,6 @@ def __getattr__(name: str) -> Any:
     if name in _FILE_NAMES:  # re-exported lazily: a plain import here would be circular
         return getattr(datasets_files, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+from . import demo_data  # noqa: E402, F401  (importing it registers the demo's digits-mix format)

@@ -245,6 +245,54 @@ BUGS = {
         "        other = input_size\n",
         ["tests/test_extract_stores.py"],
     ),
+    "50 a random-init control seeded apart from its pretrained twin": (
+        "featcache/demo.py",
+        "                seeds[spec.name] = seeds[twin] if twin in seeds else len(seeds)\n",
+        "                seeds[spec.name] = len(seeds)\n",
+        ["tests/test_demo.py"],
+    ),
+    "51 a control compared with a budget row of another size": (
+        "featcache/demo_report.py",
+        "    pairs = [(next((r for r in budget if r.models == c.models), None), c)\n",
+        "    pairs = [(next((r for r in budget if r.models <= c.models), None), c)\n",
+        ["tests/test_demo.py"],
+    ),
+    "52 a difference held against the smaller spread of the two rows": (
+        "featcache/demo_report.py",
+        "    gain, spread = a.mean - b.mean, max(a.std or 0.0, b.std or 0.0)\n",
+        "    gain, spread = a.mean - b.mean, min(a.std or 0.0, b.std or 0.0)\n",
+        ["tests/test_demo.py"],
+    ),
+    "53 cat1 taken as the first budget row of the sweep": (
+        "featcache/demo_report.py",
+        "    single = next((r for r in budget if r.models == 1), None)\n",
+        "    single = next((r for r in budget), None)\n",
+        ["tests/test_demo.py"],
+    ),
+    "54 the mixture's plain share inverted": (
+        "featcache/demo_data.py",
+        "        plain = rng.random(len(labels)) < float(plain_fraction)\n",
+        "        plain = rng.random(len(labels)) > float(plain_fraction)\n",
+        ["tests/test_demo_data.py"],
+    ),
+    "55 the plot's control line drawn from the one-network control": (
+        "featcache/demo_report.py",
+        "        twin = ctl.get(r.models)\n",
+        "        twin = ctl.get(1)\n",
+        ["tests/test_demo.py"],
+    ),
+    "56 a kept checkpoint not keyed by the pretraining task's options": (
+        "featcache/demo.py",
+        '    task = {"dataset": PRETRAIN, **reg.dataset(PRETRAIN).options}\n',
+        '    task = {"dataset": PRETRAIN}\n',
+        ["tests/test_demo.py"],
+    ),
+    "57 a cued digit drawn in the next class's colour": (
+        "featcache/demo_data.py",
+        "        colour = PALETTE[y] if c else np.full(3, 255.0, dtype=np.float32)\n",
+        "        colour = PALETTE[(y + 1) % 10] if c else np.full(3, 255.0, dtype=np.float32)\n",
+        ["tests/test_demo_data.py"],
+    ),
 }
 
 
