@@ -10,7 +10,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device", "resolve_precision", "device_name", "PRECISIONS"]
+__all__ = ["resolve_device", "resolve_precision", "device_name", "cpu_bf16_native", "PRECISIONS"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,3 +51,11 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {model} ({os.cpu_count()} cores)"
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast would pay off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

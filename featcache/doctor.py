@@ -50,9 +50,11 @@ def pillow_note(version: str, checkout: Path | None) -> str:
 
 
 def _cpu_bf16() -> str:
-    from .demo import native_bf16  # the demo's own test, read at each call: the two cannot disagree
+    from . import devices
 
-    return "yes, native (the demo pretrains in bf16)" if native_bf16() else "not native (the demo pretrains in fp32)"
+    # The demo pretrains in fp32 on every CPU (its numbers must not depend on the machine), so bf16 is only a fact
+    # about this CPU here, not a setting anything uses.
+    return ("yes, native" if devices.cpu_bf16_native() else "not native") + " (the demo pretrains in fp32 everywhere)"
 
 
 def _cuda_bf16(cuda: bool) -> str:

@@ -1,4 +1,5 @@
-"""`featcache doctor` reports what the code does: the demo's bf16 test, extract's precision, how to get pillow-simd."""
+"""`featcache doctor` reports what the code does: CPU bf16 (the demo pretrains in fp32 anyway), extract's precision,
+how to get pillow-simd."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from conftest import REPO
 
-import featcache.demo
+import featcache.devices
 import featcache.doctor
 from featcache.doctor import machine_report, pillow_note, source_checkout
 
@@ -16,11 +17,11 @@ def _rows() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_cpu_bf16_is_the_demo_s_own_test(monkeypatch, native):
-    monkeypatch.setattr(featcache.demo, "native_bf16", lambda: native)
+def test_cpu_bf16_is_reported_and_the_demo_pretrains_in_fp32_either_way(monkeypatch, native):
+    monkeypatch.setattr(featcache.devices, "cpu_bf16_native", lambda: native)
     row = _rows()["cpu bf16"]
     assert row.startswith("yes, native") if native else row.startswith("not native"), row
-    assert ("the demo pretrains in bf16" in row) is native and ("the demo pretrains in fp32" in row) is not native
+    assert "the demo pretrains in fp32 everywhere" in row and "bf16)" not in row
 
 
 def test_cuda_bf16_and_default_extract_follow_the_auto_precision(monkeypatch):
