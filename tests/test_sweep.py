@@ -526,10 +526,10 @@ def test_a_fresh_directory_says_that_the_demo_trains_the_checkpoints(tmp_path):
     roots = ["--cache-dir", str(tmp_path / "cache"), "--checkpoint-dir", str(tmp_path / "ckpts"),
              "--data-dir", str(tmp_path / "data")]  # fmt: skip
     for extra in ([], ["--dry-run"]):
-        r = CliRunner().invoke(main, ["sweep", "digits", *roots, *extra])
+        r = CliRunner().invoke(main, ["sweep", "demo", *roots, *extra])
         assert r.exit_code == 1, r.output
-        assert r.output.startswith("Error: sweep digits: 21 checkpoint file(s) to extract are missing: ")
-        assert r.output.rstrip().endswith("... (21 in all); `featcache demo` trains them")
+        assert r.output.startswith("Error: sweep demo: 30 checkpoint file(s) to extract are missing: ")
+        assert r.output.rstrip().endswith("... (30 in all); `featcache demo` trains them")
         assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()
 
