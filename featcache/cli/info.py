@@ -20,7 +20,7 @@ def doctor():
 
 
 @main.command(name="list", short_help="List what the registries hold: archs, checkpoints, sets, datasets, ...")
-@click.argument("kind", type=click.Choice(("archs", *KINDS)))
+@click.argument("kind", metavar="KIND", type=click.Choice(("archs", *KINDS)))
 @format_option
 @command
 def list_(paths: Paths, kind: str, fmt: str):

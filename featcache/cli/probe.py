@@ -26,8 +26,7 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
     cls=RegistryOption,
     kind="presets",
     names=lambda reg: reg.probe_presets,
-    help="Probe preset from probes.yaml ({names}). Default: the dataset's (cifar = the research protocol with "
-    "batch 256; imagenet and inat = batch 32).",
+    help="Probe preset from probes.yaml ({names}). Default: the one the dataset names in datasets.yaml.",
 )
 @click.option(
     "--wd",
