@@ -5,6 +5,7 @@
     import featcache as fc
 
     fc.list_stores("cache", dataset="cifar10")                      # StoreSummary per store: status, rows, dim, ...
+    fc.api.verify_stores(["run0", "run1"], "cifar10", "cache")         # {store path: [problems]}, [] when sound
     X, y, ids = fc.load_split(["run0", "run1"], "train", dataset="cifar10", cache_dir="cache")  # concatenated
     Xv, _, _ = fc.load_split(["run0", "run1"], "train", dataset="cifar10", cache_dir="cache", view=3)  # view 3
     X, y, ids = fc.load_split("cache/cifar10/run0.zarr", "test", as_torch=True)   # a store given by its path
@@ -28,11 +29,19 @@ import numpy as np
 
 from .classmap import check_class_map
 from .concat import ConcatView
-from .errors import ConfigError
+from .errors import ConfigError, FeatcacheError
 from .results import ProbeRecord, load_records, records_frame, select_records, summary_rows
 from .store import Store, StoreSummary, list_stores, open_store, resolve_stores
 
-__all__ = ["StoreSummary", "open_store", "list_stores", "load_split", "load_results", "results_table"]
+__all__ = [
+    "StoreSummary",
+    "open_store",
+    "list_stores",
+    "verify_stores",
+    "load_split",
+    "load_results",
+    "results_table",
+]
 
 PathLike = str | os.PathLike
 
@@ -42,6 +51,36 @@ def _paths(stores: PathLike | Sequence[PathLike], dataset: str | None, cache_dir
     items = [stores] if isinstance(stores, str | os.PathLike) else list(stores)
     spec = ",".join(str(s) for s in items)
     return resolve_stores(spec, dataset, Path(cache_dir) if cache_dir is not None else Path("cache"))
+
+
+def verify_stores(
+    stores: Sequence[str], dataset: str | None = None, cache_dir: PathLike | None = None, *, deep: bool = True
+) -> dict[str, list[str]]:
+    """Check stores chunk by chunk, as ``featcache verify`` does: every problem found, by store.
+
+    A store that cannot be found or opened is a verdict too (its error is its problem), so one bad name never
+    hides the verdict on the others.
+
+    Args:
+        stores: store names (with ``dataset``), set names or paths, each a ``--stores`` token.
+        deep: hash every chunk (False: structure only: markers and chunk sizes).
+
+    Returns:
+        ``{store path (or the token that names none): [problems]}``, in the order given; [] for a sound store.
+    """
+    out: dict[str, list[str]] = {}
+    for token in stores:
+        try:
+            found = _paths(token, dataset, cache_dir)
+        except FeatcacheError as e:
+            out[str(token)] = [str(e)]
+            continue
+        for path in found:
+            try:
+                out[str(path)] = open_store(path).verify(deep=deep)
+            except FeatcacheError as e:
+                out[str(path)] = [str(e)]
+    return out
 
 
 def load_split(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -26,13 +25,13 @@ import zarr
 
 from . import __version__, distributed
 from .augment import ViewMaker
-from .config import AugmentSpec, CheckpointSpec, DatasetSpec, TransformSpec
+from .config import AugmentSpec, CheckpointSpec, TransformSpec
 from .data import ImageDataset, build_dataset
-from .devices import PRECISIONS, resolve_device, resolve_precision
+from .devices import resolve_device, resolve_precision
 from .errors import ConfigError
+from .extract_config import ExtractConfig, config_from
 from .extract_stores import write_stores
 from .forward import ExtractReport, prepare_model
-from .loaders import BACKENDS
 from .models import LoadedBackbone, build_features, load_backbone, resolve_preprocessing
 from .progress import NullProgress, ProgressFactory
 from .store import (
@@ -48,6 +47,7 @@ from .store import (
 
 __all__ = [
     "ExtractConfig",
+    "config_from",
     "ExtractPlan",
     "ExtractReport",
     "extract",
@@ -59,87 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMPILE_MIN_ROWS = 500_000  # below this the ~15 s compile costs more than the faster forward saves
-
-
-def _choice(value: str, allowed, option: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{option} {value!r} is not one of {', '.join(allowed)}")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything one ``featcache extract`` call needs; validated on construction.
-
-    ``transform`` is the dataset preset (its default or ``--transform``); with ``model_preprocessing`` an
-    architecture that defines its own evaluation preprocessing (timm, torchvision weights) uses that instead.
-    ``views`` augmented views (made with the preset's training transform, seeded by ``views_seed``) are stored
-    for the dataset's train split only.
-    """
-
-    checkpoints: tuple[CheckpointSpec, ...]
-    dataset: DatasetSpec
-    transform: TransformSpec
-    cache_dir: Path
-    splits: tuple[str, ...] = ()  # empty: all of the dataset's splits
-    store_name: str | None = None
-    batch_size: int = 256
-    dtype: str = "float16"
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int = min(8, os.cpu_count() or 1)
-    limit: int | None = None  # a stratified subset of this many samples per split
-    overwrite: bool = False
-    trust_checkpoint: bool = False
-    compile: str = "auto"
-    backend: str = "auto"
-    on_bad_image: str = "error"
-    compression: str = "none"
-    chunk_rows: int | None = None  # rows per store chunk; default about CHUNK_BYTES
-    views: int = 0
-    views_seed: int = 0
-    layers: tuple[str, ...] = ()  # intermediate layers (one store each); empty: the pre-logits features
-    pool: str | None = None
-    ignore_extra_keys: bool = False
-    repair: bool = False  # re-extract the chunks that fail verification
-    model_preprocessing: bool = True
-    shard: tuple[int, int] | None = None  # (I, N): write only chunks i with i % N == I (Slurm arrays, ranks)
-
-    def __post_init__(self) -> None:
-        for option, value, low in (
-            ("--batch-size", self.batch_size, 1),
-            ("--workers", self.workers, 0),
-            ("--chunk-rows", self.chunk_rows, 1),
-            ("--limit", self.limit, 1),
-            ("--views", self.views, 0),
-            ("--views-seed", self.views_seed, 0),
-        ):
-            if value is not None and not (isinstance(value, int) and value >= low):
-                raise ConfigError(f"{option} must be an integer >= {low}, got {value!r}")
-        _choice(self.dtype, ("float16", "float32"), "--dtype")
-        _choice(self.precision, ("auto", *PRECISIONS), "--precision")
-        _choice(self.compile, ("auto", "on", "off"), "--compile")
-        _choice(self.backend, ("auto", *BACKENDS), "--preprocess")
-        _choice(self.on_bad_image, ("error", "skip"), "--on-bad-image")
-        _choice(self.compression, ("none", "zstd"), "--compression")
-        if self.shard is not None:
-            i, n = self.shard
-            if not 0 <= i < n:
-                raise ConfigError(f"--shard {i}/{n}: give I/N with 0 <= I < N, e.g. 0/4")
-            if self.overwrite or self.repair:
-                raise ConfigError("--shard cannot be combined with --overwrite or --repair: run those once first")
-        if self.store_name is not None and store_path(".", "d", self.store_name).stem != self.store_name:
-            raise ConfigError(
-                f"--store-name {self.store_name!r} is not a plain name: use letters, digits, '.', '_' and '-', not "
-                "starting or ending with '.' or '_' (a store is <cache>/<dataset>/<name>.zarr)"
-            )
-        if self.store_name and len(self.checkpoints) != 1:
-            raise ConfigError("--store-name names one store: give exactly one checkpoint with --ckpt")
-        repeated = sorted({name for name in self.layers if self.layers.count(name) > 1})
-        if repeated:
-            raise ConfigError(f"--layers names {', '.join(map(repr, repeated))} more than once; name each layer once")
-        for s in self.splits:
-            if s not in self.dataset.splits:
-                raise ConfigError(f"--split {s!r}: dataset '{self.dataset.name}' has {', '.join(self.dataset.splits)}")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,6 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,16 +36,18 @@ from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError, FeatcacheError, StoreError, StoreIncompleteError
 from .feed import MEMORY_SHARE, Arrays, Rows, epoch_features, fits_gpu, load, plan_memory, view_schedule
-from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
-from .logreg import LogRegConfig
-from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed, record_key
-from .solvers import SolverConfig, run_solver
+from .heads import MultiHeadProbe, NonFiniteLossError
+from .probe_config import ProbeConfig, config_from, default_splits, heads_from_preset, probe_key_for
+from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
+from .solvers import run_solver
 from .store import Store, resolve_stores
 
 __all__ = [
     "ProbeConfig",
     "ProbeError",
+    "config_from",
     "run_probe",
+    "probe_key_for",
     "resolve_stores",
     "heads_from_preset",
     "val_split",
@@ -64,82 +64,10 @@ SELECTION_NOTE = (
     "split and test is read once, at the selected head and epoch"
 )
 RESEARCH_NOTE = "research-style: best test accuracy over all epochs and grid points (selected on test)"
-PRESET_KEYS = ("val_fraction", "views")  # preset keys that are not HeadConfig fields
 
 
 class ProbeError(FeatcacheError):
     """The probe cannot give a sound number (non-finite features or loss, too few classes, ...)."""
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """One ``featcache probe`` call.
-
-    ``views``: augmented views to train on (None: every view the stores share; 0: centre crops only).
-    ``max_memory``: bytes of RAM the features may take (None: MEMORY_SHARE of what is available).
-    ``in_memory``: ``auto`` plans by the budget; ``yes`` forces resident, ``no`` streaming.
-    """
-
-    stores: tuple[Path, ...]
-    heads: HeadConfig
-    val_fraction: float = 0.1
-    device: str = "auto"
-    allow_transform_mix: bool = False
-    train_split: str | None = None  # default: "train", else the stores' first split
-    test_split: str | None = None  # default: "test", else "val"
-    views: int | None = None
-    max_memory: int | None = None
-    in_memory: str = "auto"
-    preset: str = "cifar"
-    tag: str = ""
-    dataset: str | None = None  # what the caller believes the stores hold (e.g. --dataset); checked
-    allow_same_split: bool = False
-    solver: SolverConfig | None = None  # None: the SGD heads of ``heads``; else L-BFGS or k-NN on the same splits
-
-    def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if self.in_memory not in ("auto", "yes", "no"):
-            raise ConfigError(f"--in-memory {self.in_memory!r} is not one of auto, yes, no")
-        if not self.stores:
-            raise ConfigError("--stores is empty; name at least one store")
-        if self.views is not None and self.views < 0:
-            raise ConfigError(f"--views must be a count >= 0 or 'none', got {self.views}")
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise ConfigError(f"--max-memory must be a positive size, got {self.max_memory}")
-        if self.solver is not None and self.views:
-            raise ConfigError("--solver lbfgs and knn fit the evaluation view only: pass --views none")
-
-    @property
-    def solver_name(self) -> str:
-        return "sgd" if self.solver is None else "lbfgs" if isinstance(self.solver, LogRegConfig) else "knn"
-
-
-def heads_from_preset(
-    preset: dict, weight_decays: Sequence[float] | None = None, **overrides
-) -> tuple[HeadConfig, float]:
-    """A preset of probes.yaml plus the options given (None: keep the preset's) -> (HeadConfig, val_fraction).
-
-    ``weight_decays`` (or the preset's ``weight_decays``) is the grid; ``views`` is read by the caller.
-
-    Raises:
-        ConfigError: the preset has keys HeadConfig does not know, or no weight-decay grid.
-    """
-    p = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
-    val_fraction = float(p.pop("val_fraction", 0.1))
-    p.pop("views", None)
-    if weight_decays is not None:
-        p["weight_decays"] = tuple(weight_decays)
-    if "weight_decays" not in p:
-        raise ConfigError("the probe preset has no weight_decays; add them to probes.yaml or pass --wd")
-    p["milestones"] = tuple(p.get("milestones", ()))
-    known = {f.name for f in dataclasses.fields(HeadConfig)}
-    unknown = sorted(set(p) - known)
-    if unknown:
-        raise ConfigError(
-            f"probe preset has unknown key(s) {unknown}; known: {', '.join(sorted(known | set(PRESET_KEYS)))}"
-        )
-    return HeadConfig(**p), val_fraction
 
 
 def val_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,15 +97,14 @@ def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -
 
 
 def _open(cfg: ProbeConfig) -> tuple[list[Store], ConcatView, ConcatView]:
-    stores = [Store(p) for p in cfg.stores]
+    stores = list(cfg.opened) if cfg.opened is not None else [Store(p) for p in cfg.stores]  # opened once
     for store in stores:
         store.refuse_damaged()  # a verify verdict stands until a repair or a new extraction clears it
     first = stores[0]
     held = first.provenance.dataset.name
     if cfg.dataset is not None and held != cfg.dataset:
         raise ConfigError(f"store {first.path} holds dataset '{held}', not '{cfg.dataset}'; pass --dataset {held}")
-    train_split = cfg.train_split or ("train" if "train" in first.splits else next(iter(first.splits), None))
-    test_split = cfg.test_split or next((s for s in ("test", "val") if s in first.splits), None)
+    train_split, test_split = default_splits(first.splits, cfg.train_split, cfg.test_split)
     if not {train_split, test_split} <= set(first.splits):
         first.refuse_if_being_written()  # a split still to come is not a missing one
     if train_split is None:
@@ -387,41 +314,4 @@ def _record(cfg, stores, train, test, views, notes, hyperparameters, heads, sele
         research=research,
         notes=tuple(notes),
         versions={"featcache": __version__, "torch": torch.__version__},
-    )
-
-
-def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> str:
-    """The :attr:`ProbeRecord.key` that :func:`run_probe` gives ``cfg``'s record, known before probing.
-
-    Reads only the stores' metadata (provenance, splits, views) and builds the key from the same
-    :class:`StoreUsed` and :class:`ViewsUsed` entries that :func:`run_probe` records, so a sweep can tell
-    whether a probe is already in the results log.
-
-    Args:
-        cfg: the probe as it would run.
-        stores: ``cfg.stores`` already opened (default: open them).
-
-    Returns:
-        The key, a 16-hex-digit string.
-
-    Raises:
-        StoreError: a store cannot be opened, or lacks the train split.
-    """
-    stores = [Store(p) for p in cfg.stores] if stores is None else list(stores)
-    first = stores[0]
-    train_split = cfg.train_split or ("train" if "train" in first.splits else first.splits[0])
-    test_split = cfg.test_split or next((s for s in ("test", "val") if s in first.splits), None)
-    count = cfg.views if cfg.views is not None else min(s.split_meta(train_split).n_views for s in stores)
-    made = first.split_meta(train_split).views  # run_probe records the first store's crops (all share them)
-    views = ViewsUsed(count, made.seed, dict(made.augment)) if count and made is not None else ViewsUsed(count)
-    hyperparameters = dataclasses.asdict(cfg.heads if cfg.solver is None else cfg.solver)
-    return record_key(
-        dataset=first.provenance.dataset.name,
-        stores=[StoreUsed.of(s.name, s.path, s.provenance, s.provenance.feature_dim) for s in stores],
-        train_split=train_split,
-        test_split=test_split,
-        preset=cfg.preset,
-        solver=cfg.solver_name,
-        hyperparameters={**hyperparameters, "val_fraction": cfg.val_fraction},
-        views=views,
     )

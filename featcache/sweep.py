@@ -29,16 +29,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import extract_config, probe_config
 from .config import CheckpointSpec, DatasetSpec, Paths, Registry
+from .config.sweep import SweepConfig, SweepDataset, SweepExtract, SweepProbe, SweepRow, find_sweep, load_sweep
 from .errors import ConfigError, StoreError
 from .extract import ExtractConfig, extract
 from .models import resolve_preprocessing
-from .probe import ProbeConfig, heads_from_preset, probe_key_for, run_probe
+from .probe import ProbeConfig, probe_key_for, run_probe
 from .progress import NullProgress, ProgressFactory
 from .results import ProbeRecord, append_record, claim, holder, load_records
 from .store import store_path
 from .sweep_check import Wanted, check_plan, store_state
-from .sweep_config import SweepConfig, SweepDataset, SweepExtract, SweepProbe, SweepRow, find_sweep, load_sweep
 
 __all__ = [
     "SweepRow",
@@ -192,13 +193,20 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
     for d in sweep.datasets:
         where = f"{sweep.source}: datasets.{d.name}"
         ds = reg.dataset(d.name)
-        preset_name = d.preset or reg.preset_for(ds.name)
-        preset = reg.probe_preset(preset_name)
-        try:
-            heads, val_fraction = heads_from_preset(preset, epochs=d.epochs)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: preset '{preset_name}': {err}") from None
-        views = d.views if d.views is not None else int(preset.get("views", 0))
+        configs = {}
+        for row in sweep.rows:
+            for k, cs in enumerate(draws[row.name]):
+                names = tuple(c.name for c in cs)
+                try:  # stores still to extract are planned, not read: their keys come once they exist
+                    configs[row.name, k, names] = probe_config.config_from(
+                        reg, paths, stores=tuple(store_path(paths.cache, ds.name, n) for n in names), dataset=ds.name,
+                        preset=d.preset, views=d.views, epochs=d.epochs, read_stores=False,
+                        train_split=ds.train_split, test_split=ds.test_split, tag=tag_for(sweep.name, row.name, k),
+                        **dataclasses.asdict(sweep.probe),
+                    )  # fmt: skip
+                except ConfigError as err:
+                    raise ConfigError(f"{where}: preset '{d.preset or reg.preset_for(ds.name)}': {err}") from None
+        views = next(iter(configs.values())).views  # the views every probe of the dataset trains on
         want = Wanted(views, d.limit, e.views_seed, e.dtype, e.precision, where, f"{sweep.source}: extract")
         specs = list({c.name: c for draw in draws.values() for cs in draw for c in cs}.values())
         ready, todo, reasons, refusals = {}, [], [], []
@@ -213,28 +221,14 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
                 ready[c.name] = store
         if todo:
             try:
-                cfg = ExtractConfig(
-                    checkpoints=tuple(todo), dataset=ds, transform=reg.transform(ds, d.transform),
-                    model_preprocessing=d.transform is None, cache_dir=paths.cache, views=views,
-                    views_seed=e.views_seed, limit=d.limit, batch_size=e.batch_size, dtype=e.dtype,
-                    precision=e.precision, device=e.device, backend=e.preprocess, compile=e.compile,
-                    chunk_rows=e.chunk_rows, **({"workers": e.workers} if e.workers is not None else {}),
-                )  # fmt: skip
+                cfg = extract_config.config_from(reg, paths, ckpt=todo, dataset=ds, transform=d.transform, options=e,
+                                                 views=views, limit=d.limit)  # fmt: skip
             except ConfigError as err:
                 raise ConfigError(f"{sweep.source}: extract: {err}") from None
             extracts.append(ExtractJob(ds.name, cfg, tuple(reasons), tuple(refusals)))
-        for row in sweep.rows:
-            for k, cs in enumerate(draws[row.name]):
-                names = tuple(c.name for c in cs)
-                cfg = ProbeConfig(
-                    stores=tuple(store_path(paths.cache, ds.name, n) for n in names), heads=heads,
-                    val_fraction=val_fraction, device=sweep.probe.device, train_split=ds.train_split,
-                    test_split=ds.test_split, views=views, max_memory=sweep.probe.max_memory,
-                    in_memory=sweep.probe.in_memory, preset=preset_name, tag=tag_for(sweep.name, row.name, k),
-                    dataset=ds.name,
-                )  # fmt: skip
-                key = probe_key_for(cfg, [ready[n] for n in names]) if all(n in ready for n in names) else None
-                probes.append(ProbeJob(ds.name, row.name, k, names, cfg, key))
+        for (row, k, names), cfg in configs.items():
+            key = probe_key_for(cfg, [ready[n] for n in names]) if all(n in ready for n in names) else None
+            probes.append(ProbeJob(ds.name, row, k, names, cfg, key))
     return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done)
 
 

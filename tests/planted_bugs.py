@@ -192,7 +192,7 @@ BUGS = {
         ["tests/test_sweep.py"],
     ),
     "27 a draw listed twice in a row is accepted": (
-        "featcache/sweep_config.py",
+        "featcache/config/sweep.py",
         "        _no_repeats(row, source)\n",
         "        pass\n",
         ["tests/test_sweep.py"],
@@ -292,6 +292,24 @@ BUGS = {
         "        colour = PALETTE[y] if c else np.full(3, 255.0, dtype=np.float32)\n",
         "        colour = PALETTE[(y + 1) % 10] if c else np.full(3, 255.0, dtype=np.float32)\n",
         ["tests/test_demo_data.py"],
+    ),
+    "43 probe views default to the preset's count, not capped by what the stores hold": (
+        "featcache/probe_config.py",
+        '        views = min(chosen.views, shared_views(opened, options["train_split"])) if opened else chosen.views\n',
+        "        views = chosen.views\n",
+        ["tests/test_builders.py"],
+    ),
+    "44 the default train split is the stores' first split, not train": (
+        "featcache/probe_config.py",
+        '    train = train or ("train" if "train" in splits else next(iter(splits), None))\n',
+        "    train = train or next(iter(splits), None)\n",
+        ["tests/test_builders.py"],
+    ),
+    "45 a config field's lower bound is not enforced": (
+        "featcache/records.py",
+        "out_of = (low is not None and number and value < low) or (high",
+        "out_of = (high",
+        ["tests/test_config.py", "tests/test_sweep.py"],
     ),
 }
 

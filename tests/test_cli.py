@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import click
 import numpy as np
@@ -11,14 +16,14 @@ import torch
 import torchvision
 from ckpt_factory import EMA_SEED, make_net, reference_features, write_timm
 from click.testing import CliRunner
-from conftest import save_checkpoint
+from conftest import REPO, save_checkpoint
 from data_factory import write_cifar10
 from store_factory import make_store
 
 from featcache.cli import main
 from featcache.config import load_registry
 from featcache.data import build_dataset
-from featcache.store import open_store, store_path
+from featcache.store import Store, open_store, store_path
 from featcache.transforms import pil_reference
 
 
@@ -252,3 +257,90 @@ def test_an_incomplete_store_is_named_wherever_it_is_listed(run, paths):
     for order in ((whole, half), (half, whole)):
         r = run("probe", "--stores", ",".join(map(str, order)), "--preset", "quick", "--epochs", "1")
         assert r.exit_code == 1 and "half.zarr is not complete (1/3 chunks written)" in r.output, r.output
+
+
+# --- the CLI parses, the library works (issue 19) ------------------------------------------------------------
+
+
+def test_the_cli_imports_no_store_solver_or_head_module():
+    """cli/ builds no store, solver or head object: it imports none of those modules, in any function."""
+    forbidden = {f"featcache.{m}" for m in ("store", "knn", "logreg", "heads")}
+    files = sorted((REPO / "featcache" / "cli").glob("*.py")) or [REPO / "featcache" / "cli.py"]
+    for path in files:
+        package = ["featcache", "cli"] if path.parent.name == "cli" else ["featcache"]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):  # from ..x import y; from .. import x; from featcache.x import y
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                named = {module} | {f"{module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                named = {a.name for a in node.names}
+            else:
+                continue
+            hit = {n for n in named for f in forbidden if n == f or n.startswith(f + ".")}
+            assert not hit, f"{path.name}:{node.lineno} imports {hit}"
+    heavy = ["torch", "featcache.knn", "featcache.logreg", "featcache.heads", "featcache.probe", "featcache.extract"]
+    code = f"import sys, featcache.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded  # --help and one-line errors need no torch
+
+
+def test_a_probe_opens_each_store_once(run, paths, monkeypatch):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+    for name in ("a", "b"):
+        make_store(paths.cache / "synthetic" / f"{name}.zarr", {"train": (X, y), "test": (X, y)}, name=name)
+    opened = Counter()
+    real = Store.__init__
+
+    def counting(self, path):
+        opened[Path(path).name] += 1
+        real(self, path)
+
+    monkeypatch.setattr(Store, "__init__", counting)
+    r = run("probe", "--stores", "a,b", "--dataset", "synthetic", "--preset", "quick", "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    assert opened == {"a.zarr": 1, "b.zarr": 1}
+
+
+def test_list_shows_every_registry_entry_and_why_a_broken_one_does_not_build(run, registry, paths, tmp_path,
+                                                                             monkeypatch):  # fmt: skip
+    (tmp_path / "configs").mkdir()  # ./configs: a layer on top of the packaged registries
+    (tmp_path / "configs" / "checkpoints.yaml").write_text(
+        "checkpoints:\n  typo: {arch: resnet50, path: t.pth, emma: true}\n  mine: {arch: resnet18, path: m.pth}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    def listed(kind: str) -> dict[str, dict]:
+        r = run("list", kind, "--format", "json")
+        assert r.exit_code == 0, r.output
+        return {row["name"]: row for row in json.loads(r.output)}
+
+    ckpts = listed("checkpoints")
+    assert ckpts["run3"]["arch"] == "resnet50" and ckpts["run3"]["path"] == str(registry.checkpoint("run3").path)
+    assert ckpts["mine"]["file"] == "missing"
+    assert "checkpoints.typo: unknown key(s) emma; known: arch, path, ema" in ckpts["typo"]["problem"]
+    assert listed("sets")["full"]["checkpoints"] == list(registry.sets["full"])
+    datasets = listed("datasets")
+    assert datasets["cifar10"]["preset"] == registry.dataset("cifar10").probe and "imagefolder:<path>" in datasets
+    assert listed("transforms")["cifar-32px"]["resize"] == registry.transforms["cifar-32px"].resize
+    assert listed("presets")["quick"]["epochs"] == registry.preset("quick").epochs
+    assert {"resnet10", "resnet50"} <= set(listed("archs"))
+    csv = run("list", "presets", "--format", "csv").output.splitlines()
+    assert csv[0].startswith("name,head,epochs") and len(csv) == 1 + len(registry.probe_presets)
+
+
+def test_help_names_the_registry_entries_it_reads(tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "datasets.yaml").write_text(
+        "datasets:\n  mydata: {format: imagefolder, splits: [train, val], transforms: {96px: cifar-32px}}\n"
+    )
+    (extra / "probes.yaml").write_text("presets:\n  mypreset: {epochs: 2, weight_decays: [0.1]}\n")
+    out = CliRunner().invoke(main, ["--config-dir", str(extra), "extract", "--help"]).output
+    assert "mydata" in out and "96px" in out, out
+    out = CliRunner().invoke(main, ["--config-dir", str(extra), "probe", "--help"]).output
+    assert "mypreset" in out, out
+    out = CliRunner().invoke(main, ["--config-dir", str(tmp_path / "nowhere"), "extract", "--help"])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0 and "see `featcache list datasets`" in text  # a broken registry still gives help

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 
 import pytest
 from conftest import REPO
 
 from featcache.config import Paths, load_registry, packaged_config_dir
 from featcache.errors import ConfigError
+from featcache.records import Record
 
 
 @pytest.fixture
@@ -163,3 +165,86 @@ def test_imagefolder_paths_resolve_like_other_paths(registry, paths, tmp_path, m
     b = registry.dataset(f"imagefolder:{tmp_path / 'here' / 'pics'}/")
     assert a.name == b.name == f"imagefolder:{tmp_path / 'here' / 'pics'}" and a.root == b.root
     assert a.splits == ("train",)
+
+
+@pytest.mark.parametrize(
+    ("name", "yaml", "use", "match"),
+    [
+        ("checkpoints.yaml", "checkpoints:\n  typo: {arch: resnet50, path: t.pth, emma: true}\n",
+         lambda reg: reg.checkpoint("typo"), r"checkpoints.yaml: checkpoints.typo: unknown key\(s\) emma; known: arch, "
+         "path, ema"),
+        ("checkpoints.yaml", "checkpoints:\n  flag: {arch: resnet50, path: t.pth, ema: 'yes'}\n",
+         lambda reg: reg.checkpoint("flag"), "checkpoints.flag.ema must be true or false"),
+        ("datasets.yaml", "datasets:\n  d: {format: cifar10, splits: [train], transforms: {32px: cifar-32px}, "
+         "probes: cifar}\n", lambda reg: reg.dataset("d"), r"datasets.d: unknown key\(s\) probes; known: format, "
+         "splits, transforms, root"),
+        ("datasets.yaml", "datasets:\n  d: {format: cifar10, splits: [], transforms: {32px: cifar-32px}}\n",
+         lambda reg: reg.dataset("d"), "datasets.d.splits must be a non-empty list"),
+        ("datasets.yaml", "transforms:\n  t: {resize: 36, crop: 32, mean: [0, 0, 0], std: [1, 1, 1], "
+         "train: {scal: [0.5, 1]}}\n", lambda reg: reg.transforms, r"transforms.t.train: unknown key\(s\) scal"),
+        ("datasets.yaml", "transforms:\n  t: {resize: 36, crop: 32, mean: [0, 0], std: [1, 1, 1]}\n",
+         lambda reg: reg.transforms, "transforms.t.mean must be a list of 3 values"),
+        ("probes.yaml", "presets:\n  p: {epoch: 3, weight_decays: [0.1]}\n", lambda reg: reg.preset("p"),
+         r"presets.p: unknown key\(s\) epoch; known: head, epochs"),
+        ("probes.yaml", "presets:\n  p: {epochs: 0, weight_decays: [0.1]}\n", lambda reg: reg.probe_preset("p"),
+         "presets.p.epochs must be an integer >= 1, got 0"),
+        ("probes.yaml", "presets:\n  p: {head: bn, weight_decays: [0.1]}\n", lambda reg: reg.preset("p"),
+         "presets.p.head must be one of bn-linear, linear, got 'bn'"),
+    ],
+)  # fmt: skip
+def test_registry_entries_are_checked_strictly(tmp_path, name, yaml, use, match):
+    """An unknown key (a typo) or a value of the wrong type is refused, naming the file and the key; the
+    registry's other entries still work."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / name).write_text(yaml)
+    reg = load_registry(Paths(tmp_path / "data", tmp_path / "cache", tmp_path / "ckpts", extra))
+    with pytest.raises(ConfigError, match=match):
+        use(reg)
+    assert reg.dataset("cifar10").probe == "cifar" and reg.preset("quick").epochs == 10
+    assert reg.checkpoint("run3").arch == "resnet50"
+
+
+@dataclass(frozen=True)
+class _Inner(Record):
+    k: int = field(default=1, metadata={"min": 0, "max": 9})
+
+
+@dataclass(frozen=True)
+class _Doc(Record):
+    name: str
+    pair: tuple[float, float]
+    items: tuple[str, ...] = field(default=(), metadata={"min_items": 1})
+    inner: _Inner = _Inner()
+    flag: bool = False
+    kind: str = field(default="a", metadata={"choices": ("a", "b")})
+    source: str = field(default="", metadata={"read": False})
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"pair": [1, 2], "extra": 1}, r"f.yaml: unknown key\(s\) extra; known: pair, items, inner, flag, kind$"),
+        ({"pair": [1, 2], "source": "x"}, r"unknown key\(s\) source"),
+        ({}, "f.yaml: missing key 'pair'"),
+        ({"pair": [1]}, r"f.yaml: pair must be a list of 2 values"),
+        ({"pair": [1, "x"]}, r"f.yaml: pair\[1\] must be a number"),
+        ({"pair": [1, 2], "items": []}, "items must be a non-empty list"),
+        ({"pair": [1, 2], "inner": {"k": 10}}, r"f.yaml: inner.k must be an integer in \[0, 9\], got 10"),
+        ({"pair": [1, 2], "inner": {"k": True}}, "inner.k must be an integer"),
+        ({"pair": [1, 2], "flag": 1}, "flag must be true or false"),
+        ({"pair": [1, 2], "kind": "c"}, "kind must be one of a, b, got 'c'"),
+        ("text", "f.yaml must be a mapping"),
+    ],
+)
+def test_strict_records_refuse_unknown_keys_and_bad_values(doc, match):
+    with pytest.raises(ConfigError, match=match):
+        _Doc.from_dict(doc, "f.yaml", strict=True, given={"name": "n"})
+
+
+def test_strict_records_read_what_is_allowed():
+    got = _Doc.from_dict({"pair": [1, 2.5], "items": "one", "inner": None}, "f.yaml", strict=True, given={"name": "n"})
+    assert got == _Doc("n", (1, 2.5), ("one",), _Inner(1))  # one value is a list of one; an int stays an int
+    assert isinstance(got.pair[0], int)
+    lenient = _Doc.from_dict({"name": "n", "pair": [1, 2], "other": 3}, "f.yaml")  # stores and logs: extra keys pass
+    assert lenient.pair == (1, 2)

@@ -23,11 +23,12 @@ from click.testing import CliRunner
 from PIL import Image
 from store_factory import make_store
 
-from featcache import checkpoints
+from featcache import checkpoints, extract_config, probe_config
 from featcache import sweep as sweep_mod
 from featcache.checkpoints import file_changed, file_sha256
 from featcache.cli import main
-from featcache.config import Paths, load_registry
+from featcache.config import ExtractOptions, Paths, load_registry
+from featcache.config.sweep import parse_sweep
 from featcache.demo import to_algoperf
 from featcache.errors import ConfigError, StoreMismatchError
 from featcache.heads import HeadConfig
@@ -36,7 +37,6 @@ from featcache.report import build_report, write_report
 from featcache.results import append_record, claim, claims_dir, load_records
 from featcache.store import Store, StoreWriter
 from featcache.sweep import load_sweep, plan_sweep, run_sweep
-from featcache.sweep_config import parse_sweep
 
 # The digits sweep as the demo runs it, made small: 2 draws per row (14 checkpoints), 60 samples per split,
 # 2 views, 2 epochs. The code path is the demo's.
@@ -555,3 +555,26 @@ def test_dry_run_fails_as_the_run_would_before_running_anything(world, tmp_path,
     assert dry.exit_code == real.exit_code == 1 and dry.output == real.output, (dry.output, real.output)
     assert dry.output.startswith("Error: ") and needle in dry.output and len(dry.output.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()  # nothing ran
+
+
+def test_a_sweep_builds_its_configs_with_the_commands_builders(tmp_path, paths, registry):
+    """A sweep's extract: and probe: sections are the commands' options, and its configs are what the commands'
+    builders make of them (planning reads no data and no checkpoint)."""
+    doc = {**GOOD, "datasets": {"cifar10": {"epochs": 2}}, "probe": {"in_memory": "no"},
+           "extract": {"preprocess": "pil", "workers": 0, "batch_size": 8}}  # fmt: skip
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    sweep = load_sweep(str(path), registry)
+    assert sweep.extract == ExtractOptions(preprocess="pil", workers=0, batch_size=8)
+    plan = plan_sweep(sweep, registry, paths)
+    views = registry.preset("cifar").views
+    made = extract_config.config_from(registry, paths, ckpt="run0", dataset="cifar10", options=sweep.extract,
+                                      views=views)  # fmt: skip
+    assert plan.extracts[0].config == made and (made.backend, made.workers, made.batch_size) == ("pil", 0, 8)
+    (job,) = plan.probes
+    built = probe_config.config_from(registry, paths, stores=[paths.cache / "cifar10" / "run0.zarr"],
+                                     dataset="cifar10", epochs=2, read_stores=False, in_memory="no",
+                                     train_split="train", test_split="test", tag=job.config.tag)  # fmt: skip
+    assert job.config == built and built.views == views and built.heads.epochs == 2 and job.key is None
+    with pytest.raises(ConfigError, match="x.yaml: probe.in_memory must be one of auto, yes, no, got 'sometimes'"):
+        parse_sweep({**GOOD, "probe": {"in_memory": "sometimes"}}, "x.yaml", "x")

@@ -39,6 +39,25 @@ class StoreSummary:
     lock: str | None = None  # who holds the lock, when one exists
     problem: str | None = None
 
+    def row(self) -> dict:
+        """The flat row of the ``featcache ls`` table: rows and chunk progress per split in one cell each."""
+        unfinished = ", ".join(f"{k}: {v['written']}/{v['chunks']} chunks" for k, v in self.splits.items()
+                               if not v["complete"])  # fmt: skip
+        return {
+            "dataset": self.dataset,
+            "store": self.store,
+            "status": self.status,
+            "rows": " ".join(f"{k}:{v['rows']}" for k, v in self.splits.items()),
+            "views": max((v["views"] for v in self.splits.values()), default=0),
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "precision": self.precision,
+            "checkpoint": self.checkpoint,
+            "arch": self.arch,
+            "transform": self.transform,
+            "note": self.lock or self.problem or unfinished,
+        }
+
 
 def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> list[StoreSummary]:
     """One summary per store under ``cache_dir`` (optionally one dataset's), for ``featcache ls``."""
