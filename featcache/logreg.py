@@ -42,9 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import ConfigError
-from featcache.heads import Features
 from featcache.lbfgs import minimize
-from featcache.rows import check_labels, check_rows, read_rows
+from featcache.rows import Features, check_labels, check_rows, read_rows
 
 __all__ = ["DEFAULT_STRENGTHS", "LogRegConfig", "LogRegPath", "run_logreg", "select_strength"]
 

@@ -37,7 +37,7 @@ from .classmap import split_class_mismatch
 from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError, FeatcacheError, StoreError, StoreIncompleteError
-from .feed import MEMORY_SHARE, Arrays, Rows, epoch_features, fits_gpu, load, plan_memory, view_schedule
+from .feed import MEMORY_SHARE, Arrays, Rows, fits_gpu, load, plan_memory, train_feed, view_schedule
 from .heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
 from .logreg import LogRegConfig
 from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed, record_key
@@ -307,7 +307,7 @@ def _fit_sgd(cfg, stores, train, test, arrays, rows, schedule, evals, views, not
         probe = MultiHeadProbe(cfg.heads, train.dim, n_classes, device=device)
         y = y_train if positions is None else y_train[positions]
         try:
-            X = epoch_features(arrays, positions, schedule)  # streamed: block-shuffled, see featcache.feed
+            X = train_feed(arrays, positions, schedule)  # streamed: block-shuffled, see featcache.feed
             return probe.fit(X, y, eval_sets={eval_name: (X_eval, y_eval)})
         except NonFiniteLossError as e:
             grid = cfg.heads.grid

@@ -1,19 +1,40 @@
-"""Feature inputs of the probe solvers (:mod:`featcache.logreg`, :mod:`featcache.knn`): checked, read by row range.
+"""Feature inputs of the probe's solvers (:mod:`featcache.heads`, :mod:`featcache.logreg`, :mod:`featcache.knn`).
 
-Features are a (N, D) float tensor on any device or a :class:`featcache.heads.RowSource` (``take(indices)`` returning
-numpy rows, ``__len__``), the same inputs :class:`featcache.heads.MultiHeadProbe` takes.
+Features are a (N, D) float tensor on any device or a :class:`RowSource` (``take(indices)`` returning numpy rows,
+``__len__``); training features that change from epoch to epoch (augmented views) are :class:`EpochFeatures`. This
+module defines them and checks them, and reads them by row range.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from featcache.heads import Features, RowSource
+__all__ = ["EpochFeatures", "Features", "RowSource", "check_labels", "check_rows", "read_rows"]
 
-__all__ = ["check_labels", "check_rows", "read_rows"]
+
+@runtime_checkable
+class RowSource(Protocol):
+    """Features too big for memory: ``take(indices)`` returns those rows, a numpy (len(indices), D) array."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+Features = torch.Tensor | RowSource  # (N, D) float tensor on any device, or a row source
+
+
+@runtime_checkable
+class EpochFeatures(Protocol):
+    """Training features that change from epoch to epoch (augmented views): ``epoch(e)`` gives epoch e's
+    (N, D) :data:`Features`, the same N rows every epoch (row i is always the same sample)."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, e: int) -> Features: ...
 
 
 def read_rows(X: Features, a: int, b: int) -> torch.Tensor:
