@@ -109,8 +109,8 @@ BUGS = {
     "16 L-BFGS val and test standardised with their own statistics": (
         "featcache/logreg.py",
         "rows = _Blocks(X, y, self._mean, self._inv_std, self.dtype, W.device, _EVAL_ROWS, False)",
-        "rows = _Blocks(X, y, *[t.to(W.device, self.dtype) for t in (lambda m, s: (m, 1 / s))(*self._statistics(X))],"
-        " self.dtype, W.device, _EVAL_ROWS, False)",
+        "rows = _Blocks(X, y, *[t.to(W.device, self.dtype) for t in (lambda m, s: (m, 1 / s))(*column_moments(X, "
+        "self.n_features, _EVAL_ROWS))], self.dtype, W.device, _EVAL_ROWS, False)",
         ["tests/test_logreg.py"],
     ),
     "17 L-BFGS strength ties broken without the val loss": (
@@ -129,6 +129,12 @@ BUGS = {
         "featcache/logreg.py",
         '.fit(*splits["fit"], eval_sets={"val": splits["val"]})',
         '.fit(*splits["train"], eval_sets={"val": splits["val"]})',
+        ["tests/test_logreg.py"],
+    ),
+    "50 L-BFGS keeps the curvature pairs it must drop (s.y < 0) and drops the others": (
+        "featcache/lbfgs.py",
+        "        if sy > 0:\n",
+        "        if sy < 0:\n",
         ["tests/test_logreg.py"],
     ),
     "40 ImageFolder splits numbered on their own, not by the dataset's class map": (
