@@ -17,19 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 # name: (file, the line as it is, the line with the bug, the tests that must catch it)
 BUGS = {
     "1 reported head and epoch selected on test": (
-        "featcache/probe.py",
+        "featcache/solvers/sgd.py",
         '    h, e = _select(select.history_, "val_top1")\n',
         '    h, e = _select(final.history_, "test_top1")\n',
         ["tests/test_probe.py"],
     ),
     "2 ties broken toward the earlier epoch": (
-        "featcache/probe.py",
+        "featcache/solvers/sgd.py",
         "acc, epoch, neg_head = max((rec[key][h], e, -h)",
         "acc, epoch, neg_head = max((rec[key][h], -e, -h)",
         ["tests/test_probe.py"],
     ),
     "3 research number read off the val history": (
-        "featcache/probe.py",
+        "featcache/solvers/sgd.py",
         '    rh, re_ = _select(final.history_, "test_top1")\n',
         '    rh, re_ = _select(select.history_, "val_top1")\n',
         ["tests/test_probe.py"],
@@ -120,7 +120,7 @@ BUGS = {
         ["tests/test_logreg.py"],
     ),
     "18 L-BFGS grid C relative to the fit rows while the selection's is the refit's": (
-        "featcache/solvers.py",
+        "featcache/solvers/lbfgs.py",
         '        n = len(splits["train"][1])\n',
         '        n = len(splits["fit"][1])\n',
         ["tests/test_probe.py"],
@@ -131,7 +131,7 @@ BUGS = {
         '.fit(*splits["train"], eval_sets={"val": splits["val"]})',
         ["tests/test_logreg.py"],
     ),
-    "50 L-BFGS keeps the curvature pairs it must drop (s.y < 0) and drops the others": (
+    "70 L-BFGS keeps the curvature pairs it must drop (s.y < 0) and drops the others": (
         "featcache/lbfgs.py",
         "        if sy > 0:\n",
         "        if sy < 0:\n",
