@@ -9,8 +9,10 @@ usable rows. Views: on stores with augmented views each epoch trains on one view
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,15 +21,30 @@ from .classmap import split_class_mismatch
 from .concat import ConcatView
 from .errors import ConfigError, ProbeError, StoreError, StoreIncompleteError
 from .feed import Arrays, Feed, Rows, fits_gpu, load, plan_memory, train_feed, view_schedule
+from .heads import HeadConfig
 from .results_record import ViewsUsed
 from .store import Store
 
-if TYPE_CHECKING:
-    from .probe import ProbeConfig
-
-__all__ = ["ProbeData", "ProbeSplits", "open_probe", "val_split"]
+__all__ = ["ProbeData", "ProbeInputs", "ProbeSplits", "open_probe", "val_split"]
 
 log = logging.getLogger(__name__)
+
+
+class ProbeInputs(Protocol):
+    """What these steps read of a :class:`featcache.probe.ProbeConfig` (see there; named here so that this module
+    does not import the one that runs it)."""
+
+    stores: Sequence[Path]
+    heads: HeadConfig  # its seed draws val; its epochs and seed, the view schedule
+    val_fraction: float
+    allow_transform_mix: bool
+    train_split: str | None
+    test_split: str | None
+    views: int | None
+    max_memory: int | None
+    in_memory: str
+    dataset: str | None
+    allow_same_split: bool
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,7 @@ class ProbeData:
                 "test": len(self.test.valid_rows)}  # fmt: skip
 
 
-def open_probe(cfg: ProbeConfig) -> ProbeData:
+def open_probe(cfg: ProbeInputs) -> ProbeData:
     """Open ``cfg``'s stores, choose and check the splits, cut val from train.
 
     Raises:
@@ -80,7 +97,7 @@ class ProbeSplits:
     streaming. ``memory`` says which, for the record.
     """
 
-    def __init__(self, data: ProbeData, cfg: ProbeConfig, device: torch.device):
+    def __init__(self, data: ProbeData, cfg: ProbeInputs, device: torch.device):
         train, test, heads = data.train, data.test, cfg.heads
         self.data, self.sources = data, ", ".join(s.name for s in data.stores)
         views = data.views.count
@@ -137,7 +154,7 @@ def val_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) 
     return np.setdiff1d(rows, val_rows), val_rows
 
 
-def _open(cfg: ProbeConfig) -> tuple[list[Store], ConcatView, ConcatView]:
+def _open(cfg: ProbeInputs) -> tuple[list[Store], ConcatView, ConcatView]:
     stores = [Store(p) for p in cfg.stores]
     for store in stores:
         store.refuse_damaged()  # a verify verdict stands until a repair or a new extraction clears it
@@ -199,7 +216,7 @@ def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_clas
     return notes
 
 
-def _views_used(train: ConcatView, cfg: ProbeConfig) -> ViewsUsed:
+def _views_used(train: ConcatView, cfg: ProbeInputs) -> ViewsUsed:
     count = train.n_views if cfg.views is None else cfg.views
     if count == 0:
         return ViewsUsed(0)
