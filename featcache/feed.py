@@ -28,8 +28,8 @@ from .feed_stream import (
     BlockSampler,
     BlockStream,
     EpochOrder,
+    Gauge,
     StreamShape,
-    _Gauge,
     block_order,
     stream_shape,
 )
@@ -144,7 +144,7 @@ class Streamed(Epochs, Feed):
         super().__init__(arrays, positions, schedule)
         self.rows = arrays.rows if positions is None else arrays.rows[positions]
         self.shape = stream_shape(arrays.train, arrays.budget)
-        self.gauge = _Gauge()
+        self.gauge = Gauge()
         self._stream: BlockStream | None = None
         self._warn_if_grouped(arrays.train.labels[self.rows])
 

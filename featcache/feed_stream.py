@@ -35,7 +35,7 @@ from .prefetch import Prefetch
 if TYPE_CHECKING:
     from .concat import ConcatView
 
-__all__ = ["MIN_BUFFER_BLOCKS", "STREAM_SHARE", "BlockSampler", "BlockStream", "EpochOrder", "StreamShape",
+__all__ = ["MIN_BUFFER_BLOCKS", "STREAM_SHARE", "BlockSampler", "BlockStream", "EpochOrder", "Gauge", "StreamShape",
            "block_order", "stream_shape"]  # fmt: skip
 
 # Each of the stream's two buffers (trained on, read ahead) takes this share of the budget: half of it for both,
@@ -136,7 +136,7 @@ class BlockSampler(Sampler[int]):
         return len(self.rows)
 
 
-class _Gauge:
+class Gauge:
     """Rows held in stream buffers now and at most (the instrument the memory tests read)."""
 
     def __init__(self):
@@ -161,7 +161,7 @@ class BlockStream:
     buffer.
     """
 
-    def __init__(self, view: ConcatView, rows: np.ndarray, plan: EpochOrder, gauge: _Gauge):
+    def __init__(self, view: ConcatView, rows: np.ndarray, plan: EpochOrder, gauge: Gauge):
         self.view, self.rows, self.plan, self.gauge = view, rows, plan, gauge
         self.n_buffers = len(plan.cuts) - 1
         self._j, self._buf = -1, None
