@@ -18,15 +18,7 @@ from store_factory import make_store
 
 from featcache import feed
 from featcache.concat import ConcatView
-from featcache.feed import (
-    Arrays,
-    Epochs,
-    Streamed,
-    StreamShape,
-    block_order,
-    plan_memory,
-    stream_shape,
-)
+from featcache.feed import Arrays, Epochs, Streamed, StreamShape, block_order, plan_memory, stream_shape
 from featcache.feed_batches import BatchBuffer
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.probe import ProbeConfig, run_probe, view_schedule
