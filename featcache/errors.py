@@ -20,6 +20,7 @@ __all__ = [
     "StoreIncompleteError",
     "StoreMismatchError",
     "StoreLockedError",
+    "ProbeError",
     "unknown_name",
 ]
 
@@ -82,6 +83,10 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another live process holds the store's write lock."""
+
+
+class ProbeError(FeatcacheError):
+    """The probe cannot give a sound number (non-finite features or loss, too few classes, ...)."""
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str], hint: str = "") -> ConfigError:

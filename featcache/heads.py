@@ -2,14 +2,15 @@
 
 The protocol is the seed's (REFERENCE.md, "The seed's linear-probe protocol"): BatchNorm1d(D, affine) then
 Linear(D, C), SGD with Nesterov momentum, the lr cut at fixed epochs, weight decay on the Linear only.
-A grid of H weight decays is trained as H heads that see the same batches in the same order. BatchNorm's
+A grid of H weight decays is trained as H heads that see the same batches. BatchNorm's
 normalisation depends only on the batch, so it is computed once and shared; each head's affine
 (gamma_h, beta_h) is folded into its Linear, W'_h = W_h * gamma_h and b'_h = b_h + W_h @ beta_h, so all
 heads are one (B, D) x (D, H*C) matrix product. Autograd through the fold gives gamma, beta, W and b the
 gradients of the unfolded head, so head h ends where a solo run with weight decay wd_h ends
 (tests/test_heads.py checks this, and checks a head against torch.nn + torch.optim.SGD + MultiStepLR).
 
-This module reads features only (a tensor or a row source); it never builds or runs a backbone.
+This module is the arithmetic only: which rows form each batch is the feed's (:mod:`featcache.feed`), and the
+features come from it or are a tensor or a row source; it never builds or runs a backbone.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ import bisect
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from featcache.errors import ConfigError, FeatcacheError, unknown_name
+from featcache.feed_batches import BatchBuffer, Feed, as_feed, eval_batches
+from featcache.rows import EpochFeatures, Features, RowSource
 
+# RowSource, Features and EpochFeatures live in featcache.rows; named here too, where they were first defined.
 __all__ = ["HEADS", "EpochFeatures", "Features", "HeadConfig", "MultiHeadProbe", "NonFiniteLossError", "RowSource"]
 
 logger = logging.getLogger(__name__)
@@ -36,32 +38,6 @@ logger = logging.getLogger(__name__)
 HEADS = ("bn-linear", "linear")
 _BN_EPS, _BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm1d's defaults
 _EVAL_ROWS = 1024  # rows per forward when scoring: bounds memory, does not change results
-
-
-@runtime_checkable
-class RowSource(Protocol):
-    """Features too big for memory: ``take(indices)`` returns those rows, a numpy (len(indices), D) array."""
-
-    def __len__(self) -> int: ...
-
-    def take(self, indices: np.ndarray) -> np.ndarray: ...
-
-
-Features = torch.Tensor | RowSource  # (N, D) float tensor on any device, or a row source
-
-
-@runtime_checkable
-class EpochFeatures(Protocol):
-    """Training features that change from epoch to epoch (augmented views): ``epoch(e)`` gives epoch e's
-    (N, D) :data:`Features`, the same N rows in the same order every epoch.
-
-    It may also have ``order(e, seed)``: epoch e's row order (an int64 tensor, a permutation of range(N)), used
-    instead of the heads' seeded full permutation, and asked before ``epoch(e)``. A feed streaming from disk
-    (featcache.feed.Streamed) orders the rows so that it can read them in large sequential blocks."""
-
-    def __len__(self) -> int: ...
-
-    def epoch(self, e: int) -> Features: ...
 
 
 class NonFiniteLossError(FeatcacheError):
@@ -89,7 +65,7 @@ class HeadConfig:
     gamma: float = 0.1
     batch_size: int = 256
     init_std: float = 0.01  # std of the normal init of the Linear weight; the bias starts at 0
-    seed: int = 0  # seeds the weight init and the per-epoch shuffle
+    seed: int = 0  # seeds the weight init and the feed's (each epoch's batches)
     weight_decays: tuple[float, ...] = (1e-4,)  # one head per value; on the Linear weight and bias only
     # A learning-rate grid: None trains every head at ``lr``; otherwise ``lr`` is unused and the heads are the
     # product lrs x weight_decays (see :attr:`grid`). The milestones scale every head's lr alike.
@@ -154,45 +130,6 @@ class _SGD:
                 p.add_(d, alpha=-lr)
 
 
-class _Scratch:
-    """Batch buffers reused from step to step: features are gathered, cast and normalised in place.
-
-    On the CPU a fresh (B, D) temporary is memory the allocator takes from the OS and gives back at every step,
-    and touching it again page-faults: at D = 10,240 a six-head step of the seed protocol took about 3,800
-    minor faults, a third of its CPU time on the 2-core development machine. With these buffers a step makes
-    no large allocation; the arithmetic, and so every result, is the same.
-    """
-
-    def __init__(self, rows: int, dim: int, device: torch.device, dtype: torch.dtype):
-        self.x = torch.empty(rows, dim, device=device, dtype=dtype)  # the batch, normalised in place
-        self.sq = torch.empty_like(self.x)  # x * x, for the batch variance
-        self._raw: torch.Tensor | None = None  # gathered rows in the features' own dtype
-
-    def raw(self, dtype: torch.dtype, n: int) -> torch.Tensor:
-        """Where to gather n rows of ``dtype``: the batch buffer itself when no cast is needed."""
-        if dtype == self.x.dtype:
-            return self.x[:n]
-        if self._raw is None or self._raw.dtype != dtype:
-            self._raw = torch.empty(self.x.shape, device=self.x.device, dtype=dtype)
-        return self._raw[:n]
-
-    def put(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows (on the buffers' device) cast into the batch buffer."""
-        x = self.x[: len(rows)]
-        if rows.data_ptr() != x.data_ptr():
-            x.copy_(rows)
-        return x
-
-
-def _bounds(n: int, batch_size: int, drop_single: bool = False) -> list[tuple[int, int]]:
-    bounds = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-    # A final batch of one row has no batch variance: torch's BatchNorm1d refuses it in training and the
-    # unbiased running variance would divide by zero. Drop it (that row is seen again next epoch).
-    if drop_single and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds.pop()
-    return bounds
-
-
 class MultiHeadProbe:
     """H = len(config.grid) linear heads fitted together on cached features (estimator style).
 
@@ -228,15 +165,19 @@ class MultiHeadProbe:
 
     @property
     def head_grid(self) -> tuple[tuple[float, float], ...]:
-        """Each head's (lr, weight decay), in head order (``config.grid``)."""
+        """Each head's (lr, weight decay), head h at index h (``config.grid``)."""
         return self.config.grid
 
-    def fit(self, X: Features | EpochFeatures, y, eval_sets: Mapping[str, tuple] | None = None) -> MultiHeadProbe:
+    def fit(
+        self, X: Feed | Features | EpochFeatures, y, eval_sets: Mapping[str, tuple] | None = None
+    ) -> MultiHeadProbe:
         """Train all heads in one pass per epoch; score every ``eval_sets`` entry after each epoch.
 
         Args:
-            X: training features, a (N, D) float tensor on any device or a :class:`RowSource`, or
-                :class:`EpochFeatures` giving each epoch's (augmented views of the same rows).
+            X: what to train on: a :class:`featcache.feed_batches.Feed` (as :func:`featcache.feed.train_feed`
+                builds), or features that :class:`featcache.feed_batches.Shuffled` feeds: a (N, D) float tensor on
+                any device, a :class:`RowSource`, or :class:`EpochFeatures` giving each epoch's (augmented views
+                of the same rows).
             y: (N,) integer class labels in [0, C), a tensor or numpy array.
             eval_sets: name -> (features, labels), scored with the running BatchNorm statistics.
         Returns:
@@ -247,8 +188,10 @@ class MultiHeadProbe:
             NonFiniteLossError: a head's training loss became NaN or Inf (names the heads and the epoch).
         """
         cfg, dev, H = self.config, torch.device(self.device), self.n_heads
-        per_epoch = isinstance(X, EpochFeatures)
-        n = len(X) if per_epoch else self._check_rows(X, "X")
+        if not isinstance(X, (Feed, EpochFeatures)):
+            self._check_rows(X, "X")
+        feed = as_feed(X)
+        n = len(feed)
         y = self._check_labels(y, n, "y")
         if n < 2:
             raise ValueError(f"X has {n} row(s); a BatchNorm head needs at least 2 training rows")
@@ -265,8 +208,8 @@ class MultiHeadProbe:
         base_lr = cfg.lrs[0] if cfg.lrs is not None else cfg.lr
         decays = [wd[:, None, None], wd[:, None], None, None][: len(params)]  # none on gamma, beta
         sgd = _SGD(params, decays, cfg.momentum, cfg.nesterov)
-        shuffle = torch.Generator().manual_seed(cfg.seed)
-        scratch = self._scratch(min(n, cfg.batch_size))
+        buffer = self._buffer(min(n, cfg.batch_size))
+        sq = torch.empty_like(buffer.x)  # x * x, for the batch variance
         self.history_: list[dict[str, Any]] = []
         for epoch in range(cfg.epochs):
             lr = base_lr * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
@@ -277,16 +220,12 @@ class MultiHeadProbe:
                 lr = [h_lr * factor for h_lr in head_lrs]
                 lr_t = torch.tensor(lr, device=dev, dtype=self.dtype)
                 step_lr = [lr_t.view(-1, *[1] * (p.ndim - 1)) for p in params]
-            ordered = per_epoch and hasattr(X, "order")
-            order = X.order(epoch, cfg.seed) if ordered else torch.randperm(n, generator=shuffle)
+            batches = feed.batches(epoch, y, buffer, seed=cfg.seed, batch_size=cfg.batch_size)
             loss_sum, seen = torch.zeros(H, device=dev, dtype=torch.float64), 0
             for p in params:
                 p.requires_grad_(True)
-            Xe = X.epoch(epoch) if per_epoch else X
-            if per_epoch and self._check_rows(Xe, f"X (epoch {epoch + 1})") != n:
-                raise ValueError(f"epoch {epoch + 1} features have {len(Xe)} rows, not {n}")
-            for x, yb in self._batches(Xe, order, _bounds(n, cfg.batch_size, drop_single=True), y, scratch):
-                logits = self._forward(x, train=True, scratch=scratch)  # (B, H, C)
+            for x, yb in batches:
+                logits = self._forward(x, train=True, sq=sq)  # (B, H, C)
                 # Row b * H + h of the flattened logits is head h on sample b, hence repeat_interleave.
                 losses = F.cross_entropy(logits.flatten(0, 1), yb.repeat_interleave(H), reduction="none")
                 losses = losses.view(-1, H).mean(0)  # (H,): each head's mean loss
@@ -323,9 +262,8 @@ class MultiHeadProbe:
         """
         self._check_fitted()
         n = self._check_rows(X, "X")
-        scratch = self._scratch(min(n, _EVAL_ROWS))
-        batches = self._batches(X, torch.arange(n), _bounds(n, _EVAL_ROWS), torch.zeros(n, dtype=torch.int64), scratch)
-        parts = [self._forward(x, train=False, scratch=scratch) for x, _ in batches]
+        batches = eval_batches(X, torch.zeros(n, dtype=torch.int64), self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS)
+        parts = [self._forward(x, train=False) for x, _ in batches]
         return torch.cat(parts).permute(1, 0, 2)
 
     def evaluate(self, X: Features, y) -> dict[str, list[float]]:
@@ -345,7 +283,7 @@ class MultiHeadProbe:
         """Unfolded parameters of head ``h``: a state_dict for ``Sequential(bn=BatchNorm1d, fc=Linear)``.
 
         Args:
-            h: head index, in the order of ``config.grid`` (:attr:`head_grid`).
+            h: head index, as in ``config.grid`` (:attr:`head_grid`).
         Returns:
             ``fc.weight`` (C, D), ``fc.bias`` (C,) and, for 'bn-linear', ``bn.weight``, ``bn.bias``,
             ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``; copies, safe to save.
@@ -380,13 +318,13 @@ class MultiHeadProbe:
         self.running_mean_ = torch.zeros(D, **like) if bn else None
         self.running_var_ = torch.ones(D, **like) if bn else None
 
-    def _scratch(self, rows: int) -> _Scratch:
-        return _Scratch(rows, self.n_features, torch.device(self.device), self.dtype)
+    def _buffer(self, rows: int) -> BatchBuffer:
+        return BatchBuffer(rows, self.n_features, torch.device(self.device), self.dtype)
 
-    def _forward(self, x: torch.Tensor, train: bool, scratch: _Scratch) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, train: bool, sq: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D) features -> (B, H, C) logits; in training, also steps the running statistics.
 
-        x is the batch buffer of ``scratch`` (from :meth:`_batches`) and is normalised in place.
+        x is the feed's batch buffer and is normalised in place; ``sq`` (training) a buffer as large for x * x.
         """
         self.num_batches_tracked_ += int(train)
         w, b = self.weight_, self.bias_  # (H, C, D), (H, C)
@@ -396,7 +334,7 @@ class MultiHeadProbe:
                 # 10x slower than these vectorised passes (the largest cost of a step), and no more accurate.
                 mean = x.mean(0)
                 x = x.sub_(mean)
-                var = torch.mul(x, x, out=scratch.sq[: len(x)]).mean(0)  # biased: what the batch is normalised by
+                var = torch.mul(x, x, out=sq[: len(x)]).mean(0)  # biased: what the batch is normalised by
                 with torch.no_grad():
                     m, n = _BN_MOMENTUM, x.shape[0]
                     self.running_mean_.mul_(1 - m).add_(mean, alpha=m)
@@ -411,57 +349,12 @@ class MultiHeadProbe:
             w = w * self.gamma_[:, None, :]  # W_h * gamma_h, column scale
         return (x @ w.flatten(0, 1).T + b.flatten()).unflatten(1, b.shape)
 
-    def _batches(self, X: Features, order: torch.Tensor, bounds, y: torch.Tensor, scratch: _Scratch) -> Iterator[tuple]:
-        """Yield (x (B, D) on device in self.dtype, labels (B,)) for order[a:b] of each (a, b) bound.
-
-        Every x is the batch buffer of ``scratch``, overwritten by the next batch.
-        """
-        dev = torch.device(self.device)
-        order_y = order.to(y.device)
-        # Host features for heads on a GPU go the row source's way (below): gathered into pinned memory a batch
-        # ahead in a thread, copied without a sync. A pageable copy per batch would wait for the GPU each time.
-        if isinstance(X, torch.Tensor) and not (X.device.type == "cpu" and dev.type == "cuda"):
-            order_x = order.to(X.device)
-            for a, b in bounds:
-                # Move, then cast on the device: a float16 cache crosses the bus at half the bytes.
-                # index_select, not X[idx]: the same rows, 5-7x faster on the CPU for float16.
-                idx = order_x[a:b]
-                if X.device == dev:
-                    x = scratch.put(torch.index_select(X, 0, idx, out=scratch.raw(X.dtype, b - a)))
-                else:
-                    x = scratch.put(X.index_select(0, idx).to(dev))
-                yield x, y[order_y[a:b]]
-            return
-        order_np, pin = order.numpy(), dev.type == "cuda"
-        # One loader thread gathers (and pins) batch i + 1 while batch i trains.
-        with ThreadPoolExecutor(1, thread_name_prefix="featcache-rows") as pool:
-            pending = pool.submit(self._take, X, order_np[slice(*bounds[0])], pin)
-            for i, (a, b) in enumerate(bounds):
-                rows = pending.result()
-                if i + 1 < len(bounds):
-                    pending = pool.submit(self._take, X, order_np[slice(*bounds[i + 1])], pin)
-                yield scratch.put(rows.to(dev, non_blocking=pin)), y[order_y[a:b]]
-
-    def _take(self, source: RowSource | torch.Tensor, idx: np.ndarray, pin: bool) -> torch.Tensor:
-        if isinstance(source, torch.Tensor):  # a host tensor: gathered straight into the (pinned) batch
-            out = torch.empty((len(idx), source.shape[1]), dtype=source.dtype, pin_memory=pin)
-            return torch.index_select(source, 0, torch.from_numpy(idx), out=out)
-        rows = np.asarray(source.take(idx))
-        if rows.shape != (len(idx), self.n_features) or not np.issubdtype(rows.dtype, np.floating):
-            raise ValueError(
-                f"{type(source).__name__}.take returned {rows.dtype} {rows.shape}; "
-                f"expected float rows of shape ({len(idx)}, {self.n_features})"
-            )
-        t = torch.from_numpy(np.ascontiguousarray(rows))
-        return t.pin_memory() if pin else t
-
     @torch.no_grad()
     def _accuracy(self, X: Features, y: torch.Tensor) -> dict[str, list[float]]:
         n, k = len(y), min(5, self.n_classes)
         hits = torch.zeros(2, self.n_heads, dtype=torch.int64, device=torch.device(self.device))
-        scratch = self._scratch(min(n, _EVAL_ROWS))
-        for x, yb in self._batches(X, torch.arange(n), _bounds(n, _EVAL_ROWS), y, scratch):
-            top = self._forward(x, train=False, scratch=scratch).topk(k, dim=-1).indices
+        for x, yb in eval_batches(X, y, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS):
+            top = self._forward(x, train=False).topk(k, dim=-1).indices
             correct = top == yb[:, None, None]  # (B, H, k)
             hits[0] += correct[..., 0].sum(0)
             hits[1] += correct.any(-1).sum(0)
@@ -490,5 +383,5 @@ class MultiHeadProbe:
         return y.to(torch.device(self.device), torch.int64)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "weight_"):
+        if getattr(self, "weight_", None) is None:
             raise RuntimeError("this MultiHeadProbe is not fitted yet; call fit() first")

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import ConfigError
-from featcache.heads import Features
-from featcache.rows import check_labels, check_rows, read_rows
+from featcache.rows import Features, check_labels, check_rows, read_rows
 
 __all__ = ["DEFAULT_KS", "DEFAULT_TEMPERATURES", "KNNClassifier", "KNNConfig", "run_knn", "select_knn"]
 

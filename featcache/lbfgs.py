@@ -1,20 +1,26 @@
 """A small full-batch L-BFGS for smooth convex objectives over one flat tensor (used by :mod:`featcache.logreg`).
 
-torch.optim.LBFGS is written for closures over module parameters and knows one absolute gradient tolerance; a
-regularisation path needs a stopping rule that depends on the iterate (see featcache/logreg.py), a curvature
-scale carried from one problem to the next, and cheap bookkeeping when the problem is small. This is Nocedal &
-Wright's algorithm 7.5 with the two-loop recursion (7.4) and a backtracking line search on the Armijo condition
-from the unit step: for a convex objective every curvature pair has s.y >= 0, so no Wolfe curvature test is needed.
+Why not ``torch.optim.LBFGS``: it takes any leaf tensor and keeps its state across ``step()`` calls, but it stops on
+one absolute gradient tolerance, where a regularisation path needs a stopping rule that depends on the iterate (see
+featcache/logreg.py: with an absolute tolerance the warm-started weak strengths stopped moving), and it cannot start
+a problem from the curvature scale of the previous one. Both are what this module adds; the speed comes from torch,
+float32 products and warm starts. This is Nocedal & Wright's algorithm 7.5 with the two-loop recursion (7.4) and a
+backtracking line search on the Armijo condition from the unit step: for a convex objective every curvature pair
+has s.y >= 0, so no Wolfe curvature test is needed.
+
+:class:`featcache.logreg.LogRegPath` takes the minimiser as a parameter (any :class:`Minimizer`);
+tests/test_logreg.py checks that this one reaches ``scipy.optimize.minimize``'s optimum on the same loss.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-__all__ = ["LbfgsResult", "minimize"]
+__all__ = ["LbfgsResult", "Minimizer", "minimize"]
 
 WINDOW, NO_PROGRESS = 5, 4.0  # stop when f fell by under 4 eps(dtype) |f| over the last 5 iterations
 MAX_BACKTRACKS = 10  # step cuts (each by 2 to 10) before a line search gives up: f cannot decrease along d
@@ -34,6 +40,20 @@ class LbfgsResult:
     evaluations: int
     stop: str
     scale: float | None
+
+
+class Minimizer(Protocol):
+    """What :class:`featcache.logreg.LogRegPath` calls to minimise f at one strength: :func:`minimize`'s signature."""
+
+    def __call__(
+        self,
+        loss_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]],
+        theta: torch.Tensor,
+        stationary: Callable[[torch.Tensor, torch.Tensor], bool],
+        max_iter: int,
+        history_size: int,
+        scale: float | None = None,
+    ) -> LbfgsResult: ...
 
 
 @torch.no_grad()

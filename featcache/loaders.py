@@ -27,10 +27,8 @@ prepared in the loop instead, and image files are still decoded ahead by the Dat
 from __future__ import annotations
 
 import io
-import queue
-import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +40,7 @@ from .augment import ViewMaker
 from .config import TransformSpec
 from .data import ArrayDataset, FileDataset, ImageDataset, to_rgb
 from .errors import BadImageError
+from .prefetch import prefetch
 from .transforms import BatchPreprocess, pil_resize_crop
 from .workers import worker_init
 
@@ -49,6 +48,8 @@ __all__ = ["Batch", "batches", "prefetch", "BACKENDS", "jpeg_components"]
 
 BACKENDS = ("pil", "device")
 RESIZE_GROUP = 64  # images resized in one call on the device backend
+# On CUDA, batches in flight ahead of the forward passes (prefetch depth: the batch being prepared counts). A failed
+# extraction does not join the producer (join=False): it may be inside a DataLoader, and the batch is moot.
 # Errors of the device itself, not of a file: a per-file retry and PIL cannot help, and they would hide it.
 # (getattr: torch.AcceleratorError is missing from older releases than the one pinned.)
 _DEVICE_ERRORS = tuple(getattr(torch, n) for n in ("OutOfMemoryError", "AcceleratorError") if hasattr(torch, n))
@@ -89,41 +90,6 @@ class Batch:
     views: dict[int, torch.Tensor] = field(default_factory=dict)
     # CUDA: recorded on the producer's stream once x is queued; the consumer's stream waits for it
     ready: torch.cuda.Event | None = None
-
-
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
-    """Run ``items`` in a background thread, ``depth`` ahead; re-raise its errors here. ``depth`` 0: no thread."""
-    if depth <= 0:  # no thread: produce in the caller's loop
-        yield from items
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, which raises it
-            q.put(e)
-
-    thread = threading.Thread(target=run, name="featcache-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def jpeg_components(data: bytes) -> int | None:
@@ -231,7 +197,7 @@ def batches(
                 made = maker.on_device(list(x), dataset.ids[rows[0] : rows[-1] + 1], views) if views else {}
                 yield Batch(rows[0], pre(x, cropped=False), views={k: pre(v, cropped=True) for k, v in made.items()})
 
-        yield from prefetch(_on_device(produce(), device), depth=3 if threaded else 0)
+        yield from prefetch(_on_device(produce(), device), depth=4 if threaded else 0, join=False)
         return
     crop = pil_resize_crop(spec) if backend == "pil" else None
     if backend == "device" and not isinstance(dataset, FileDataset):
@@ -267,7 +233,7 @@ def batches(
                 x, made = _decode_on_device(dataset, items, pre, device, blank, bad, maker, views)
                 yield Batch(items[0][0], x, bad, views=made)
 
-    yield from prefetch(_on_device(produce_files(), device), depth=2 if threaded else 0)
+    yield from prefetch(_on_device(produce_files(), device), depth=3 if threaded else 0, join=False)
 
 
 def _on_device(produced: Iterator[Batch], device: torch.device) -> Iterator[Batch]:

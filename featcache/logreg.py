@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,9 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import ConfigError
-from featcache.heads import Features
-from featcache.lbfgs import minimize
-from featcache.rows import check_labels, check_rows, read_rows
+from featcache.lbfgs import Minimizer, minimize
+from featcache.rows import Features, check_labels, check_rows, column_moments, free_bytes
+from featcache.rows import StandardisedBlocks as _Blocks
 
 __all__ = ["DEFAULT_STRENGTHS", "LogRegConfig", "LogRegPath", "run_logreg", "select_strength"]
 
@@ -108,40 +107,6 @@ def select_strength(path: Sequence[Mapping[str, Any]], key: str = "val_top1") ->
     return max(range(len(path)), key=lambda i: (path[i][key], -path[i][loss], path[i]["strength"]))
 
 
-class _Blocks:
-    """Rows of a feature set, standardised with given statistics and served as (z, y) blocks on the device.
-
-    Resident (standardised once, kept on the device) when ``resident``; otherwise read, moved and standardised
-    block by block at every pass.
-    """
-
-    def __init__(self, X: Features, y: torch.Tensor | None, mean, inv_std, dtype, device, block_rows, resident):
-        self.X, self.y, self.n = X, y, len(X)
-        self.mean, self.inv_std, self.dtype, self.device = mean, inv_std, dtype, device
-        self.bounds = [(a, min(a + block_rows, self.n)) for a in range(0, self.n, block_rows)]
-        self.Z: torch.Tensor | None = None
-        if resident:
-            Z = torch.empty(self.n, len(mean), dtype=dtype, device=device)
-            for a, b in self.bounds:
-                Z[a:b] = self._standardised(a, b)
-            self.Z, self.bounds = Z, [(0, self.n)]
-
-    def _standardised(self, a: int, b: int) -> torch.Tensor:
-        # Out of place first: ``to`` returns the caller's own rows when device and dtype already match.
-        return (read_rows(self.X, a, b).to(self.device, self.dtype) - self.mean).mul_(self.inv_std)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for a, b in self.bounds:
-            z = self.Z if self.Z is not None else self._standardised(a, b)
-            yield z, (None if self.y is None else self.y[a:b])
-
-
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 class LogRegPath:
     """The L2 path of multinomial logistic regression on standardised features (estimator style).
 
@@ -154,6 +119,8 @@ class LogRegPath:
         memory_budget: bytes the standardised fit rows may take on the device to stay resident (default: half
             the device's free memory); beyond it, f and its gradient are accumulated over row blocks.
         block_rows: rows per block when streaming (default: what a third of the budget holds, at least 256).
+        minimize: the minimiser of each strength's f, from the warm start (default :func:`featcache.lbfgs.minimize`;
+            any :class:`featcache.lbfgs.Minimizer`, e.g. ``scipy.optimize.minimize`` wrapped to its signature).
 
     Attributes (after :meth:`fit`):
         strengths_: the strengths in path order (strong to weak).
@@ -178,6 +145,7 @@ class LogRegPath:
         dtype=torch.float32,
         memory_budget: int | None = None,
         block_rows: int | None = None,
+        minimize: Minimizer = minimize,
     ):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -188,6 +156,7 @@ class LogRegPath:
         self.dtype = dtype
         self.memory_budget = memory_budget
         self.block_rows = block_rows
+        self.minimize = minimize
 
     def fit(
         self, X: Features, y, eval_sets: Mapping[str, tuple] | None = None, init: tuple | None = None
@@ -213,11 +182,11 @@ class LogRegPath:
         evals = {}
         for name, (Xe, ye) in (eval_sets or {}).items():
             evals[name] = (Xe, self._labels(ye, check_rows(Xe, self.n_features, name), name))
-        self.mean_, self.std_ = self._statistics(X)
+        self.mean_, self.std_ = column_moments(X, self.n_features, _EVAL_ROWS)
         self._mean = self.mean_.to(dev, self.dtype)
         self._inv_std = (1 / self.std_).to(dev, self.dtype)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        budget = _MEMORY_SHARE * _free_bytes(dev) if self.memory_budget is None else self.memory_budget
+        budget = _MEMORY_SHARE * free_bytes(dev) if self.memory_budget is None else self.memory_budget
         self.resident_ = n * D * itemsize <= budget
         block = self.block_rows or max(256, int(budget // (3 * D * itemsize)))
         self._data = _Blocks(X, y, self._mean, self._inv_std, self.dtype, dev, block, self.resident_)
@@ -303,7 +272,7 @@ class LogRegPath:
             return float(g.abs().max()) <= tol * lam * float(theta[:P].abs().max())
 
         cfg = self.config
-        res = minimize(
+        res = self.minimize(
             lambda t: self._loss_grad(t, lam), theta, stationary, cfg.max_iter, cfg.history_size, self._scale
         )
         self._scale = res.scale  # the curvature scale carries over: the next strength's first step is not blind
@@ -353,20 +322,6 @@ class LogRegPath:
         return float(ce) / n, grad.div_(n)
 
     @torch.no_grad()
-    def _statistics(self, X: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        s1 = torch.zeros(self.n_features, dtype=torch.float64)
-        s2 = torch.zeros(self.n_features, dtype=torch.float64)
-        n = len(X)
-        for a in range(0, n, _EVAL_ROWS):
-            # float64 on the features' device: sums of squares minus the squared mean lose nothing there
-            x = read_rows(X, a, min(a + _EVAL_ROWS, n)).double()
-            s1 += x.sum(0).cpu()
-            s2 += (x * x).sum(0).cpu()
-        mean = s1 / n
-        std = (s2 / n - mean * mean).clamp_min_(0).sqrt_()
-        return mean, torch.where(std > 0, std, torch.ones_like(std))
-
-    @torch.no_grad()
     def _scores(self, W: torch.Tensor, b: torch.Tensor, X: Features, y: torch.Tensor) -> dict[str, float]:
         """Top-1, top-k (%) and mean cross-entropy on (X, y), standardised with the fit rows' statistics."""
         k, hits = min(5, self.n_classes), torch.zeros(2, dtype=torch.int64, device=W.device)
@@ -397,6 +352,7 @@ def run_logreg(
     device="cpu",
     dtype=torch.float32,
     memory_budget: int | None = None,
+    minimize: Minimizer = minimize,
 ) -> dict[str, Any]:
     """The probe's L-BFGS protocol: path on fit scored on val, strength chosen on val, refit on train, test once.
 
@@ -406,14 +362,14 @@ def run_logreg(
     Args:
         config: the path's hyperparameters.
         splits: ``"fit"``, ``"val"``, ``"train"`` and ``"test"`` -> (features, labels).
-        n_features, n_classes, device, dtype, memory_budget: as for :class:`LogRegPath`.
+        n_features, n_classes, device, dtype, memory_budget, minimize: as for :class:`LogRegPath`.
     Returns:
         Plain floats and ints: ``{"solver": "lbfgs", "path": [path_ entries with val scores], "selected":
         {"strength", "C", "val_top1", "val_top5", "val_loss", "iterations", "objective", "grad_max", "stop",
         "converged", "test_top1", "test_top5"}, "timings": {"path_s", "refit_s"}}`` (the selected iterations,
         objective, C and convergence are the refit's).
     """
-    kwargs = {"device": device, "dtype": dtype, "memory_budget": memory_budget}
+    kwargs = {"device": device, "dtype": dtype, "memory_budget": memory_budget, "minimize": minimize}
     path = LogRegPath(config, n_features, n_classes, **kwargs).fit(*splits["fit"], eval_sets={"val": splits["val"]})
     k = select_strength(path.path_, "val_top1")
     chosen = path.path_[k]

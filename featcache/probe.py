@@ -1,46 +1,38 @@
 """Phase 2: fit heads on concatenated stores and report a soundly selected accuracy.
 
-Reads only stores (:mod:`featcache.concat`), never a backbone, a model or a dataset. The SGD protocol:
+Reads only stores (:mod:`featcache.concat`), never a backbone, a model or a dataset. :func:`run_probe` is four steps:
 
-1. Hold out a seeded, stratified ``val_fraction`` of the train split.
-2. Select pass: every point of the grid (weight decays, optionally x learning rates) is a head of one
-   :class:`MultiHeadProbe`, trained on train-minus-val and scored on val after each epoch. The (head, epoch)
-   with the best val top-1 is selected (ties: the later epoch, then the earlier head).
-3. Final pass: the same grid retrained on the whole train split, scored on test after each epoch. The
-   reported test accuracy is the selected head's at the selected epoch: test never chose it. This pass also
-   gives the research-style number (best test accuracy over epochs and grid), selected on test and labelled so.
+1. open: the stores, the train and test splits, a seeded, stratified ``val_fraction`` of train held out as val
+   (:func:`featcache.probe_splits.open_probe`);
+2. split: the features held resident, loaded per epoch or streamed, by the budget ``max_memory``
+   (:class:`featcache.probe_splits.ProbeSplits`, :mod:`featcache.feed`);
+3. solve: the solver fits its grid, selects on val and reads test at the selection (:mod:`featcache.solvers`; SGD
+   heads by default, or L-BFGS or k-NN);
+4. record: one :class:`ProbeRecord`, built the same way for every solver.
 
-Views. On stores with augmented views (``extract --views K``) each epoch trains on one view per image, as the
+Views. On stores with augmented views (``extract --views K``) each SGD epoch trains on one view per image, as the
 research code trains on fresh crops: epoch e uses view ``schedule[e]``, a seeded sequence in which every view
 is used before one repeats. Val and test are always read on the evaluation view (centre crop).
-
-Memory: :mod:`featcache.feed` holds the training features resident, loads one view per epoch, or streams them
-from the stores, by the budget (``max_memory``). Resident and per-epoch give the same numbers; streaming reads
-chunk-aligned blocks in a shuffled order with rows shuffled within a buffer of blocks (not a full permutation).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import time
 import uuid
-from collections.abc import Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import __version__
-from .classmap import split_class_mismatch
-from .concat import ConcatView
 from .devices import resolve_device
-from .errors import ConfigError, FeatcacheError, StoreError, StoreIncompleteError
-from .feed import MEMORY_SHARE, Arrays, Rows, epoch_features, fits_gpu, load, plan_memory, view_schedule
-from .heads import MultiHeadProbe, NonFiniteLossError
-from .probe_config import ProbeConfig, config_from, default_splits, heads_from_preset, probe_key_for
-from .results import GridPoint, ProbeRecord, ResearchNumber, Selection, StoreUsed, ViewsUsed
-from .solvers import run_solver
-from .store import Store, resolve_stores
+from .errors import ProbeError
+from .feed import MEMORY_SHARE, view_schedule
+from .probe_config import ProbeConfig, config_from, heads_from_preset, probe_key_for
+from .probe_splits import ProbeData, ProbeSplits, open_probe, val_split
+from .results import ProbeRecord, StoreUsed
+from .solvers import SolverResult, solver_for
+from .solvers.sgd import RESEARCH_NOTE, SELECTION_NOTE
+from .store import resolve_stores
 
 __all__ = [
     "ProbeConfig",
@@ -57,116 +49,10 @@ __all__ = [
     "MEMORY_SHARE",
 ]
 
-log = logging.getLogger(__name__)
-
-SELECTION_NOTE = (
-    "selected on a held-out val split of train (head and epoch); the grid is then retrained on the full train "
-    "split and test is read once, at the selected head and epoch"
-)
-RESEARCH_NOTE = "research-style: best test accuracy over all epochs and grid points (selected on test)"
-
-
-class ProbeError(FeatcacheError):
-    """The probe cannot give a sound number (non-finite features or loss, too few classes, ...)."""
-
-
-def val_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``rows`` into (fit, val), stratified by ``labels[rows]``, reproducible from ``seed``.
-
-    Every class with at least 2 rows keeps at least one row on each side.
-    """
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels[rows]):
-        members = rows[labels[rows] == c]
-        k = int(round(fraction * len(members)))
-        k = min(max(k, 1), len(members) - 1) if len(members) > 1 else 0
-        val.append(rng.permutation(members)[:k])
-    val_rows = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
-    return np.setdiff1d(rows, val_rows), val_rows
-
-
-def _select(history: list[dict], key: str, heads: Sequence[int] | None = None) -> tuple[int, int]:
-    """(head, 1-based epoch) with the best ``key`` accuracy among ``heads`` (default all).
-
-    Ties go to the later epoch (the full schedule), then to the earlier head (smaller weight decay).
-    """
-    heads = range(len(history[0][key])) if heads is None else heads
-    acc, epoch, neg_head = max((rec[key][h], e, -h) for e, rec in enumerate(history, 1) for h in heads)
-    return -neg_head, epoch
-
-
-def _open(cfg: ProbeConfig) -> tuple[list[Store], ConcatView, ConcatView]:
-    stores = list(cfg.opened) if cfg.opened is not None else [Store(p) for p in cfg.stores]  # opened once
-    for store in stores:
-        store.refuse_damaged()  # a verify verdict stands until a repair or a new extraction clears it
-    first = stores[0]
-    held = first.provenance.dataset.name
-    if cfg.dataset is not None and held != cfg.dataset:
-        raise ConfigError(f"store {first.path} holds dataset '{held}', not '{cfg.dataset}'; pass --dataset {held}")
-    train_split, test_split = default_splits(first.splits, cfg.train_split, cfg.test_split)
-    if not {train_split, test_split} <= set(first.splits):
-        first.refuse_if_being_written()  # a split still to come is not a missing one
-    if train_split is None:
-        raise StoreIncompleteError(f"store {first.path} has no splits; rerun the `featcache extract` that made it")
-    if test_split is None:
-        raise ConfigError(f"store {first.path} has no test or val split (it has {', '.join(first.splits)}); "
-                          "pass --test-split")  # fmt: skip
-    for option, split in (("--train-split", train_split), ("--test-split", test_split)):
-        if split not in first.splits:
-            raise ConfigError(
-                f"{option} {split}: store {first.path} has no such split (it has {', '.join(first.splits)})"
-            )
-    if train_split == test_split and not cfg.allow_same_split:
-        raise ConfigError(
-            f"--train-split and --test-split are both '{train_split}': the test number would be measured on "
-            "training data; pick another --test-split, or pass --allow-same-split to do it on purpose"
-        )
-    train = ConcatView(stores, train_split, allow_transform_mix=cfg.allow_transform_mix)
-    test = ConcatView(stores, test_split, allow_transform_mix=cfg.allow_transform_mix)
-    if train.classes != test.classes:
-        raise StoreError(split_class_mismatch(first.path, train_split, train.classes, test_split, test.classes))
-    return stores, train, test
-
-
-def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_classes: int) -> list[str]:
-    """Refuse a train split with fewer than 2 classes; name the classes a split lacks (a skewed probe)."""
-    names = train.classes or [str(c) for c in range(n_classes)]
-
-    def present(labels) -> set[int]:
-        return set(np.unique(labels).tolist())
-
-    tr, fit, val, te = (present(x) for x in (train.labels[train.valid_rows], train.labels[fit_rows],
-                                             train.labels[val_rows], test.labels[test.valid_rows]))  # fmt: skip
-    if len(tr) < 2:
-        raise ProbeError(
-            f"split '{train.split}' holds {len(tr)} class(es) ({', '.join(names[c] for c in sorted(tr))}); "
-            "a probe needs at least 2: extract more samples (a larger --limit) or another split"
-        )
-    notes = []
-    for what, missing in (
-        (f"not in val (a single '{train.split}' row each, kept for fitting)", fit - val),
-        (f"in '{train.split}' but not in '{test.split}'", tr - te),
-        (f"in '{test.split}' but not in '{train.split}': no head can predict them", te - tr),
-    ):
-        if missing:
-            shown = ", ".join(names[c] for c in sorted(missing)[:10]) + (" ..." if len(missing) > 10 else "")
-            notes.append(f"{len(missing)} class(es) {what}: {shown}")
-    for n in notes:
-        log.warning("%s", n)
-    return notes
-
-
-def _views_used(train: ConcatView, cfg: ProbeConfig) -> ViewsUsed:
-    count = train.n_views if cfg.views is None else cfg.views
-    if count == 0:
-        return ViewsUsed(0)
-    meta = train.view(count - 1).readers[0].meta.views  # view() checks every store has the same crops
-    return ViewsUsed(count, meta.seed, dict(meta.augment))
-
 
 def run_probe(cfg: ProbeConfig) -> ProbeRecord:
-    """Fit the grid, select on val, report test; returns the results record (not yet appended).
+    """Open, split, solve (fit the grid, select on val, read test there), record; returns the results record (not
+    yet appended).
 
     Raises:
         StoreError, StoreIncompleteError, StoreMismatchError: stores that cannot be probed together.
@@ -175,122 +61,31 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    stores, train, test = _open(cfg)
-    n_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
-    fit_rows, val_rows = val_split(train.labels, train.valid_rows, cfg.val_fraction, cfg.heads.seed)
-    notes = _class_notes(train, test, fit_rows, val_rows, n_classes)
-    for what, n, need in (("fit rows", len(fit_rows), 2), ("val rows", len(val_rows), 1),
-                          (f"rows of '{test.split}'", len(test.valid_rows), 1)):  # fmt: skip
-        if n < need:
-            raise ProbeError(
-                f"{len(train.valid_rows)} usable rows of '{train.split}' leave {n} {what} (a class needs 2 rows "
-                "to give one to val); a probe needs more samples: extract a larger split or --limit"
-            )
-    views = _views_used(train, cfg)
-    keys: list[int | None] = list(range(views.count)) if views.count else [None]
-    mode = plan_memory(cfg.in_memory, cfg.max_memory, train, test, len(keys), len(fit_rows), len(val_rows))
-    on_gpu = device.type == "cuda" and mode == "resident" and fits_gpu(train, test, len(keys), device)
-    where = device if on_gpu else torch.device("cpu")
-    arrays = Arrays(train, train.valid_rows, keys, mode, where, cfg.max_memory)
-    fit_pos = np.searchsorted(train.valid_rows, fit_rows)
-    val_pos = np.searchsorted(train.valid_rows, val_rows)
-    schedule = (
-        [keys[0]] * cfg.heads.epochs
-        if views.count == 0
-        else view_schedule(views.count, cfg.heads.epochs, cfg.heads.seed)
-    )
-    if mode == "streamed":
-        X_val, X_test = Rows(train, val_rows), Rows(test, test.valid_rows)
-    else:
-        X_val = arrays.get(None, val_pos) if None in arrays.resident else load(train, val_rows).to(where)
-        X_test = load(test, test.valid_rows).to(where)
-    y_train = train.labels[train.valid_rows]
+    data = open_probe(cfg)
+    splits = ProbeSplits(data, cfg, device)
     t_load = time.perf_counter()
-    if cfg.solver is not None:
-        splits = {
-            "fit": (arrays.get(None, fit_pos), y_train[fit_pos]),
-            "val": (X_val, train.labels[val_rows]),
-            "train": (arrays.get(None, None), y_train),
-            "test": (X_test, test.labels[test.valid_rows]),
-        }
-        heads, selection, hyper, timings, more = run_solver(cfg.solver, splits, train.dim, n_classes, device)
-        record = _record(cfg, stores, train, test, views, notes + more, hyper, heads, selection, None)
-        timings = {"load_s": t_load - t0, **timings, "total_s": time.perf_counter() - t0}
-    else:
-        record, timings = _fit_sgd(cfg, stores, train, test, arrays, (fit_pos, val_rows), schedule,
-                                   (X_val, X_test), views, notes, n_classes, device)  # fmt: skip
-        timings = {"load_s": t_load - t0, **timings, "total_s": time.perf_counter() - t0}
-    rows = {"fit": len(fit_rows), "val": len(val_rows), "train": len(train.valid_rows), "test": len(test.valid_rows)}
-    memory = mode + (" on GPU" if on_gpu else "")
-    return dataclasses.replace(record, rows=rows, timings=timings, device=str(device), memory=memory)
+    solver = solver_for(cfg.heads if cfg.solver is None else cfg.solver)
+    result = solver.fit_select(splits, data.train.dim, data.n_classes, device)
+    timings = {"load_s": t_load - t0, **result.timings, "total_s": time.perf_counter() - t0}
+    return _record(ProbeRun(cfg, data, solver.name, result, timings, str(device), splits.memory))
 
 
-def _fit_sgd(cfg, stores, train, test, arrays, rows, schedule, evals, views, notes, n_classes, device):
-    """The select pass (fit -> val) and the final pass (train -> test) of the SGD grid; (record, timings)."""
-    (fit_pos, val_rows), (X_val, X_test) = rows, evals
-    y_train = train.labels[train.valid_rows]
+@dataclass(frozen=True)
+class ProbeRun:
+    """Everything a probe's record is made of: what was asked, the data, the solver's result, how it ran."""
 
-    def fit(positions: np.ndarray | None, eval_name: str, X_eval, y_eval) -> MultiHeadProbe:
-        probe = MultiHeadProbe(cfg.heads, train.dim, n_classes, device=device)
-        y = y_train if positions is None else y_train[positions]
-        try:
-            X = epoch_features(arrays, positions, schedule)  # streamed: block-shuffled, see featcache.feed
-            return probe.fit(X, y, eval_sets={eval_name: (X_eval, y_eval)})
-        except NonFiniteLossError as e:
-            grid = cfg.heads.grid
-            which = ", ".join(f"lr={grid[h][0]:g} wd={grid[h][1]:g}" for h in e.heads)
-            raise ProbeError(
-                f"training loss of head(s) {which} became non-finite at epoch {e.epoch} on stores "
-                f"{', '.join(s.name for s in stores)}: check them with `featcache verify`, or lower --lr"
-            ) from None
-
-    select = fit(fit_pos, "val", X_val, train.labels[val_rows])
-    final = fit(None, "test", X_test, test.labels[test.valid_rows])
-    hyper = dataclasses.asdict(cfg.heads)
-    record = _record(cfg, stores, train, test, views, notes, hyper, *_sgd_results(cfg, select, final, n_classes))
-    return record, {"select_s": select.seconds_, "final_s": final.seconds_}
+    config: ProbeConfig
+    data: ProbeData
+    solver: str
+    result: SolverResult
+    timings: dict[str, float]
+    device: str
+    memory: str  # resident | per-epoch | streamed, "on GPU" when there
 
 
-def _sgd_results(cfg: ProbeConfig, select: MultiHeadProbe, final: MultiHeadProbe, n_classes: int):
-    """(grid points, selection, research number) from the select and final passes' histories."""
-    grid = cfg.heads.grid
-    lr_grid = cfg.heads.lrs is not None
-
-    def params(h: int) -> dict[str, float]:
-        lr, wd = grid[h]
-        return {"lr": lr, "weight_decay": wd} if lr_grid else {"weight_decay": wd}
-
-    def top5(e: int, h: int) -> float | None:
-        return final.history_[e - 1]["test_top5"][h] if n_classes >= 6 else None
-
-    heads = []
-    for h in range(len(grid)):
-        _, eh = _select(select.history_, "val_top1", heads=[h])
-        heads.append(
-            GridPoint(
-                params=params(h),
-                val_top1=select.history_[eh - 1]["val_top1"][h],
-                val_epoch=eh,
-                test_top1=final.history_[eh - 1]["test_top1"][h],
-                test_top5=top5(eh, h),
-                best_test_top1=max(r["test_top1"][h] for r in final.history_),
-            )
-        )
-    h, e = _select(select.history_, "val_top1")
-    rh, re_ = _select(final.history_, "test_top1")
-    selected = Selection(
-        params=params(h),
-        epoch=e,
-        val_top1=select.history_[e - 1]["val_top1"][h],
-        test_top1=final.history_[e - 1]["test_top1"][h],
-        test_top5=top5(e, h),
-        method=SELECTION_NOTE,
-    )
-    research = ResearchNumber(final.history_[re_ - 1]["test_top1"][rh], params(rh), re_, RESEARCH_NOTE)
-    return tuple(heads), selected, research
-
-
-def _record(cfg, stores, train, test, views, notes, hyperparameters, heads, selected, research) -> ProbeRecord:
+def _record(run: ProbeRun) -> ProbeRecord:
+    cfg, data, result = run.config, run.data, run.result
+    stores, train = data.stores, data.train
     first = stores[0].provenance
     return ProbeRecord(
         id=uuid.uuid4().hex[:12],
@@ -303,15 +98,18 @@ def _record(cfg, stores, train, test, views, notes, hyperparameters, heads, sele
         transform=first.transform_name,
         precision=first.precision,
         train_split=train.split,
-        test_split=test.split,
-        rows={},
+        test_split=data.test.split,
+        rows=data.rows,
         preset=cfg.preset,
-        solver=cfg.solver_name,
-        hyperparameters={**hyperparameters, "val_fraction": cfg.val_fraction},
-        views=views,
-        heads=heads,
-        selected=selected,
-        research=research,
-        notes=tuple(notes),
+        solver=run.solver,
+        hyperparameters={**result.hyperparameters, "val_fraction": cfg.val_fraction},
+        views=data.views,
+        heads=result.grid,
+        selected=result.selection,
+        research=result.research,
+        notes=(*data.notes, *result.notes),
+        timings=run.timings,
+        device=run.device,
+        memory=run.memory,
         versions={"featcache": __version__, "torch": torch.__version__},
     )

@@ -17,19 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 # name: (file, the line as it is, the line with the bug, the tests that must catch it)
 BUGS = {
     "1 reported head and epoch selected on test": (
-        "featcache/probe.py",
+        "featcache/solvers/sgd.py",
         '    h, e = _select(select.history_, "val_top1")\n',
         '    h, e = _select(final.history_, "test_top1")\n',
         ["tests/test_probe.py"],
     ),
     "2 ties broken toward the earlier epoch": (
-        "featcache/probe.py",
+        "featcache/solvers/sgd.py",
         "acc, epoch, neg_head = max((rec[key][h], e, -h)",
         "acc, epoch, neg_head = max((rec[key][h], -e, -h)",
         ["tests/test_probe.py"],
     ),
     "3 research number read off the val history": (
-        "featcache/probe.py",
+        "featcache/solvers/sgd.py",
         '    rh, re_ = _select(final.history_, "test_top1")\n',
         '    rh, re_ = _select(select.history_, "val_top1")\n',
         ["tests/test_probe.py"],
@@ -53,37 +53,37 @@ BUGS = {
         ["tests/test_probe.py"],
     ),
     "7 stream visits a block twice and skips another": (
-        "featcache/feed.py",
+        "featcache/feed_stream.py",
         "    visit = rng.permutation(len(ids))  # only blocks",
         "    visit = rng.integers(0, len(ids), len(ids))  # only blocks",
         ["tests/test_feed.py"],
     ),
     "8 stream never reads the last block of the last buffer": (
-        "featcache/feed.py",
+        "featcache/feed_stream.py",
         "min((j + 1) * p.buffer_blocks, len(p.blocks))):",
         "min((j + 1) * p.buffer_blocks, len(p.blocks) - 1)):",
         ["tests/test_feed.py"],
     ),
     "9 stream rows not shuffled within a buffer": (
-        "featcache/feed.py",
+        "featcache/feed_stream.py",
         "np.concatenate([rng.permutation(m) for m in sizes])",
         "np.concatenate([np.arange(m) for m in sizes])",
         ["tests/test_feed.py"],
     ),
     "10 stream order the same every epoch": (
-        "featcache/feed.py",
+        "featcache/feed_stream.py",
         "    rng = np.random.default_rng([_SALT, seed, epoch])\n",
         "    rng = np.random.default_rng([_SALT, seed])\n",
         ["tests/test_feed.py"],
     ),
     "11 stream buffers sized by the whole budget": (
-        "featcache/feed.py",
+        "featcache/feed_stream.py",
         "    buffer_bytes = STREAM_SHARE * budget\n",
         "    buffer_bytes = budget\n",
         ["tests/test_feed.py"],
     ),
     "12 blocks of whole chunks of every store though a buffer holds one": (
-        "featcache/feed.py",
+        "featcache/feed_stream.py",
         "common if common * row_bytes * MIN_BUFFER_BLOCKS <= buffer_bytes",
         "common if common * row_bytes <= buffer_bytes",
         ["tests/test_feed.py"],
@@ -109,8 +109,8 @@ BUGS = {
     "16 L-BFGS val and test standardised with their own statistics": (
         "featcache/logreg.py",
         "rows = _Blocks(X, y, self._mean, self._inv_std, self.dtype, W.device, _EVAL_ROWS, False)",
-        "rows = _Blocks(X, y, *[t.to(W.device, self.dtype) for t in (lambda m, s: (m, 1 / s))(*self._statistics(X))],"
-        " self.dtype, W.device, _EVAL_ROWS, False)",
+        "rows = _Blocks(X, y, *[t.to(W.device, self.dtype) for t in (lambda m, s: (m, 1 / s))(*column_moments(X, "
+        "self.n_features, _EVAL_ROWS))], self.dtype, W.device, _EVAL_ROWS, False)",
         ["tests/test_logreg.py"],
     ),
     "17 L-BFGS strength ties broken without the val loss": (
@@ -120,7 +120,7 @@ BUGS = {
         ["tests/test_logreg.py"],
     ),
     "18 L-BFGS grid C relative to the fit rows while the selection's is the refit's": (
-        "featcache/solvers.py",
+        "featcache/solvers/lbfgs.py",
         '        n = len(splits["train"][1])\n',
         '        n = len(splits["fit"][1])\n',
         ["tests/test_probe.py"],
@@ -129,6 +129,12 @@ BUGS = {
         "featcache/logreg.py",
         '.fit(*splits["fit"], eval_sets={"val": splits["val"]})',
         '.fit(*splits["train"], eval_sets={"val": splits["val"]})',
+        ["tests/test_logreg.py"],
+    ),
+    "70 L-BFGS keeps the curvature pairs it must drop (s.y < 0) and drops the others": (
+        "featcache/lbfgs.py",
+        "        if sy > 0:\n",
+        "        if sy < 0:\n",
         ["tests/test_logreg.py"],
     ),
     "40 ImageFolder splits numbered on their own, not by the dataset's class map": (

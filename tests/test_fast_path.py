@@ -24,9 +24,9 @@ from featcache import loaders
 from featcache.data import build_dataset
 from featcache.errors import BadImagesError
 from featcache.extract import ExtractConfig, extract
+from featcache.feed_batches import host_rows
 from featcache.forward import ExtractReport
 from featcache.forward import forward as _forward
-from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.loaders import batches, jpeg_components
 from featcache.store import open_store, store_path
 from featcache.transforms import BatchPreprocess
@@ -263,10 +263,9 @@ def test_padded_short_batch_reuses_the_compiled_graph(layout):
 
 def test_host_tensor_rows_are_gathered_like_a_row_source():
     """The gather behind host features + GPU heads (pinned there; pin=False is the same on the CPU)."""
-    probe = MultiHeadProbe(HeadConfig(), n_features=5, n_classes=3)
     X = torch.randn(20, 5).half()
     idx = np.array([3, 0, 7, 19, 3])
-    got = probe._take(X, idx, pin=False)
+    got = host_rows(X, idx, pin=False, dim=5)
     assert got.dtype == torch.float16 and torch.equal(got, X[torch.from_numpy(idx)])
 
 

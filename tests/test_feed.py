@@ -19,6 +19,7 @@ from store_factory import make_store
 from featcache import feed
 from featcache.concat import ConcatView
 from featcache.feed import Arrays, Epochs, Streamed, StreamShape, block_order, plan_memory, stream_shape
+from featcache.feed_batches import BatchBuffer
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.probe import ProbeConfig, run_probe, view_schedule
 from featcache.store import open_store
@@ -48,10 +49,13 @@ def _streamed(train, budget, positions=None, schedule=(None,) * 4):
 
 
 def _drain(S, e, seed=0, batch=32):
-    """Serve epoch e the way MultiHeadProbe does: order first, then consecutive slices of it."""
-    order = S.order(e, seed).numpy()
-    stream = S.epoch(e)
-    return order, np.concatenate([stream.take(order[a : a + batch]) for a in range(0, len(order), batch)])
+    """Serve epoch e the way MultiHeadProbe asks for it; returns (the order of S's sampler, the rows served)."""
+    sampler = S.sampler(seed)
+    sampler.set_epoch(e)
+    order = np.fromiter(sampler, dtype=np.int64)
+    buffer = BatchBuffer(batch, S.arrays.train.dim, CPU, torch.float32)
+    served = S.batches(e, torch.zeros(len(S), dtype=torch.int64), buffer, seed=seed, batch_size=batch)
+    return order, np.concatenate([x.numpy().copy() for x, _ in served])
 
 
 def _budget(block_bytes: int, blocks: int) -> int:
@@ -145,8 +149,10 @@ def test_peak_buffered_rows_are_two_buffers_whatever_the_rows(tmp_path):
 def test_fit_on_a_stream_sees_every_row_once_per_epoch(tmp_path, monkeypatch):
     _, train = _indexed(tmp_path, n_views=2)
     served = []
-    take = feed.BlockStream.take
-    monkeypatch.setattr(feed.BlockStream, "take", lambda self, idx: served.append(take(self, idx)) or served[-1])
+    batches = feed.BlockStream.batches
+    monkeypatch.setattr(
+        feed.BlockStream, "batches", lambda self, bounds: (served.append(r) or r for r in batches(self, bounds))
+    )
     schedule = view_schedule(2, HEADS.epochs, 0)
     S = _streamed(train, _budget(16 * 8 * 4, 2), schedule=schedule)
     MultiHeadProbe(HEADS, train.dim, 4).fit(S, train.labels)
@@ -175,16 +181,22 @@ def test_a_read_error_on_the_read_ahead_thread_reaches_fit(tmp_path, monkeypatch
     assert S.gauge.rows == 0
 
 
-def test_a_stream_is_served_in_its_order_only(tmp_path):
+def test_the_stream_serves_its_torch_sampler_order_batch_by_batch(tmp_path):
+    """The order is a torch Sampler's (set_epoch as DistributedSampler's); the stream serves exactly its batches."""
     _, train = _indexed(tmp_path, n_views=0)
     S = _streamed(train, _budget(16 * 8 * 4, 2))
-    with pytest.raises(RuntimeError, match=r"order\(0, seed\) first"):
-        S.epoch(0)
-    order = S.order(0, 0).numpy()
-    stream = S.epoch(0)
-    with pytest.raises(ValueError, match="once, in order"):
-        stream.take(order[1:9])
-    stream.close()
+    sampler = S.sampler(seed=3)
+    assert isinstance(sampler, torch.utils.data.Sampler) and len(sampler) == 200
+    sampler.set_epoch(1)
+    want = list(torch.utils.data.BatchSampler(sampler, 32, drop_last=False))
+    y = torch.arange(200)  # each row's label is its position, so the labels served name the rows
+    got = [(x[:, 0].long(), yb.clone()) for x, yb in S.batches(1, y, BatchBuffer(32, 8, CPU, torch.float32),
+                                                                 seed=3, batch_size=32)]  # fmt: skip
+    assert [yb.tolist() for _, yb in got] == want  # the sampler's batches, in its order
+    assert all(torch.equal(x, yb) for x, yb in got)  # features of the same rows (column 0 holds the row)
+    sampler.set_epoch(2)
+    assert list(sampler) != [i for batch in want for i in batch]  # another epoch, another order
+    assert S.gauge.rows == 0  # the stream closed itself once served
 
 
 def test_streaming_reaches_the_in_memory_accuracy(tmp_path):

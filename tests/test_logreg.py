@@ -9,6 +9,7 @@ from conftest import ArrayRows
 from sklearn.linear_model import LogisticRegression
 
 from featcache.errors import ConfigError
+from featcache.lbfgs import LbfgsResult
 from featcache.logreg import LogRegConfig, LogRegPath, run_logreg, select_strength
 
 D, C = 20, 4
@@ -280,3 +281,42 @@ def test_val_and_test_are_standardised_with_the_fit_rows_statistics():
     train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
     assert record["selected"]["test_top1"] == pytest.approx(_top1(_sklearn(*train, record["selected"]["strength"]),
                                                                   *test), abs=1e-9)  # fmt: skip
+
+
+def _scipy_minimize(calls: list):
+    """scipy's L-BFGS-B on the same f and gradient, to a tight tolerance: an oracle for the optimiser alone (a
+    :class:`featcache.lbfgs.Minimizer`; it ignores the stopping rule and the carried scale)."""
+    from scipy.optimize import minimize
+
+    def run(loss_grad, theta, stationary, max_iter, history_size, scale=None):
+        def fun(w: np.ndarray):
+            f, g = loss_grad(torch.from_numpy(w).to(theta))
+            return f, g.double().numpy()
+
+        options = {"maxiter": 100_000, "maxcor": history_size, "gtol": 1e-13, "ftol": 1e-16}
+        res = minimize(fun, theta.double().numpy(), method="L-BFGS-B", jac=True, options=options)
+        theta.copy_(torch.from_numpy(res.x))
+        calls.append(res.nit)
+        return LbfgsResult(res.nit, res.nfev, "tol" if res.success else "max_iter", scale)
+
+    return run
+
+
+def test_the_path_reaches_scipy_lbfgs_optimum_on_the_same_loss():
+    # featcache's minimiser, warm-started along the path with its relative stopping rule, against scipy's
+    # L-BFGS-B (what scikit-learn uses) minimising the same f at each strength, weak ones included.
+    x, y = _data(300, 20, spread=0.6)
+    xv, yv = _data(200, 21, spread=0.6)
+    cfg = LogRegConfig(strengths=(1.0, 1e-2, 1e-4), tol=1e-10)
+    fit = (torch.tensor(x), y)
+    ours = LogRegPath(cfg, D, C, dtype=torch.float64).fit(*fit, {"val": (torch.tensor(xv), yv)})
+    calls: list[int] = []
+    oracle = LogRegPath(cfg, D, C, dtype=torch.float64, minimize=_scipy_minimize(calls))
+    oracle.fit(*fit, {"val": (torch.tensor(xv), yv)})
+    assert len(calls) == 3 and min(calls) > 0  # the path's solves went through the minimiser passed
+    for a, b in zip(ours.path_, oracle.path_, strict=True):
+        assert b["stop"] == "tol" and a["converged"], (a, b)
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-9, abs=1e-12), a["strength"]
+        assert (a["val_top1"], a["val_loss"]) == pytest.approx((b["val_top1"], b["val_loss"]), rel=1e-6)
+    torch.testing.assert_close(ours.coef_, oracle.coef_, atol=1e-5 * float(oracle.coef_.abs().max()), rtol=0)
+    torch.testing.assert_close(ours.intercept_, oracle.intercept_, atol=1e-5 * float(oracle.coef_.abs().max()), rtol=0)

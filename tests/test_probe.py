@@ -20,13 +20,13 @@ from featcache.heads import HeadConfig
 from featcache.probe import (
     ProbeConfig,
     ProbeError,
-    _select,
     heads_from_preset,
     resolve_stores,
     run_probe,
     val_split,
     view_schedule,
 )
+from featcache.solvers.sgd import _select
 from featcache.store import open_store
 
 HEADS = HeadConfig(epochs=4, batch_size=32, milestones=(3,), lr=0.05, weight_decays=(1e-4, 1e-2, 1.0))
