@@ -228,7 +228,7 @@ BUGS = {
         ["tests/test_extract_stores.py"],
     ),
     "33 a verify verdict on an incomplete store recorded as damaged": (
-        "featcache/store/_reader.py",
+        "featcache/store/_verify.py",
         '"incomplete" if incomplete else "damaged" if problems else "ok"',
         '"damaged" if problems else "ok"',
         ["tests/test_store.py"],

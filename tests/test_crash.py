@@ -107,9 +107,8 @@ def test_kill_during_overwrite_then_resume(setup, launcher):
     store, logs = "overwritten", setup.root / "logs"
     assert launcher.start(setup.argv(store), logs / "ow1.log").wait() == 0
     argv = [*setup.argv(store), "--overwrite"]
-    assert (
-        launcher.start(argv, logs / "ow2.log", kill_at=("featcache.store._writer:rmtree", 3)).wait() == -signal.SIGKILL
-    )
+    killed = launcher.start(argv, logs / "ow2.log", kill_at=("featcache.store._store_writer:rmtree", 3))
+    assert killed.wait() == -signal.SIGKILL
     resume = launcher.start(setup.argv(store), logs / "ow3.log")  # without --overwrite: debris is removed
     assert resume.wait() == 0, resume.output()
     assert "written" in resume.output()
