@@ -363,3 +363,19 @@ def test_a_verdict_on_an_incomplete_store_is_incomplete_and_completion_clears_ve
     assert open_store(path).last_verdict() is None
     (row,) = [s for s in list_stores(tmp_path.parent, tmp_path.name) if s.store == "s"]
     assert row.status == "complete"
+
+
+def test_rmtree_removes_links_not_what_they_point_to(tmp_path):
+    from featcache.store._format import rmtree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("y")
+    (tree / "sub" / "link").symlink_to(outside, target_is_directory=True)
+    (tmp_path / "top-link").symlink_to(outside, target_is_directory=True)
+    rmtree(tmp_path / "top-link")  # a link to a directory: the link goes, the directory stays
+    rmtree(tree)
+    assert not tree.exists() and not (tmp_path / "top-link").exists() and (outside / "keep").read_text() == "x"
