@@ -232,14 +232,12 @@ def test_second_writer_refused_while_holder_lives(tmp_path, data):
     code = (
         "import sys, time\n"
         "from featcache.store import StoreWriter\n"
-        "sys.path.insert(0, sys.argv[2])\n"
-        "from store_factory import provenance\n"
+        "from featcache.testing.stores import provenance\n"
         "w = StoreWriter(sys.argv[1], provenance(dim=8))\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path), os.path.dirname(__file__)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError, match=rf"pid {proc.pid} on host {socket.gethostname()}"):
