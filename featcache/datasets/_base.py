@@ -166,8 +166,8 @@ class ImageDataset:
         lost = sorted(set(np.unique(self.targets).tolist()) - set(np.unique(out.targets).tolist()))
         if lost:
             names = ", ".join(self.classes[c] for c in lost[:10])
-            log.warning("--limit %d leaves %d class(es) of %s/%s without a sample: %s", limit, len(lost),
-                        self.name, self.split, names)  # fmt: skip
+            where = f"{self.name}/{self.split}"
+            log.warning("--limit %d leaves %d class(es) of %s without a sample: %s", limit, len(lost), where, names)
         return out
 
     def _content_digest(self, h: Any) -> None:
