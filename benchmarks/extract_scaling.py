@@ -25,14 +25,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from extract_throughput import write_cifar10  # noqa: E402
+sys.path.insert(0, str(REPO))  # featcache from this checkout, installed or not
 
 from featcache import __version__  # noqa: E402
 from featcache.devices import device_name  # noqa: E402
 from featcache.store import open_store, store_path  # noqa: E402
+from featcache.testing.formats import write_random_cifar10  # noqa: E402
 
 
 def _run(cmd: list[str], threads: int) -> tuple[float, str]:
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date     {time.strftime('%Y-%m-%d %H:%M:%S %z')}; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="featcache-scaling-") as tmp:
         root = Path(tmp)
-        write_cifar10(root / "data" / "cifar", a.images)
+        write_random_cifar10(root / "data" / "cifar", a.images, 16)
         ckpts = []
         for k in range(a.ckpts):
             torch.manual_seed(k)

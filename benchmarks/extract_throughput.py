@@ -58,7 +58,6 @@ import io
 import json
 import math
 import os
-import pickle
 import platform
 import tempfile
 import time
@@ -68,17 +67,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-import torchvision.models as tvm
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from featcache import __version__
-from featcache.config import CheckpointSpec, Paths, load_registry
+from featcache.config import Paths, load_registry
 from featcache.data import build_dataset
 from featcache.devices import PRECISIONS, device_name, resolve_device, resolve_precision
 from featcache.extract import COMPILE_MIN_ROWS, ExtractConfig, extract
 from featcache.forward import prepare_model
 from featcache.models import load_backbone
+from featcache.testing.checkpoints import write_checkpoints
+from featcache.testing.formats import write_random_cifar10
 from featcache.transforms import pil_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,24 +139,7 @@ def _blocky(rng: np.random.Generator, n: int, h: int, w: int, grid: int = 4) -> 
 
 def write_cifar10(root: Path, n: int, seed: int = 0) -> None:
     """CIFAR-10 python pickles (``data_batch_1..5``, ``test_batch``, ``batches.meta``) with ``n`` train images."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    start = 0
-    for k, name in enumerate([f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]):
-        m = n // 5 + (k < n % 5) if k < 5 else 16
-        images = _blocky(rng, m, 32, 32)
-        entry = {
-            "batch_label": f"synthetic {name}",
-            "data": images.transpose(0, 3, 1, 2).reshape(m, 3072).copy(),  # planar R, G, B rows
-            "labels": [int(v) for v in rng.integers(0, 10, m)],
-            "filenames": [f"synthetic_{start + i:06d}.png" for i in range(m)],
-        }
-        start += m
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{c}" for c in range(10)], "num_vis": 3072}, f)
+    write_random_cifar10(root, n, 16, seed, images=_blocky, classes=[f"class{c}" for c in range(10)])
 
 
 def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> None:
@@ -177,18 +160,6 @@ def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> None:
         d = root / "val" / f"class{i % classes:02d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"img_{i:06d}.jpg").write_bytes(encoded[i % len(encoded)])
-
-
-def write_checkpoints(folder: Path, arch: str, k: int) -> list[CheckpointSpec]:
-    """``k`` randomly initialised torchvision state dicts, as plain ``.pth`` files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    specs = []
-    for s in range(k):
-        torch.manual_seed(s)
-        path = folder / f"{arch}_seed{s}.pth"
-        torch.save(getattr(tvm, arch)(weights=None).state_dict(), path)
-        specs.append(CheckpointSpec(f"bench{s}", arch, path))
-    return specs
 
 
 # --- the three measurements ------------------------------------------------------------------------------

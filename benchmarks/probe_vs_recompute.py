@@ -62,7 +62,6 @@ import torchvision.models as tvm
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.transforms import v2
 
 from featcache import __version__
@@ -70,6 +69,8 @@ from featcache.config import CheckpointSpec, Paths, TransformSpec, load_registry
 from featcache.devices import device_name, resolve_device
 from featcache.extract import ExtractConfig, extract
 from featcache.probe import ProbeConfig, heads_from_preset, run_probe
+from featcache.testing.checkpoints import plain_net, write_checkpoints
+from featcache.testing.formats import write_cifar10_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_EPOCHS = 28  # the seed's schedule
@@ -133,42 +134,11 @@ def _images(rng: np.random.Generator, templates: np.ndarray, n: int) -> tuple[np
 
 def write_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
     """CIFAR-10 python pickles under ``root/cifar-10-batches-py``: ``n_train`` in 5 batches, ``n_test`` test."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     templates = rng.integers(0, 256, (CLASSES, 4, 4, 3)).astype(np.float64)
-    start = 0
-    for k, name in enumerate([f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]):
-        m = n_train // 5 + (k < n_train % 5) if k < 5 else n_test
-        images, labels = _images(rng, templates, m)
-        entry = {
-            "batch_label": f"synthetic {name}",
-            "data": images.transpose(0, 3, 1, 2).reshape(m, 3072).copy(),  # planar R, G, B rows
-            "labels": labels,
-            "filenames": [f"synthetic_{start + i:06d}.png" for i in range(m)],
-        }
-        start += m
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{c}" for c in range(CLASSES)], "num_vis": 3072}, f)
-
-
-def build_net(arch: str) -> nn.Module:
-    """A torchvision ResNet (classifier kept, so the state dict is a torchvision one); resnet10 as featcache's."""
-    return ResNet(BasicBlock, [1, 1, 1, 1]) if arch == "resnet10" else getattr(tvm, arch)(weights=None)
-
-
-def write_checkpoints(folder: Path, arch: str, k: int) -> list[CheckpointSpec]:
-    """``k`` randomly initialised networks saved as plain state dicts (seeds 0..k-1)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    specs = []
-    for s in range(k):
-        torch.manual_seed(s)
-        path = folder / f"{arch}_seed{s}.pth"
-        torch.save(build_net(arch).state_dict(), path)
-        specs.append(CheckpointSpec(f"bench{s}", arch, path))
-    return specs
+    sizes = [n_train // 5 + (k < n_train % 5) for k in range(5)] + [n_test]
+    batches = [_images(rng, templates, m) for m in sizes]
+    write_cifar10_arrays(root, batches[:5], batches[5], [f"class{c}" for c in range(CLASSES)])
 
 
 # --- a: the research loop, plain torch/torchvision ---------------------------------------------------------
@@ -227,7 +197,7 @@ def research_run(
     """Train one BN+Linear head with the backbones and the augmentation in the loop; score test at the end."""
     backbones = []
     for c in ckpts:
-        net = build_net(c.arch)
+        net = plain_net(c.arch)
         net.load_state_dict(torch.load(c.path, map_location="cpu", weights_only=True))
         net.fc = nn.Identity()
         backbones.append(net.to(device).eval().requires_grad_(False))

@@ -77,12 +77,10 @@ _SHOW = 10  # keys listed in an error before "... (N in all)"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks so large checkpoints are not held in memory."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file, read in blocks (:func:`hashlib.file_digest`), so a large checkpoint is not held in
+    memory."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # (path, size, mtime_ns) -> sha256: a file hashed once per process while its size and mtime stay the same

@@ -8,8 +8,8 @@ than random features? Each row is drawn three times (other seeds):
 
 1. Pretrain the checkpoints of the demo sweep (``configs/sweeps/demo.yaml``; registered in
    ``configs/checkpoints.d/demo.yaml``): tiny ResNets trained on ``digits-mix`` (digits at random offsets, about
-   half of them coloured by class: :mod:`featcache.demo_data`) for their row's steps, in fp32 from fixed seeds,
-   saved in the AlgoPerf format the research checkpoints come in. The control rows' checkpoints are the same
+   half of them coloured by class: :mod:`featcache.datasets.digits_mix`) for their row's steps, in fp32 from fixed
+   seeds, saved in the AlgoPerf format the research checkpoints come in. The control rows' checkpoints are the same
    networks saved at initialisation (0 steps). A checkpoint that exists with the same recipe, steps and seed is kept.
 2. Run the demo sweep (:mod:`featcache.sweep`): extract every checkpoint's features on ``digits-plain`` (the plain
    component: shape only), then probe every (row, draw) from the cache.

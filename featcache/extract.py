@@ -11,7 +11,6 @@ plans the run; :mod:`featcache.extract_stores` opens, repairs and completes the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import platform
 import time
@@ -26,7 +25,7 @@ import zarr
 from . import __version__, distributed
 from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, TransformSpec
-from .data import ImageDataset, build_dataset
+from .datasets import ImageDataset, build_dataset, stratified_rows
 from .devices import resolve_device, resolve_precision
 from .errors import ConfigError
 from .extract_config import ExtractConfig, config_from
@@ -201,37 +200,9 @@ def _provenance(cfg: ExtractConfig, plan: ExtractPlan, sp: StorePlan, bb: Loaded
     )
 
 
-def stratified_rows(targets: np.ndarray, n: int) -> np.ndarray:
-    """``n`` rows (sorted) spread over the classes in proportion to their sizes, the same every time.
-
-    Each class contributes its first rows in dataset order; leftover places go to the classes with the largest
-    remainders, ties to the smaller class index.
-    """
-    targets = np.asarray(targets)
-    if n >= len(targets):
-        return np.arange(len(targets))
-    classes, counts = np.unique(targets, return_counts=True)
-    share = counts * n / len(targets)
-    take = np.floor(share).astype(int)
-    order = np.lexsort((classes, -(share - take)))  # largest remainder first
-    take[order[: n - take.sum()]] += 1
-    rows = [np.flatnonzero(targets == c)[:k] for c, k in zip(classes, take, strict=True)]
-    return np.sort(np.concatenate(rows))
-
-
 def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[ImageDataset, SplitData]:
-    fp = dataset.fingerprint()
-    if limit is not None and limit < len(dataset):
-        rows = stratified_rows(dataset.targets, limit)
-        dataset = dataset.subset(rows)
-        # another sample set: another fingerprint
-        fp = hashlib.sha256(f"{fp}:stratified{limit}:".encode() + rows.astype("<i8").tobytes()).hexdigest()
-        missing = sorted(set(np.unique(dataset.targets)) ^ set(range(len(dataset.classes))))
-        if missing:
-            names = ", ".join(dataset.classes[c] for c in missing[:10])
-            log.warning("--limit %d leaves %d class(es) of %s/%s without a sample: %s", limit, len(missing),
-                        dataset.name, split, names)  # fmt: skip
-    return dataset, SplitData(split, dataset.ids, dataset.targets, fp, dataset.classes)
+    dataset = dataset.limited(limit)  # --limit: a stratified subset with its own fingerprint
+    return dataset, SplitData(split, dataset.ids, dataset.targets, dataset.fingerprint(), dataset.classes)
 
 
 def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> ExtractReport:

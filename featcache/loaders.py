@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import ViewMaker
 from .config import TransformSpec
-from .data import ArrayDataset, FileDataset, ImageDataset, to_rgb
+from .datasets import ArrayDataset, FileDataset, ImageDataset, to_rgb
 from .errors import BadImageError
 from .prefetch import prefetch
 from .transforms import BatchPreprocess, pil_resize_crop

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import file_changed
 from .config import CheckpointSpec, DatasetSpec
-from .data import build_dataset
+from .datasets import build_dataset
 from .devices import resolve_device
 from .errors import CheckpointError, StoreError, StoreMismatchError
 from .extract import plan_extract

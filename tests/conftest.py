@@ -1,7 +1,8 @@
-"""Shared fixtures: a private set of roots per test, the repo's registries, small checkpoints."""
+"""Shared fixtures: a private set of roots per test, the repo's registries, small checkpoints, injected errors."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,31 @@ class ArrayRows:
     def take(self, indices: np.ndarray) -> np.ndarray:
         self.calls += 1
         return self.x[indices]
+
+
+def refuse_writes_under(monkeypatch: pytest.MonkeyPatch, root: Path, code: int) -> None:
+    """Make creating a directory or opening a file for writing anywhere below ``root`` fail with ``code``.
+
+    What a directory without write permission (EACCES) or a read-only filesystem (EROFS) does, injected, so that
+    the test means the same when it runs as root, whom permissions do not stop.
+    """
+    real_mkdir, real_open, root = os.mkdir, os.open, Path(root).resolve()
+
+    def below(path) -> bool:
+        return root in Path(os.fsdecode(path)).resolve().parents
+
+    def mkdir(path, *args, **kwargs):
+        if below(path):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and below(path):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

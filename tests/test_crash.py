@@ -1,7 +1,8 @@
 """Crash safety: SIGKILL at any moment, two writers, a full or unwritable disk, and `featcache verify`.
 
 Real `featcache extract` processes are forked from one server that imported torch once
-(``benchmarks/kill_resume.py``): a fresh interpreter costs ~5 s on this machine, a fork ~0.1 s.
+(:mod:`featcache.testing.crash`, which ``benchmarks/kill_resume.py`` runs too): a fresh interpreter costs ~5 s on
+this machine, a fork ~0.1 s.
 Every resumed store is compared byte for byte with one uninterrupted run.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import importlib.util
 import json
 import os
 import random
@@ -24,17 +24,14 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, refuse_writes_under
 from store_factory import make_store, provenance
 
 from featcache.cli import main
 from featcache.errors import StoreError, StoreLockedError
 from featcache.store import SplitData, StoreWriter, open_store
 from featcache.store import _writer as writer_mod
-
-_spec = importlib.util.spec_from_file_location("kill_resume", REPO / "benchmarks" / "kill_resume.py")
-kr = sys.modules["kill_resume"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
+from featcache.testing import crash as kr
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +104,8 @@ def test_kill_during_overwrite_then_resume(setup, launcher):
     store, logs = "overwritten", setup.root / "logs"
     assert launcher.start(setup.argv(store), logs / "ow1.log").wait() == 0
     argv = [*setup.argv(store), "--overwrite"]
-    assert (
-        launcher.start(argv, logs / "ow2.log", kill_at=("featcache.store._writer:rmtree", 3)).wait() == -signal.SIGKILL
-    )
+    killed = launcher.start(argv, logs / "ow2.log", kill_at=("featcache.store._store_writer:rmtree", 3))
+    assert killed.wait() == -signal.SIGKILL
     resume = launcher.start(setup.argv(store), logs / "ow3.log")  # without --overwrite: debris is removed
     assert resume.wait() == 0, resume.output()
     assert "written" in resume.output()
@@ -269,10 +265,10 @@ def test_cache_dir_under_a_file(setup, tmp_path):
     _one_error_line(r.output, "cannot write store", "Not a directory", "--cache-dir is a writable directory")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_cache_dir_without_write_permission(setup, tmp_path):
+def test_cache_dir_without_write_permission(setup, tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
+    refuse_writes_under(monkeypatch, ro, errno.EACCES)  # what the mode does, for root too
     r = _cli(dataclasses.replace(setup, cache_dir=ro), "x")
     assert r.exit_code == 1
     _one_error_line(r.output, "Permission denied", "--cache-dir is a writable directory")
@@ -340,7 +336,8 @@ def test_verify_of_a_killed_extraction(setup, launcher):
 
 
 @pytest.mark.slow
-def test_kill_resume_benchmark_20_kills(capsys):
+def test_kill_resume_benchmark_20_kills():
     # python -m pytest -m slow tests/test_crash.py: fresh processes, about 5 minutes on 2 busy cores
-    assert kr.main(["--kills", "20"]) == 0
-    assert "20/20 survived, 0 rows lost" in capsys.readouterr().out
+    bench = [sys.executable, str(REPO / "benchmarks" / "kill_resume.py"), "--kills", "20"]
+    r = subprocess.run(bench, capture_output=True, text=True)
+    assert r.returncode == 0 and "20/20 survived, 0 rows lost" in r.stdout, r.stdout + r.stderr

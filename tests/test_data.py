@@ -1,4 +1,4 @@
-"""featcache.data: every format read from fixtures in its real on-disk layout, and every refusal."""
+"""featcache.datasets: every format read from fixtures in its real on-disk layout, and every refusal."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from data_factory import (
 from PIL import Image, ImageFile
 
 from featcache.config import DatasetSpec
-from featcache.data import (
+from featcache.datasets import (
     CIFAR10,
     FORMATS,
     ArrayDataset,
@@ -276,6 +276,24 @@ def test_imagefolder_splits_share_one_class_map(tmp_path, caplog):
     (tmp_path / "test").mkdir()
     write_imagefolder(tmp_path / "test", splits=("all",), classes=(), per_class=0)
     assert build_dataset(spec("imagefolder", tmp_path, splits=("train", "test")), "train").classes[0] == "cat"
+
+
+def test_limit_warns_of_the_classes_it_leaves_out_not_of_those_the_split_never_had(tmp_path, caplog):
+    # the class map is the dataset's: train never had 'ant' (only val has it), which is no fault of --limit
+    write_imagefolder(tmp_path, splits=("train",), classes=("cat", "dog", "zebra"), per_class=2)
+    write_imagefolder(tmp_path, splits=("val",), classes=("ant", "cat", "zebra"), per_class=2)
+    train = build_dataset(spec("imagefolder", tmp_path, splits=("train", "val")), "train")
+    assert train.limited(None) is train and train.limited(len(train)) is train
+    with caplog.at_level("WARNING"):
+        three = train.limited(3)  # one sample of each class train has
+    assert sorted(three.targets.tolist()) == [1, 2, 3] and caplog.text == ""
+    with caplog.at_level("WARNING"):
+        two = train.limited(2)  # ties go to the smaller class index: zebra is left out
+    assert [train.classes[t] for t in two.targets] == ["cat", "dog"]
+    assert "--limit 2 leaves 1 class(es) of fixture-imagefolder/train without a sample: zebra" in caplog.text
+    # a subset is another sample set, with a fingerprint of its own that the same limit gives again
+    again = build_dataset(spec("imagefolder", tmp_path, splits=("train", "val")), "train").limited(3)
+    assert three.fingerprint() == again.fingerprint() not in (train.fingerprint(), two.fingerprint())
 
 
 def test_imagefolder_same_classes_keep_their_fingerprint(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from featcache.data import DigitsDataset, build_dataset
-from featcache.demo_data import PALETTE, DigitsMixDataset
+from featcache.datasets.digits_mix import PALETTE, DigitsMixDataset
 from featcache.errors import ConfigError
 
 

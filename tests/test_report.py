@@ -28,6 +28,13 @@ VALUES = {
 }
 
 
+def _cell_text(row: str, dataset: str, draws: int = 3) -> str:
+    """The expected cell: numpy's mean and spread (ddof=1) of the row's draws, and (n/N) when some are missing."""
+    values = VALUES[(row, dataset)]
+    text = f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+    return text + (f" ({len(values)}/{draws})" if len(values) < draws else "")
+
+
 def _report() -> SweepReport:
     cells = {k: Cell(v, 3) for k, v in VALUES.items()}
     return SweepReport("toy", "a toy sweep", ROWS, ("a", "b"), cells, {"a": "preset x", "b": "preset y"})
@@ -50,8 +57,8 @@ def test_best_per_column_is_the_highest_mean():
         assert report.best(d) == {max(means, key=means.get)}
     assert report.best("a") == {"cat2"} and report.best("b") == {"cat1"}
     rows = report.table_rows()
-    assert rows[1]["a"] == "**92.00 ± 1.00**" and rows[0]["b"] == "**60.00 ± 10.00**"
-    assert rows[2]["a"] == "89.50 ± 0.71 (2/3)" and rows[2]["b"] == "-"
+    assert rows[1]["a"] == f"**{_cell_text('cat2', 'a')}**" and rows[0]["b"] == f"**{_cell_text('cat1', 'b')}**"
+    assert rows[2]["a"] == _cell_text("cat4", "a") and rows[2]["b"] == "-"
     tie = SweepReport("t", "", ROWS[:2], ("a",), {("cat1", "a"): Cell((1.0,), 1), ("cat2", "a"): Cell((1.0,), 1)}, {})
     assert tie.best("a") == {"cat1", "cat2"}
 
@@ -61,7 +68,7 @@ def test_files_are_written_and_the_plot_is_an_image(tmp_path):
     assert files.markdown == tmp_path / "reports" / "toy.md" and files.note is None
     md = files.markdown.read_text()
     assert "| features | models | steps per model | total steps | a | b |" in md
-    assert "| cat2 | 2 | 32 | 64 | **92.00 ± 1.00** | 50.00 ± 0.00 |" in md
+    assert f"| cat2 | 2 | 32 | 64 | **{_cell_text('cat2', 'a')}** | {_cell_text('cat2', 'b')} |" in md
     with open(files.csv) as f:
         table = list(csv.DictReader(f))
     assert [r["a_best"] for r in table] == ["False", "True", "False"]

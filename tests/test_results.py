@@ -14,6 +14,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import refuse_writes_under
 
 import featcache as fc
 from featcache.cli import main
@@ -131,12 +132,11 @@ def test_a_full_disk_loses_no_record_already_logged(log, monkeypatch):
     assert [r.id for r in load_records(log)] == ["r1", "r2", "r3", "r4", "r5"]
 
 
-def test_a_read_only_cache_gets_a_clear_error(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes read-only directories")
+def test_a_read_only_cache_gets_a_clear_error(tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    refuse_writes_under(monkeypatch, ro, errno.EROFS)  # a read-only mount, for root too
     with pytest.raises(ResultsError, match="cannot append.*--results PATH"):
         append_record(ro, _record(1, "cifar10", ["a"], 1e-4))
 

@@ -48,6 +48,41 @@ def test_roundtrip_rows_ids_labels_and_raw_chunks(tmp_path, data):
     np.testing.assert_array_equal(zarr.open_array(path / "train" / "features", mode="r")[:], X)
 
 
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_a_chunk_of_zeros_is_written_like_any_other(tmp_path, data, compression):
+    # zarr leaves out a chunk that is all fill value unless told to write it (every image of a chunk skipped)
+    X, y = data
+    X, views = X.copy(), [X + 1, X + 2]
+    X[16:32] = 0
+    views[1][:16] = 0
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, views={"train": views}, compression=compression)
+    r = open_store(path).split("train")
+    assert r.complete and r.n_views == 2 and open_store(path).verify() == []
+    np.testing.assert_array_equal(r.read(), X)
+    np.testing.assert_array_equal(r.view(1).read(), views[1])
+    for f in (r.chunk_file(1), r.view(1).chunk_file(0)):
+        assert f.is_file() and (compression != "none" or f.stat().st_size == 16 * 8 * 4)
+    zeros = make_store(tmp_path / "zeros.zarr", {"train": (np.zeros_like(X), y)}, compression=compression)
+    assert open_store(zeros).verify() == [] and not open_store(zeros).split("train").read().any()
+
+
+def test_chunk_files_are_where_zarrs_chunk_keys_put_them_and_other_keys_are_named(tmp_path, data):
+    X, y = data
+    path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, views={"train": [X + 1]})
+    r = open_store(path).split("train")
+    for array, coords in ((r, lambda i: (i, 0)), (r.view(0), lambda i: (0, i, 0))):
+        where = r.layout.array_dir("train", array.view_index)
+        meta = zarr.open_array(where, mode="r").metadata
+        assert meta.chunk_key_encoding.to_dict() == {"name": "default", "configuration": {"separator": "/"}}
+        assert [array.chunk_file(i) for i in range(4)] == [where / meta.encode_chunk_key(coords(i)) for i in range(4)]
+        assert array.chunk_file(3).is_file()
+    doc_path = path / "train" / "features" / "zarr.json"
+    doc = json.loads(doc_path.read_text())
+    doc["chunk_key_encoding"]["configuration"]["separator"] = "."
+    doc_path.write_text(json.dumps(doc))
+    assert any("does not name its chunk files c/<i>/0" in p for p in open_store(path).verify())
+
+
 def test_provenance_and_split_metadata_recorded(tmp_path, data):
     X, y = data
     path = make_store(tmp_path / "s.zarr", {"train": (X, y)}, name="run3")
@@ -197,14 +232,12 @@ def test_second_writer_refused_while_holder_lives(tmp_path, data):
     code = (
         "import sys, time\n"
         "from featcache.store import StoreWriter\n"
-        "sys.path.insert(0, sys.argv[2])\n"
-        "from store_factory import provenance\n"
+        "from featcache.testing.stores import provenance\n"
         "w = StoreWriter(sys.argv[1], provenance(dim=8))\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path), os.path.dirname(__file__)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError, match=rf"pid {proc.pid} on host {socket.gethostname()}"):
@@ -328,3 +361,19 @@ def test_a_verdict_on_an_incomplete_store_is_incomplete_and_completion_clears_ve
     assert open_store(path).last_verdict() is None
     (row,) = [s for s in list_stores(tmp_path.parent, tmp_path.name) if s.store == "s"]
     assert row.status == "complete"
+
+
+def test_rmtree_removes_links_not_what_they_point_to(tmp_path):
+    from featcache.store._format import rmtree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("y")
+    (tree / "sub" / "link").symlink_to(outside, target_is_directory=True)
+    (tmp_path / "top-link").symlink_to(outside, target_is_directory=True)
+    rmtree(tmp_path / "top-link")  # a link to a directory: the link goes, the directory stays
+    rmtree(tree)
+    assert not tree.exists() and not (tmp_path / "top-link").exists() and (outside / "keep").read_text() == "x"

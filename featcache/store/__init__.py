@@ -7,7 +7,8 @@ group on a local (or shared) filesystem, ``<cache>/<dataset>/<name>.zarr``::
     <split>/               one group per split ("train", "test", "val", "all")
       zarr.json            attrs["featcache_split"] = SplitMeta
       features/            (rows, dim) float16|float32, dims (row, feature), chunks (chunk_rows, dim), no
-                           compression by default: codecs = [bytes(little)], so chunk file ``c/<i>/0`` is the
+                           compression by default: codecs = [bytes(little)] and chunk keys zarr's "default"
+                           encoding with separator "/" (given explicitly), so chunk file ``c/<i>/0`` is the
                            raw C-order block of rows [i*chunk_rows, (i+1)*chunk_rows), the last one zero-padded
                            to full size; it can be memory-mapped. The evaluation view (centre crop).
       views/               (allocated views, rows, dim), dims (view, row, feature), chunks (1, chunk_rows, dim):
@@ -68,6 +69,12 @@ Leftover ``*.partial`` files (zarr) and ``.<name>.<pid>.tmp`` files (our JSON, w
 file, fsynced and renamed) are removed by the next writer. An OSError while writing (disk full,
 read-only or missing cache directory) becomes a one-line :class:`StoreError`; the store stays
 resumable.
+
+Modules: ``_format`` (the layout: paths, chunk keys, constants, durable JSON writes), ``_schema`` (the typed
+records), ``_store_writer`` (:class:`StoreWriter`: create or resume, lock, shards), ``_writer`` (:class:`SplitWriter`
+and :class:`ArrayWriter`: splits, views, whole chunks, completion), ``_reader`` (:class:`Store`,
+:class:`SplitReader`, :class:`FeatureArray`: memory-mapped rows), ``_verify`` (their checks and ``verify``'s
+verdict, mixed into the readers), ``_lock`` and ``_catalog`` (``ls`` and ``--stores`` resolution).
 """
 
 from ._catalog import StoreSummary, already_complete, list_stores, resolve_stores
@@ -86,7 +93,8 @@ from ._schema import (
     ViewsMeta,
     identity_diff,
 )
-from ._writer import ArrayWriter, SplitData, SplitWriter, StoreWriter, planned_meta
+from ._store_writer import StoreWriter
+from ._writer import ArrayWriter, SplitData, SplitWriter, planned_meta
 
 __all__ = [
     "FORMAT_VERSION",

@@ -8,11 +8,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.core.chunk_key_encodings import parse_chunk_key_encoding
 
 from ..errors import StoreError
 
@@ -20,6 +23,14 @@ FORMAT_VERSION = 2
 READABLE = (1, 2)  # v1: no views, plain JSON chunk markers; read-only for this version
 CHUNK_BYTES = 16 * 2**20  # ~16 MiB chunks: big sequential writes, few files, cheap to mmap
 FP16_MAX = float(np.finfo(np.float16).max)
+# Every array is created with this chunk key encoding (zarr v3's default, given explicitly): readers memory-map
+# the chunk files at the paths it names, so the layout must not hang on a library default.
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+CHUNK_KEYS = parse_chunk_key_encoding(CHUNK_KEY_ENCODING)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def sha256_ids(ids: Sequence[str]) -> str:
@@ -61,8 +72,9 @@ class Layout:
         return self.root / split / ("features" if view is None else "views")
 
     def chunk_file(self, split: str, view: int | None, i: int) -> Path:
-        base = self.array_dir(split, view) / "c"
-        return base / str(i) / "0" if view is None else base / str(view) / str(i) / "0"
+        """Chunk ``i`` of the features (``c/<i>/0``) or of view ``view`` (``c/<view>/<i>/0``): whole rows."""
+        coords = (i, 0) if view is None else (view, i, 0)
+        return self.array_dir(split, view) / CHUNK_KEYS.encode_chunk_key(coords)
 
     def marker_dir(self, split: str, view: int | None) -> Path:
         if self.version == 1:
@@ -185,9 +197,8 @@ def check_version(path: Path, prov: dict) -> int:
 
 
 def rmtree(path: Path) -> None:
+    """Remove a file, a symlink (not what it points to) or a directory tree (whose symlinks are not followed)."""
     if path.is_dir() and not path.is_symlink():
-        for child in path.iterdir():
-            rmtree(child)
-        path.rmdir()
+        shutil.rmtree(path)
     else:
         path.unlink()

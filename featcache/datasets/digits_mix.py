@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .data import ArrayDataset, register
-from .errors import ConfigError
+from ..errors import ConfigError
+from ._base import ArrayDataset, register
 
 __all__ = ["DigitsMixDataset", "PALETTE", "COMPONENTS"]
 
