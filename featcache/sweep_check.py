@@ -102,9 +102,12 @@ def store_state(
 
 def _missing(sweep: SweepConfig, specs: list[CheckpointSpec]) -> CheckpointError:
     shown = ", ".join(str(c.path) for c in specs[:3]) + (f", ... ({len(specs)} in all)" if len(specs) > 3 else "")
-    from .demo import SWEEP  # the demo pretrains its sweep's checkpoints: say so rather than name a file
-
-    fix = "`featcache demo` trains them" if sweep.name == SWEEP else "put them there or point --checkpoint-dir at them"
+    # a sweep whose checkpoints a command makes (the demo's) says so rather than only where the files should be
+    fix = (
+        f"`{sweep.checkpoints_from}` makes them"
+        if sweep.checkpoints_from
+        else "put them there or point --checkpoint-dir at them"
+    )
     return CheckpointError(
         f"sweep {sweep.name}: {len(specs)} checkpoint file(s) to extract are missing: {shown}; {fix}"
     )
@@ -115,7 +118,7 @@ def check_plan(plan: SweepPlan) -> None:
 
     Raises:
         StoreMismatchError: a store was extracted otherwise than the sweep asks (the first one named, and how many).
-        CheckpointError: checkpoint files to extract from are missing (the demo's: ``featcache demo`` trains them).
+        CheckpointError: checkpoint files to extract from are missing (naming what makes them, when the sweep says).
         ConfigError, DatasetError: a dataset to extract is missing or malformed on disk, or an extraction or probe
             option this machine cannot honour (``device: cuda`` without one, ...).
     """

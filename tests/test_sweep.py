@@ -529,7 +529,7 @@ def test_a_fresh_directory_says_that_the_demo_trains_the_checkpoints(tmp_path):
         r = CliRunner().invoke(main, ["sweep", "demo", *roots, *extra])
         assert r.exit_code == 1, r.output
         assert r.output.startswith("Error: sweep demo: 30 checkpoint file(s) to extract are missing: ")
-        assert r.output.rstrip().endswith("... (30 in all); `featcache demo` trains them")
+        assert r.output.rstrip().endswith("... (30 in all); `featcache demo` makes them")
         assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()
 

@@ -76,6 +76,8 @@ class SweepConfig(Record):
     extract: ExtractOptions = ExtractOptions()
     probe: ProbeOptions = ProbeOptions()
     description: str = ""
+    # what makes the sweep's checkpoints when they are missing (e.g. "featcache demo"); said in that error
+    checkpoints_from: str = ""
     source: str = field(default="", metadata={"read": False})
 
     def with_overrides(self, *, draws: int | None = None, epochs: int | None = None, limit: int | None = None,
