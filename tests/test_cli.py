@@ -334,11 +334,11 @@ def test_help_names_the_registry_entries_it_reads(tmp_path):
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "datasets.yaml").write_text(
-        "datasets:\n  mydata: {format: imagefolder, splits: [train, val], transforms: {96px: cifar-32px}}\n"
-    )
+        "datasets:\n  adata: {format: imagefolder, splits: [train, val], transforms: {95px: cifar-32px}}\n"
+    )  # help shows the first dozen names, sorted
     (extra / "probes.yaml").write_text("presets:\n  mypreset: {epochs: 2, weight_decays: [0.1]}\n")
     out = CliRunner().invoke(main, ["--config-dir", str(extra), "extract", "--help"]).output
-    assert "mydata" in out and "96px" in out, out
+    assert "adata" in out and "95px" in out, out
     out = CliRunner().invoke(main, ["--config-dir", str(extra), "probe", "--help"]).output
     assert "mypreset" in out, out
     out = CliRunner().invoke(main, ["--config-dir", str(tmp_path / "nowhere"), "extract", "--help"])

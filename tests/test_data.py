@@ -52,7 +52,8 @@ def spec(fmt: str, root: Path, splits=("train", "test"), **options) -> DatasetSp
 
 
 def test_formats_registered():
-    assert sorted(FORMATS) == ["cifar10", "cifar100", "digits", "digits-mix", "imagefolder", "inat18"]
+    assert sorted(FORMATS) == ["cifar10", "cifar100", "digits", "digits-mix", "imagefolder", "imagenet-shift",
+                               "inat18", "wilds-camelyon17"]  # fmt: skip
 
 
 def test_unknown_format_and_split(tmp_path):

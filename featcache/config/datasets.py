@@ -59,6 +59,7 @@ class _Dataset(Record):
     root: str | None = None  # relative to the data dir; default: the dataset's name
     train_split: str | None = None  # default: the first split
     test_split: str | None = None  # default: the last split
+    eval_splits: tuple[str, ...] = ()  # more splits a head is scored on (Camelyon17's id_val and OOD val)
     probe: str = DEFAULT_PRESET
     options: dict[str, Any] | None = None
 
@@ -118,11 +119,15 @@ class DatasetTables:
         for preset in e.transforms.values():
             if preset not in self.transforms:
                 raise unknown_name("transform preset", preset, self.transforms.names(), f"used by {where}")
+        for split in e.eval_splits:
+            if split not in e.splits:
+                raise unknown_name("split", split, e.splits, f"in eval_splits of {where}")
         if root is None:
             root = resolve_under(self.data, e.root if e.root is not None else name, f"{where}: root")
         return DatasetSpec(name=name, format=e.format, root=root, splits=e.splits,
                            train_split=e.train_split or e.splits[0], test_split=e.test_split or e.splits[-1],
-                           transforms=e.transforms, probe=e.probe, options=dict(e.options or {}))  # fmt: skip
+                           transforms=e.transforms, probe=e.probe, options=dict(e.options or {}),
+                           eval_splits=e.eval_splits)  # fmt: skip
 
     def transform(self, dataset: DatasetSpec, name: str | None) -> TransformSpec:
         """The preset behind ``--transform name`` for ``dataset`` (its default when ``name`` is None).

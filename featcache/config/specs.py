@@ -87,6 +87,7 @@ class DatasetSpec:
     transforms: dict[str, str]  # --transform name -> preset name; first is the default
     probe: str = DEFAULT_PRESET  # the probe preset of probes.yaml for this dataset
     options: dict[str, Any] = field(default_factory=dict)
+    eval_splits: tuple[str, ...] = ()  # more splits a trained head is scored on, besides test_split
 
     @property
     def default_transform(self) -> str:

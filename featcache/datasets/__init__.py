@@ -2,8 +2,9 @@
 :class:`~featcache.config.DatasetSpec` by :func:`build_dataset`.
 
 ``_base`` holds the machinery (the :data:`FORMATS` registry, the base classes, ``--limit``'s stratified
-subset); ``digits``, ``digits_mix`` (the demo's mixture), ``cifar``, ``folder`` (ImageFolder) and ``inat``
-(iNaturalist 2018) each register their format when imported, which this package does for all of them.
+subset); ``digits``, ``digits_mix`` (the demo's mixture), ``cifar``, ``folder`` (ImageFolder), ``inat``
+(iNaturalist 2018), ``shifted`` (ImageNet-V2, -Sketch, -R, -A) and ``wilds`` (Camelyon17-WILDS) each register their
+format when imported, which this package does for all of them.
 """
 
 from ._base import (
@@ -22,6 +23,8 @@ from .digits import DigitsDataset
 from .digits_mix import DigitsMixDataset
 from .folder import ImageFolderDataset, dataset_classes, find_classes, make_samples
 from .inat import INaturalist2018
+from .shifted import ImageNetShift
+from .wilds import Camelyon17
 
 __all__ = [
     "FORMATS",
@@ -35,6 +38,8 @@ __all__ = [
     "CIFAR100",
     "ImageFolderDataset",
     "INaturalist2018",
+    "ImageNetShift",
+    "Camelyon17",
     "build_dataset",
     "dataset_classes",
     "find_classes",
