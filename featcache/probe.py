@@ -104,6 +104,7 @@ def _record(run: ProbeRun) -> ProbeRecord:
         solver=run.solver,
         hyperparameters={**result.hyperparameters, "val_fraction": cfg.val_fraction},
         views=data.views,
+        train_subset=data.train_subset,
         heads=result.grid,
         selected=result.selection,
         research=result.research,

@@ -22,6 +22,7 @@ from .errors import ConfigError, unknown_name
 from .heads import HeadConfig
 from .knn import KNNConfig
 from .logreg import LogRegConfig
+from .lowshot import TrainFraction, describe
 from .records import document_keys
 from .results import StoreUsed, ViewsUsed, record_key
 from .solvers import SolverConfig
@@ -48,6 +49,7 @@ class ProbeConfig:
     ``max_memory``: bytes of RAM the features may take (None: MEMORY_SHARE of what is available).
     ``in_memory``: ``auto`` plans by the budget; ``yes`` forces resident, ``no`` streaming.
     ``opened``: ``stores`` already opened (by :func:`config_from`), so that a probe opens each store once.
+    ``train_fraction``: train on the research low-shot subset of train (:mod:`featcache.lowshot`); None: all of it.
     """
 
     stores: tuple[Path, ...]
@@ -65,6 +67,7 @@ class ProbeConfig:
     dataset: str | None = None  # what the caller believes the stores hold (e.g. --dataset); checked
     allow_same_split: bool = False
     solver: SolverConfig | None = None  # None: the SGD heads of ``heads``; else L-BFGS or k-NN on the same splits
+    train_fraction: TrainFraction | None = None
     opened: tuple[Store, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -179,7 +182,8 @@ def config_from(
             whose checkpoint file changed; False plans a probe of stores still to extract (a sweep): nothing is
             read, the splits stay as given and ``views`` defaults to the preset's.
         options: :data:`HEAD_OPTIONS` (None: the preset's), :data:`SOLVER_OPTIONS` (None: the solver's default),
-            and the other :class:`ProbeConfig` fields (``device``, ``train_split``, ``tag``, ...).
+            and the other :class:`ProbeConfig` fields (``device``, ``train_split``, ``tag``, ...); ``train_fraction``
+            may be given as text (``"10%"``, ``"10%@7"``).
 
     Returns:
         The configuration, splits and views resolved.
@@ -203,6 +207,8 @@ def config_from(
         chosen, weight_decays, lr=lrs[0] if len(lrs) == 1 else None, lrs=lrs if len(lrs) > 1 else None
     )
     solver_cfg = solver_config(solver, **{k: options.pop(k, None) for k in SOLVER_OPTIONS})
+    if isinstance(options.get("train_fraction"), str):
+        options["train_fraction"] = TrainFraction.parse(options["train_fraction"])
     if opened:
         train, test = default_splits(opened[0].splits, options.get("train_split"), options.get("test_split"))
         options.update(train_split=train, test_split=test)
@@ -239,6 +245,7 @@ def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> st
     made = first.split_meta(train_split).views  # run_probe records the first store's crops (all share them)
     views = ViewsUsed(count, made.seed, dict(made.augment)) if count and made is not None else ViewsUsed(count)
     hyperparameters = dataclasses.asdict(cfg.heads if cfg.solver is None else cfg.solver)
+    subset = describe(cfg.train_fraction, first.provenance.dataset.format) if cfg.train_fraction else None
     return record_key(
         dataset=first.provenance.dataset.name,
         stores=[StoreUsed.of(s.name, s.path, s.provenance, s.provenance.feature_dim) for s in stores],
@@ -248,4 +255,5 @@ def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> st
         solver=cfg.solver_name,
         hyperparameters={**hyperparameters, "val_fraction": cfg.val_fraction},
         views=views,
+        train_subset=subset,
     )

@@ -2,12 +2,14 @@
 way the budget allows (:class:`ProbeSplits`, what every solver is handed).
 
 Train is split into fit and a seeded, stratified ``val_fraction`` of val; train (fit + val) and test keep all their
-usable rows. Views: on stores with augmented views each epoch trains on one view per image, epoch e on view
-``schedule[e]`` (:func:`featcache.feed.view_schedule`); val and test are always read on the evaluation view.
+usable rows, unless ``train_fraction`` keeps only the research low-shot subset of train (:mod:`featcache.lowshot`).
+Views: on stores with augmented views each epoch trains on one view per image, epoch e on view ``schedule[e]``
+(:func:`featcache.feed.view_schedule`); val and test are always read on the evaluation view.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +24,9 @@ from .concat import ConcatView
 from .errors import ConfigError, ProbeError, StoreError, StoreIncompleteError
 from .feed import Arrays, Feed, Rows, fits_gpu, load, plan_memory, train_feed, view_schedule
 from .heads import HeadConfig
+from .lowshot import TrainFraction, describe, subset_rows
 from .probe_config import default_splits
-from .results_record import ViewsUsed
+from .results_record import TrainSubset, ViewsUsed
 from .store import Store
 
 __all__ = ["ProbeData", "ProbeInputs", "ProbeSplits", "open_probe", "val_split"]
@@ -46,6 +49,7 @@ class ProbeInputs(Protocol):
     in_memory: str
     dataset: str | None
     allow_same_split: bool
+    train_fraction: TrainFraction | None  # the research low-shot subset of train; None: all of it
     opened: tuple[Store, ...] | None  # the stores, when the config builder opened them already
 
 
@@ -61,6 +65,7 @@ class ProbeData:
     val_rows: np.ndarray
     views: ViewsUsed  # the augmented views the heads train on
     notes: list[str]  # classes a split lacks (also logged)
+    train_subset: TrainSubset | None = None  # the low-shot subset train was cut to
 
     @property
     def rows(self) -> dict[str, int]:
@@ -78,6 +83,9 @@ def open_probe(cfg: ProbeInputs) -> ProbeData:
         ProbeError: fewer than 2 classes, or too few rows, to train on.
     """
     stores, train, test = _open(cfg)
+    subset = None
+    if cfg.train_fraction is not None:
+        train, subset = _low_shot(train, stores[0], cfg.train_fraction)
     n_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     fit_rows, val_rows = val_split(train.labels, train.valid_rows, cfg.val_fraction, cfg.heads.seed)
     notes = _class_notes(train, test, fit_rows, val_rows, n_classes)
@@ -88,7 +96,17 @@ def open_probe(cfg: ProbeInputs) -> ProbeData:
                 f"{len(train.valid_rows)} usable rows of '{train.split}' leave {n} {what} (a class needs 2 rows "
                 "to give one to val); a probe needs more samples: extract a larger split or --limit"
             )
-    return ProbeData(stores, train, test, n_classes, fit_rows, val_rows, _views_used(train, cfg), notes)
+    return ProbeData(stores, train, test, n_classes, fit_rows, val_rows, _views_used(train, cfg), notes, subset)
+
+
+def _low_shot(train: ConcatView, first: Store, fraction: TrainFraction) -> tuple[ConcatView, TrainSubset]:
+    """``train`` with only the usable rows of the research subset (every store of a probe holds the same rows)."""
+    ref = first.provenance.dataset
+    rows = subset_rows(fraction, ref.format, train.rows, limit=ref.limit, where=f"store {first.path}")
+    cut = copy.copy(train)  # views taken from it (ConcatView.view) keep the cut
+    cut.valid_rows = np.intersect1d(train.valid_rows, rows)
+    log.info("--train-fraction %s: %d of %d train rows", fraction, len(cut.valid_rows), len(train.valid_rows))
+    return cut, TrainSubset(**describe(fraction, ref.format), rows=len(cut.valid_rows))
 
 
 class ProbeSplits:

@@ -195,10 +195,12 @@ def format_probe(record: ProbeRecord, fmt: str = "table") -> str:
     rows = record.rows
     views = f"{record.views.count} augmented views (seed {record.views.seed})" if record.views.count else "centre crops"
     top5 = f"  top-5 {sel.test_top5:.2f}" if sel.test_top5 is not None else ""
+    sub = record.train_subset
+    low_shot = f" (its {sub.percent:g}% {sub.sampler} subset)" if sub else ""
     lines = [
         f"{record.dataset}: {record.features} of {stores} ({record.feature_dim} features), preset {record.preset}, "
         f"solver {record.solver}, trained on {views}",
-        f"splits: fit {rows.get('fit')} + val {rows.get('val')} of '{record.train_split}', "
+        f"splits: fit {rows.get('fit')} + val {rows.get('val')} of '{record.train_split}'{low_shot}, "
         f"test {rows.get('test')} of '{record.test_split}'",
         render(heads),
         f"selected   {_params(sel.params)}" + (f" epoch {sel.epoch}" if sel.epoch else "")

@@ -20,6 +20,7 @@ __all__ = [
     "Selection",
     "ResearchNumber",
     "ViewsUsed",
+    "TrainSubset",
     "ProbeRecord",
     "probe_key",
     "record_key",
@@ -109,6 +110,20 @@ class ViewsUsed(Record):
 
 
 @dataclass(frozen=True)
+class TrainSubset(Record):
+    """The research low-shot subset a probe trained on (``--train-fraction``, :mod:`featcache.lowshot`)."""
+
+    percent: float
+    sampler: str  # cifar-permutation | seeded-shuffle
+    seed: int | None  # the seeded shuffle's (the research --seed); None for CIFAR's fixed permutation
+    rows: int  # usable train rows in the subset, val included
+
+    def identity(self) -> dict[str, Any]:
+        """Its part of the probe key: which subset (its row count follows from the stores)."""
+        return {"percent": self.percent, "sampler": self.sampler, "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class ProbeRecord(Record):
     id: str
     timestamp: str
@@ -128,6 +143,7 @@ class ProbeRecord(Record):
     transform: str | None = None
     precision: str | None = None
     views: ViewsUsed = field(default_factory=lambda: ViewsUsed(0))
+    train_subset: TrainSubset | None = None  # None: all of train
     research: ResearchNumber | None = None
     notes: tuple[str, ...] = ()  # warnings the probe raised (classes missing from a split, ...)
     timings: dict[str, float] = field(default_factory=dict)
@@ -148,6 +164,7 @@ class ProbeRecord(Record):
             solver=self.solver,
             hyperparameters=self.hyperparameters,
             views=self.views,
+            train_subset=self.train_subset.identity() if self.train_subset else None,
         )
 
 
@@ -166,13 +183,17 @@ def record_key(
     solver: str,
     hyperparameters: dict[str, Any],
     views: ViewsUsed,
+    train_subset: dict[str, Any] | None = None,
 ) -> str:
     """The key of a probe: its stores in order (checkpoint hash, layer, pool, dtype, precision, transform), the
-    dataset and splits, the preset, solver and hyperparameters, and the views trained on (count, seed, crops).
+    dataset and splits, the preset, solver and hyperparameters, the views trained on (count, seed, crops), and the
+    low-shot subset of train when there is one (:meth:`TrainSubset.identity`; absent, the key is as before).
 
     :attr:`ProbeRecord.key` and :func:`featcache.probe.probe_key_for` (the key before probing) both call this.
     """
+    subset = {"train_subset": train_subset} if train_subset is not None else {}
     return probe_key(
+        **subset,
         dataset=dataset,
         stores=[s.identity() for s in stores],
         train_split=train_split,

@@ -123,7 +123,8 @@ def _transform_names(reg) -> list[str]:
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
-    help="Only N samples of each split, a stratified subset (every class in proportion; the same every time).",
+    help="Only N samples of each split, test included: a stratified subset (every class in proportion; the same every "
+    "time) for quick runs. Not the research protocol: its low-shot subsets are probe --train-fraction.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete an existing store of the same name and start over.")
 @click.option(

@@ -59,6 +59,13 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
     help="Augmented views to train on, one per image per epoch (every view before one repeats): auto (the "
     "preset's count, at most what the stores hold), none (centre crops), or a number.",
 )
+@click.option(
+    "--train-fraction",
+    metavar="N%[@SEED]",
+    help="Train on the research low-shot subset, N% of train, cut from the stored features (test untouched; recorded "
+    "in the result). CIFAR: the first N% of the research code's fixed permutation of its 50,000 train images "
+    "(cifar10_<N>perc); other datasets: ImageNet's --data_rate N/100, a shuffle seeded by 31 + 12345 (SEED + 12345).",
+)
 @click.option("--train-split", help="Split to train on (default: train).")
 @click.option("--test-split", help="Split to report on (default: test, else val).")
 @click.option(
