@@ -46,6 +46,9 @@ _CONTAINER_KEYS = (
     "state_dict",  # PyTorch ImageNet example (`main.py`), timm, PyTorch Lightning
     "model",  # DeiT/MAE-style training scripts
 )
+# Deeper paths to a state dict, tried after those: VISSL / Classy Vision (the SEER trunks) keep the trunk's weights
+# apart from its heads'.
+_NESTED_CONTAINERS = (("classy_state_dict", "base_model", "model", "trunk"),)
 # EMA weights, tried (and required) only when asked for, in timm's order.
 _EMA_KEYS = (
     "state_dict_ema",  # timm's train.py (ModelEmaV2/V3)
@@ -200,8 +203,9 @@ def load_state_dict(
             (an ``ema: true`` entry), ``"option"`` (``--ema``) or None (unknown).
 
     Returns:
-        The state dict found under the first container key present (see ``_CONTAINER_KEYS``),
-        or the top-level dict (or pickled network) itself.
+        The state dict found under the first container key present (see ``_CONTAINER_KEYS``, then the nested
+        ``classy_state_dict.base_model.model.trunk`` of VISSL's SEER files), or the top-level dict (or pickled
+        network) itself.
 
     Raises:
         CheckpointError: the file is missing or corrupt, holds objects the weights-only unpickler
@@ -223,6 +227,13 @@ def load_state_dict(
     for key in _EMA_KEYS if ema else _CONTAINER_KEYS:
         if (sd := _as_state_dict(top.get(key))) is not None:
             log.debug("checkpoint %s: state dict under '%s'", path, key)
+            return sd
+    for keys in () if ema else _NESTED_CONTAINERS:
+        inner: object = top
+        for key in keys:
+            inner = inner.get(key) if isinstance(inner, dict) else None
+        if (sd := _as_state_dict(inner)) is not None:
+            log.debug("checkpoint %s: state dict under '%s'", path, ".".join(keys))
             return sd
     if (sd := _as_state_dict(obj)) is not None:
         return sd

@@ -1,8 +1,9 @@
 """Backbones: one registry, one builder, one loading path, for torchvision, timm and featcache's own nets.
 
 Architectures (``--arch``): every torchvision classification model (``resnet50``, ``vit_b_16``,
-``convnext_tiny``, ...) and featcache's ``resnet10``, all in the registry :func:`register_backbone`
-fills; and ``timm:<name>`` for any timm model, with an optional pretrained tag
+``convnext_tiny``, ...), featcache's ``resnet10``, SwAV's ``resnet50w2``/``w4``/``w5`` and the SEER trunks
+``seer_regnet_y_{32,64,128,256}gf`` (:mod:`featcache.backbones`, in their checkpoints' own key layouts), all in the
+registry :func:`register_backbone` fills; and ``timm:<name>`` for any timm model, with an optional pretrained tag
 (``timm:vit_small_patch16_224.augreg_in1k``) that picks the preprocessing; timm is the optional
 extra ``pip install 'featcache[timm]'``. Networks are built randomly initialised (nothing is
 downloaded) and a checkpoint file fills them.
@@ -28,6 +29,7 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from .backbones import regnet, swav
 from .checkpoints import clean_state_dict, file_sha256, load_state_dict, match_state_dict
 from .config import CheckpointSpec, TransformSpec
 from .errors import ConfigError, unknown_name
@@ -70,6 +72,7 @@ class _Arch:
     build: Callable[[], nn.Module]  # the classification network, randomly initialised
     behead: Callable[[nn.Module], int]  # removes the classifier in place; returns the pre-logits width
     preprocessing: Callable[[], TransformSpec | None]  # its own eval preprocessing; None: it defines none
+    heads: tuple[str, ...] = ()  # module paths of training heads its checkpoints hold besides the backbone (SwAV's)
 
 
 _BACKBONES: dict[str, _Arch] = {}
@@ -93,7 +96,7 @@ def _replace_classifier(net: nn.Module) -> int:
 
 
 def register_backbone(
-    name: str, *, preprocessing: Callable[[], TransformSpec | None] | None = None
+    name: str, *, preprocessing: Callable[[], TransformSpec | None] | None = None, heads: tuple[str, ...] = ()
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Decorator registering a zero-argument factory that returns a randomly initialised classifier network.
 
@@ -103,6 +106,8 @@ def register_backbone(
     Args:
         name: the architecture name used by ``--arch`` and the checkpoint registry.
         preprocessing: returns the architecture's own eval preprocessing; None when it has none.
+        heads: module paths (ending in ``.``) of training heads that checkpoints of this architecture hold besides
+            the backbone (SwAV's ``projection_head.``, ``prototypes.``): dropped on loading, as the classifier is.
 
     Returns:
         The decorator; it returns the factory unchanged.
@@ -114,7 +119,7 @@ def register_backbone(
     def decorate(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _BACKBONES:
             raise ConfigError(f"backbone '{name}' is registered twice")
-        _BACKBONES[name] = _Arch(factory, _replace_classifier, preprocessing or _no_preprocessing)
+        _BACKBONES[name] = _Arch(factory, _replace_classifier, preprocessing or _no_preprocessing, tuple(heads))
         return factory
 
     return decorate
@@ -159,6 +164,13 @@ for _name in tvm.list_models(module=tvm):  # the classification models only
 def _resnet10() -> nn.Module:
     # A tiny 512-d net for the demo and the tests; not in torchvision's registry.
     return ResNet(BasicBlock, [1, 1, 1, 1])
+
+
+# The research code's other trunks; like its ResNets, they take the dataset preset.
+for _name, _factory in swav.ARCHS.items():
+    register_backbone(_name, heads=swav.HEADS)(_factory)
+for _name, _factory in regnet.ARCHS.items():
+    register_backbone(_name)(_factory)
 
 
 def _import_timm(arch: str) -> ModuleType:
@@ -294,7 +306,7 @@ def build_features(
     net = entry.build()
     before = set(net.state_dict())
     width = entry.behead(net)
-    classifier = tuple(sorted({k.rsplit(".", 1)[0] + "." for k in before - set(net.state_dict())}))
+    classifier = tuple(sorted({k.rsplit(".", 1)[0] + "." for k in before - set(net.state_dict())})) + entry.heads
     net.eval()
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     if not layers:
