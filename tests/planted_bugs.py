@@ -323,6 +323,66 @@ BUGS = {
         "        lost = sorted(set(range(len(self.classes))) - set(np.unique(out.targets).tolist()))\n",
         ["tests/test_data.py"],
     ),
+    "100 CIFAR's low-shot permutation drawn by another generator than the research list's": (
+        "featcache/lowshot.py",
+        "    return np.random.RandomState(0).permutation(CIFAR_TRAIN_ROWS)\n",
+        "    return np.random.default_rng(0).permutation(CIFAR_TRAIN_ROWS)\n",
+        ["tests/test_lowshot.py"],
+    ),
+    "101 CIFAR's N% subset taken from the end of the permutation": (
+        "featcache/lowshot.py",
+        "rows = cifar_permutation()[: int(CIFAR_TRAIN_ROWS * float(fraction.percent) / 100)]",
+        "rows = cifar_permutation()[-int(CIFAR_TRAIN_ROWS * float(fraction.percent) / 100) :]",
+        ["tests/test_lowshot.py"],
+    ),
+    "102 the --data_rate draw seeded without the research offset 12345": (
+        "featcache/lowshot.py",
+        "        rng = np.random.default_rng(seed + DATA_RATE_OFFSET)\n",
+        "        rng = np.random.default_rng(seed)\n",
+        ["tests/test_lowshot.py"],
+    ),
+    "103 the --data_rate count in exact decimal arithmetic, not the research float product": (
+        "featcache/lowshot.py",
+        "        rows = order[: int(n_rows * rate)]\n",
+        "        rows = order[: int(n_rows * fraction.percent / 100)]\n",
+        ["tests/test_lowshot.py"],
+    ),
+    "104 undecodable rows kept in the low-shot subset": (
+        "featcache/probe_splits.py",
+        "    cut.valid_rows = np.intersect1d(train.valid_rows, rows)\n",
+        "    cut.valid_rows = rows\n",
+        ["tests/test_lowshot.py"],
+    ),
+    "105 the probe key ignores the low-shot subset": (
+        "featcache/results_record.py",
+        '    subset = {"train_subset": train_subset} if train_subset is not None else {}\n',
+        "    subset = {}\n",
+        ["tests/test_lowshot.py"],
+    ),
+    "106 ImageNet-V2's class folders numbered as strings ('10' before '2'), as ImageFolder does": (
+        "featcache/datasets/shifted.py",
+        "        ordered = sorted(folders, key=lambda f: _INDEX[wnid_of[f]])\n",
+        "        ordered = sorted(folders)\n",
+        ["tests/test_datasets_shifted.py"],
+    ),
+    "107 Camelyon17's OOD val and test hospitals swapped": (
+        "featcache/datasets/wilds.py",
+        "_OOD = {1: 3, 2: 2}",
+        "_OOD = {1: 2, 2: 3}",
+        ["tests/test_datasets_wilds.py"],
+    ),
+    "108 the SEER squeeze-excitation reduced from the bottleneck width, not the block's input": (
+        "featcache/backbones/regnet.py",
+        "_SqueezeExcitation(w_b, int(round(p.se_ratio * w_in)))",
+        "_SqueezeExcitation(w_b, int(round(p.se_ratio * w_b)))",
+        ["tests/test_backbones_research.py"],
+    ),
+    "109 SwAV's stem without its zero-padding layer": (
+        "featcache/backbones/swav.py",
+        "self.conv1(self.padding(x))",
+        "self.conv1(x)",
+        ["tests/test_backbones_research.py"],
+    ),
 }
 
 
