@@ -11,7 +11,10 @@ Two samplers, as the research code's ``src/datasets.py`` has them; the test spli
 
 Rows are dataset indices, so a store's train split must hold the whole split in dataset order, as ``extract``
 writes it (CIFAR's batch order; ImageFolder's sorted classes and files, torchvision's order): a store made with
-``--limit`` holds other rows and is refused. The selection is the same for every store of a probe.
+``--limit`` holds other rows and is refused. The selection is the same for every store of a probe. Two datasets
+differ from the research code's order or draw: iNat18 rows are sorted by image id where the research code keeps the
+JSON's order (the same subsets when the JSON lists its images by id), and the research Camelyon17 subset is drawn
+with replacement from numpy's unseeded global generator, which nothing can reproduce (the seeded shuffle stands in).
 """
 
 from __future__ import annotations
