@@ -101,7 +101,8 @@ class Selection(Record):
 
 @dataclass(frozen=True)
 class ResearchNumber(Record):
-    """The seed's reported number: the best test accuracy over epochs and grid, i.e. selected on test."""
+    """The number the research protocol reports: SGD's best test accuracy over epochs and grid (the seed's,
+    selected on test); k-NN's test accuracy at a k fixed in advance (DINO's 20-NN; ``epoch`` None)."""
 
     test_top1: float
     params: dict[str, float]
