@@ -42,11 +42,11 @@ __all__ = [
 
 PLOT_HINT = "the plot needs matplotlib: pip install 'featcache[plot]'"
 LEGEND = (
-    "<dataset>: test top-1 (%) selected on val (head, epoch and grid point chosen on a val split of train, test read "
-    "once); <dataset> research: the paper scripts' number, the best test top-1 over epochs and grid (selected on "
-    "test; k-NN: the fixed k, DINO's 20-NN; L-BFGS has none); each mean ± std (ddof=1) over the draws, the best "
-    "mean of each column marked; fidelity: strict = PIL preprocessing, fp32 forward, float32 stores (the research "
-    "pipeline), fast = the defaults."
+    "Per dataset, DATASET: test top-1 (%) selected on val (head, epoch and grid point chosen on a val split of "
+    "train, test read once); DATASET research: the paper scripts' number, the best test top-1 over epochs and grid "
+    "(selected on test; k-NN: at a fixed k, DINO's 20-NN; L-BFGS has none); each mean ± std (ddof=1) over the "
+    "draws, the best mean of each column marked; fidelity: strict = PIL preprocessing, fp32 forward, float32 "
+    "stores (the research pipeline), fast = the defaults."
 )
 
 
