@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ __all__ = [
     "file_sha256",
     "file_changed",
     "check_store_checkpoint",
+    "check_step",
+    "checkpoint_step",
+    "load_checkpoint",
     "load_state_dict",
     "clean_state_dict",
     "match_state_dict",
@@ -54,6 +58,9 @@ _EMA_KEYS = (
     "state_dict_ema",  # timm's train.py (ModelEmaV2/V3)
     "model_ema",  # DeiT-style scripts
 )
+# Where a checkpoint records the optimizer steps it was trained for: AlgoPerf's (the seed's checkpoints) and
+# PyTorch Lightning's ``global_step``.
+_STEP_KEYS = ("global_step",)
 # The fix for a missing EMA copy depends on who asked for it.
 _EMA_HINTS = {
     "registry": "drop 'ema: true' from its registry entry",
@@ -143,11 +150,11 @@ def _unsafe_global(message: str) -> str:
     return found.group(1).strip().rstrip(".") if found else "it holds objects other than tensors"
 
 
-def _torch_read(path: Path, trust: bool) -> object:
+def _torch_read(path: Path, trust: bool, mmap: bool = False) -> object:
     try:
         # Research .pth.tar files often keep the training `args` Namespace; allow just that (as timm does).
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=not trust)
+            return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
     except Exception as e:
         # torch.load signals a bad file with many types (KeyError for text, EOFError, RuntimeError from zip).
         # an invalid opcode ("Unsupported operand") is a corrupt file, not an object needing trust
@@ -189,6 +196,63 @@ def _as_state_dict(obj: object) -> dict[str, Tensor] | None:
     return None
 
 
+def _step(obj: object) -> int | None:
+    """The training step a checkpoint's top-level dict records (see ``_STEP_KEYS``), else None."""
+    for key in _STEP_KEYS if isinstance(obj, dict) else ():
+        value = obj.get(key)
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value.item())
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def checkpoint_step(path: str | os.PathLike, *, trust: bool = False) -> int | None:
+    """The training step ``path`` records (AlgoPerf's ``global_step``), or None when it records none.
+
+    A torch zip file is memory-mapped, so its tensors are not read: cheap enough for ``--dry-run``.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, or needs ``trust`` (see :func:`load_state_dict`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} not found; check the path or the registry entry")
+    if path.suffix.lower() in _READERS:  # safetensors: tensors only, no step
+        return None
+    return _step(_torch_read(path, trust, mmap=zipfile.is_zipfile(path)))
+
+
+def check_step(path: str | os.PathLike, step: int | None, expected: int | None, source: str | None) -> None:
+    """Refuse a checkpoint whose recorded training step is not the one ``source`` expects (None: nothing to check).
+
+    Raises:
+        CheckpointError: names the file, both numbers and where the expected one comes from.
+    """
+    if step is None or expected is None or step == expected:
+        return
+    source = source or "its registry entry"
+    raise CheckpointError(
+        f"checkpoint {path} records training step {step} (global_step) but {source} says {expected} steps per "
+        f"model; point the registry entry at the {expected}-step file, or correct {source}"
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, trust: bool = False, ema: bool = False, ema_source: str | None = None
+) -> tuple[dict[str, Tensor], int | None]:
+    """:func:`load_state_dict`, and the training step the file records (None when it records none).
+
+    Raises:
+        CheckpointError: see :func:`load_state_dict`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} not found; check the path or the registry entry")
+    obj = _READERS.get(path.suffix.lower(), _torch_read)(path, trust)
+    return _weights(obj, path, ema, ema_source), _step(obj)
+
+
 def load_state_dict(
     path: str | os.PathLike, *, trust: bool = False, ema: bool = False, ema_source: str | None = None
 ) -> dict[str, Tensor]:
@@ -211,10 +275,10 @@ def load_state_dict(
         CheckpointError: the file is missing or corrupt, holds objects the weights-only unpickler
             refuses (and ``trust`` is False), lacks the EMA weights asked for, or holds no state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} not found; check the path or the registry entry")
-    obj = _READERS.get(path.suffix.lower(), _torch_read)(path, trust)
+    return load_checkpoint(path, trust=trust, ema=ema, ema_source=ema_source)[0]
+
+
+def _weights(obj: object, path: Path, ema: bool, ema_source: str | None) -> dict[str, Tensor]:
     if not isinstance(obj, dict | nn.Module):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
     top = obj if isinstance(obj, dict) else {}

@@ -18,6 +18,7 @@ __all__ = [
     "HEADS",
     "SOLVERS",
     "IN_MEMORY",
+    "FIDELITIES",
 ]
 
 POOLS = ("avg", "avg-nhwc", "cls", "mean-patch")  # how --layer outputs are pooled (featcache.layers)
@@ -30,3 +31,4 @@ ON_BAD_IMAGE = ("error", "skip")
 HEADS = ("bn-linear", "linear")  # the probe's head (featcache.heads)
 SOLVERS = ("sgd", "lbfgs", "knn")  # the first is the default (featcache.solvers)
 IN_MEMORY = ("auto", "yes", "no")  # the probe's memory plan (featcache.feed)
+FIDELITIES = ("fast", "strict")  # a sweep's fidelity profile; the first is the default (featcache.fidelity)

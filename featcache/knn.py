@@ -6,6 +6,10 @@ votes rank the predictions. The votes are computed as exp((sim - sim_max) / T), 
 best similarity: a positive factor common to all of a query's votes, so the ranking is DINO's and a small T
 cannot overflow.
 
+Besides the (k, T) chosen on val, ``fixed_k`` (``--knn-fixed-k``, default 20 at T = 0.07) gives the number DINO
+reports: the k-NN top-1 on test with all of train as neighbours at a k fixed in advance, never chosen on val or
+test (the record's research number).
+
 A grid of k and T costs one pass over the train features: the k_max = max(k) nearest rows of every query
 are found once (tiles of query-block x train-block similarities, keeping a running top-k_max across train
 blocks, so the full similarity matrix never exists), then each k takes the first k of them and each T
@@ -28,12 +32,22 @@ import torch.nn.functional as F
 from featcache.errors import ConfigError
 from featcache.rows import Features, check_labels, check_rows, read_rows
 
-__all__ = ["DEFAULT_KS", "DEFAULT_TEMPERATURES", "KNNClassifier", "KNNConfig", "run_knn", "select_knn"]
+__all__ = [
+    "DEFAULT_KS",
+    "DEFAULT_TEMPERATURES",
+    "DINO_K",
+    "DINO_TEMPERATURE",
+    "KNNClassifier",
+    "KNNConfig",
+    "run_knn",
+    "select_knn",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (10, 20, 100, 200)  # DINO's reported k
 DEFAULT_TEMPERATURES = (0.07,)  # DINO's T
+DINO_K, DINO_TEMPERATURE = 20, 0.07  # the k-NN number DINO reports: 20-NN, T = 0.07, on test
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,7 @@ class KNNConfig:
 
     ks: tuple[int, ...] = DEFAULT_KS
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    fixed_k: int | None = DINO_K  # the k of the fixed-k number on test (at DINO_TEMPERATURE); None: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(self.ks))
@@ -63,6 +78,12 @@ class KNNConfig:
                 "--knn-temperature",
                 ts,
                 "one or more distinct positive numbers",
+            ),
+            (
+                self.fixed_k is None or (isinstance(self.fixed_k, int) and self.fixed_k > 0),
+                "--knn-fixed-k",
+                self.fixed_k,
+                "a positive integer (0: none)",
             ),
         ):
             if not ok:
@@ -241,7 +262,8 @@ def run_knn(
     **blocks: int,
 ) -> dict[str, Any]:
     """The probe's k-NN protocol: the grid on val with fit as neighbours, (k, T) chosen on val, then test once
-    with all of train (fit + val) as neighbours at the chosen (k, T).
+    with all of train (fit + val) as neighbours at the chosen (k, T); and, with ``config.fixed_k``, test at that k
+    and DINO's T, fixed in advance (DINO's number; capped at the train rows).
 
     A k larger than the fit rows is capped at their number (the most neighbours val can have); ks that cap to
     the same value are one grid point.
@@ -255,7 +277,8 @@ def run_knn(
         Plain floats and ints: ``{"solver": "knn", "grid": [{"k", "temperature", "val_top1", "val_top5"}],
         "selected": {"k", "temperature", "val_top1", "val_top5", "test_top1", "test_top5"},
         "timings": {"val_s", "test_s"}}``; ``k`` is the k used, and a capped point also has ``"k_requested"``:
-        the ks asked for that were capped to it.
+        the ks asked for that were capped to it. With ``fixed_k``, also ``"fixed": {"k", "temperature",
+        "test_top1", "test_top5"}`` (and ``"k_requested"`` when capped at the train rows).
     """
     t0 = time.perf_counter()
     n_fit = len(splits["fit"][0])
@@ -275,9 +298,24 @@ def run_knn(
     (test,) = final.evaluate(*splits["test"])
     selected = {**chosen, "test_top1": test["top1"], "test_top5": test["top5"]}
     logger.info("knn selected %s", selected)
-    return {
-        "solver": "knn",
-        "grid": grid,
-        "selected": selected,
-        "timings": {"val_s": t1 - t0, "test_s": time.perf_counter() - t1},
-    }
+    out = {"solver": "knn", "grid": grid, "selected": selected}
+    if config.fixed_k is not None:
+        out["fixed"] = _fixed(config, splits, selected, n_features, n_classes, device, dtype, blocks)
+    return out | {"timings": {"val_s": t1 - t0, "test_s": time.perf_counter() - t1}}
+
+
+def _fixed(config, splits, selected, n_features, n_classes, device, dtype, blocks) -> dict[str, Any]:
+    """Test top-1 and top-5 at ``config.fixed_k`` (capped at the train rows) and DINO's T, train as neighbours."""
+    k = min(config.fixed_k, len(splits["train"][0]))
+    out: dict[str, Any] = {"k": k, "temperature": DINO_TEMPERATURE}
+    if (k, DINO_TEMPERATURE) == (selected["k"], selected["temperature"]):  # the selection's own pass
+        out |= {"test_top1": selected["test_top1"], "test_top5": selected["test_top5"]}
+    else:
+        one = replace(config, ks=(k,), temperatures=(DINO_TEMPERATURE,))
+        (test,) = (
+            KNNClassifier(one, n_features, n_classes, device, dtype, **blocks)
+            .fit(*splits["train"])
+            .evaluate(*splits["test"])
+        )
+        out |= {"test_top1": test["top1"], "test_top5": test["top5"]}
+    return out | ({"k_requested": config.fixed_k} if k < config.fixed_k else {})

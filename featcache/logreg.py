@@ -10,8 +10,11 @@ which is n C f: the same minimiser at **C = 1 / (lambda n)** (each path entry re
 scikit-learn fits one weight vector, not the symmetric pair fitted here; the two agree at C = 2 / (lambda n).
 Weight decay wd in SGD on the mean loss is the same penalty at lambda = wd.
 
-Features are standardised, z = (x - mean) / std, with the mean and population std of the fit rows (a constant
-feature keeps std 1, as scikit-learn's StandardScaler), and the same statistics are applied to every other set.
+CLIP's linear probe (L-BFGS, the strength swept on a log scale, chosen on val), plus one step by default
+(``standardize``, ``--standardize on``; it gained 1.3 points top-1 on digits in a review): features are
+standardised, z = (x - mean) / std, with the mean and population std of the fit rows (a constant feature keeps
+std 1, as scikit-learn's StandardScaler), and the same statistics are applied to every other set. ``off`` fits the
+raw features (z = x), as CLIP's code does.
 The strengths are fitted from strong to weak by L-BFGS (:mod:`featcache.lbfgs`); each solve starts from the
 previous solution (a warm start) with a fresh curvature history but the last curvature scale. A solve stops when
 
@@ -67,6 +70,7 @@ class LogRegConfig:
     tol: float = 1e-2  # stop when max |grad f| <= tol * max |lambda W| (module docstring)
     max_iter: int = 1000  # L-BFGS iterations per strength
     history_size: int = 20  # L-BFGS curvature pairs kept
+    standardize: bool = True  # fit standardised features (the fit rows' statistics); False: the raw features
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
@@ -77,6 +81,7 @@ class LogRegConfig:
             (0 < self.tol < math.inf, "--lbfgs-tol", self.tol, "a positive number"),
             (isinstance(it, int) and it > 0, "--lbfgs-max-iter", it, "an integer >= 1"),
             (isinstance(hist, int) and hist > 0, "--lbfgs-history", hist, "an integer >= 1"),
+            (isinstance(self.standardize, bool), "--standardize", self.standardize, "on or off"),
         ):
             if not ok:
                 raise ConfigError(f"{option} must be {what}, got {value!r}")
@@ -125,7 +130,8 @@ class LogRegPath:
     Attributes (after :meth:`fit`):
         strengths_: the strengths in path order (strong to weak).
         coef_ (S, C, D), intercept_ (S, C): the solution at each strength, on standardised features.
-        mean_, std_ (D,) float64: the fit rows' statistics (``std_`` with 1 for constant features).
+        mean_, std_ (D,) float64: the fit rows' statistics (``std_`` with 1 for constant features); zeros and ones
+            when ``config.standardize`` is off.
         path_: one dict of plain floats and ints per strength: ``strength``, ``C`` (scikit-learn's, for these
             n rows), ``iterations``, ``evaluations`` (of f and its gradient), ``objective`` (f at the
             solution), ``grad_max`` (max |grad f| there), ``stop`` ("tol"; "no_progress": f stopped changing,
@@ -182,7 +188,10 @@ class LogRegPath:
         evals = {}
         for name, (Xe, ye) in (eval_sets or {}).items():
             evals[name] = (Xe, self._labels(ye, check_rows(Xe, self.n_features, name), name))
-        self.mean_, self.std_ = column_moments(X, self.n_features, _EVAL_ROWS)
+        if cfg.standardize:
+            self.mean_, self.std_ = column_moments(X, self.n_features, _EVAL_ROWS)
+        else:  # the raw features: z = x
+            self.mean_, self.std_ = torch.zeros(D, dtype=torch.float64), torch.ones(D, dtype=torch.float64)
         self._mean = self.mean_.to(dev, self.dtype)
         self._inv_std = (1 / self.std_).to(dev, self.dtype)
         itemsize = torch.empty((), dtype=self.dtype).element_size()

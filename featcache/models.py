@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from .backbones import regnet, swav
-from .checkpoints import clean_state_dict, file_sha256, load_state_dict, match_state_dict
+from .checkpoints import check_step, clean_state_dict, file_sha256, load_checkpoint, load_state_dict, match_state_dict
 from .config import CheckpointSpec, TransformSpec
 from .errors import ConfigError, unknown_name
 from .layers import DEFAULT_POOL, POOLS, LayerFeatures
@@ -364,7 +364,8 @@ def load_backbone(
     """Build ``spec.arch`` and load ``spec.path`` into it, refusing anything but an exact match.
 
     Args:
-        spec: the checkpoint; ``spec.ema`` selects the EMA weights.
+        spec: the checkpoint; ``spec.ema`` selects the EMA weights; ``spec.steps``, when set, must be the training
+            step the file records, if it records one (AlgoPerf's ``global_step``).
         trust: passed to :func:`load_state_dict` (``--trust-checkpoint``).
         layers, pool, input_size: the features, as for :func:`build_features`.
         ignore_extra_keys: load a file that also holds non-backbone weights (an SSL projector) without
@@ -377,14 +378,17 @@ def load_backbone(
 
     Raises:
         ConfigError: ``spec.arch`` is None or unknown, or the layers/pool are invalid.
-        CheckpointError: see :func:`load_state_dict`; also missing keys, keys or shapes of another
+        CheckpointError: see :func:`load_state_dict`; also a recorded training step other than ``spec.steps``,
+            missing keys, keys or shapes of another
             architecture, extra keys (unless ``ignore_extra_keys``): see
             :func:`~featcache.checkpoints.match_state_dict`.
     """
     if spec.arch is None:
         raise ConfigError(f"checkpoint '{spec.name}' ({spec.path}) has no architecture; pass --arch")
     net = build_features(spec.arch, layers=layers, pool=pool, input_size=input_size)
-    sd = clean_state_dict(load_state_dict(spec.path, trust=trust, ema=spec.ema, ema_source=ema_source))
+    raw, step = load_checkpoint(spec.path, trust=trust, ema=spec.ema, ema_source=ema_source)
+    check_step(spec.path, step, spec.steps, spec.steps_source)  # a checkpoint of another length: not what the row says
+    sd = clean_state_dict(raw)
     expected = net.backbone.state_dict()
     fit = match_state_dict(
         sd, expected, classifier=net.classifier, where=f"checkpoint {spec.path}", arch=spec.arch,

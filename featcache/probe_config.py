@@ -10,6 +10,7 @@ rules (:func:`default_splits`, :func:`shared_views`) as the run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "probe_key_for",
     "shared_views",
     "solver_config",
+    "strength_range",
 ]
 
 
@@ -115,25 +117,62 @@ def solver_config(
     solver: str,
     *,
     lbfgs_strengths: Sequence[float] | None = None,
+    lbfgs_range: tuple[float, float, int] | None = None,
     lbfgs_tol: float | None = None,
     lbfgs_max_iter: int | None = None,
+    standardize: str | None = None,
     knn_k: Sequence[int] | None = None,
     knn_temperature: Sequence[float] | None = None,
+    knn_fixed_k: int | None = None,
 ) -> SolverConfig | None:
     """The L-BFGS or k-NN configuration from its options (None: the solver's default); None for sgd.
 
+    ``lbfgs_range`` (MIN, MAX, N): N strengths log-spaced from MAX down to MIN (:func:`strength_range`);
+    ``standardize``: ``on`` or ``off``; ``knn_fixed_k``: 0 for no fixed-k number.
+
     Raises:
-        ConfigError: an unknown solver, or an option value out of range (the option is named).
+        ConfigError: an unknown solver, an option of another solver, both strength options, or an option value
+            out of range (the option is named).
     """
     if solver not in SOLVERS:
         raise unknown_name("solver", solver, SOLVERS, "choose one with --solver")
+    given = {"lbfgs_strengths": lbfgs_strengths, "lbfgs_range": lbfgs_range, "lbfgs_tol": lbfgs_tol,
+             "lbfgs_max_iter": lbfgs_max_iter, "standardize": standardize, "knn_k": knn_k,
+             "knn_temperature": knn_temperature, "knn_fixed_k": knn_fixed_k}  # fmt: skip
+    for name, value in given.items():
+        owner = "knn" if name.startswith("knn") else "lbfgs"
+        if value is not None and owner != solver:  # an option that would be ignored silently
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --solver {owner}, not {solver}; drop it")
     if solver == "lbfgs":
-        given = {"strengths": lbfgs_strengths, "tol": lbfgs_tol, "max_iter": lbfgs_max_iter}
+        if lbfgs_strengths is not None and lbfgs_range is not None:
+            raise ConfigError("--lbfgs-strengths and --lbfgs-range both give the strengths; pass one")
+        if standardize not in (None, "on", "off"):
+            raise ConfigError(f"--standardize must be on or off, got {standardize!r}")
+        strengths = strength_range(*lbfgs_range) if lbfgs_range is not None else lbfgs_strengths
+        given = {"strengths": strengths, "tol": lbfgs_tol, "max_iter": lbfgs_max_iter,
+                 "standardize": None if standardize is None else standardize == "on"}  # fmt: skip
         return LogRegConfig(**{k: v for k, v in given.items() if v is not None})
     if solver == "knn":
+        fixed = {} if knn_fixed_k is None else {"fixed_k": knn_fixed_k or None}  # 0: no fixed-k number
         given = {"ks": knn_k, "temperatures": knn_temperature}
-        return KNNConfig(**{k: v for k, v in given.items() if v is not None})
+        return KNNConfig(**{k: v for k, v in given.items() if v is not None}, **fixed)
     return None
+
+
+def strength_range(low: float, high: float, count: int) -> tuple[float, ...]:
+    """``count`` L2 strengths spaced evenly on a log scale from ``high`` down to ``low``, both included
+    (``--lbfgs-range MIN MAX N``; CLIP swept its C over 1e-6 .. 1e6 in 96 steps, and lambda = 1 / (C n)).
+
+    Raises:
+        ConfigError: not 0 < low < high (finite) with count >= 2.
+    """
+    if not (isinstance(count, int) and count >= 2 and 0 < low < high < math.inf):
+        raise ConfigError(
+            f"--lbfgs-range {low:g} {high:g} {count}: give MIN MAX N with 0 < MIN < MAX and N >= 2 log-spaced "
+            "strengths, e.g. --lbfgs-range 1e-6 1 13 (one strength: --lbfgs-strengths)"
+        )
+    step = math.log(low / high) / (count - 1)
+    return tuple(high * math.exp(k * step) for k in range(count - 1)) + (float(low),)
 
 
 def default_splits(splits: Sequence[str], train: str | None, test: str | None) -> tuple[str | None, str | None]:
@@ -150,7 +189,8 @@ def shared_views(stores: Sequence[Store], split: str | None) -> int:
 
 
 HEAD_OPTIONS = ("epochs", "batch_size", "head", "seed", "val_fraction")  # override the preset's (None: keep)
-SOLVER_OPTIONS = ("lbfgs_strengths", "lbfgs_tol", "lbfgs_max_iter", "knn_k", "knn_temperature")
+SOLVER_OPTIONS = ("lbfgs_strengths", "lbfgs_range", "lbfgs_tol", "lbfgs_max_iter", "standardize", "knn_k",
+                  "knn_temperature", "knn_fixed_k")  # fmt: skip
 
 
 def config_from(

@@ -210,7 +210,8 @@ def format_probe(record: ProbeRecord, fmt: str = "table") -> str:
     if record.research is not None:
         res = record.research
         lines += [
-            f"research   top-1 {res.test_top1:.2f} ({_params(res.params)}, epoch {res.epoch})",
+            f"research   top-1 {res.test_top1:.2f} ({_params(res.params)}"
+            + (f", epoch {res.epoch})" if res.epoch is not None else ")"),
             f"           ({res.note})",
         ]
     lines += [f"note       {n}" for n in record.notes]

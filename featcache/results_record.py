@@ -29,7 +29,8 @@ __all__ = [
 # 1: featcache 0.1's dicts (weight_decay keys, "splits" and "in_memory"), upgraded on reading
 # 2: typed records; the key left out how the stores' features were made
 # 3: each store's layer, pool, dtype, precision and transform recorded, and in the key with the views' seed
-SCHEMA = 3
+# 4: each store's fidelity recorded (featcache.fidelity); a strict store's part of the key says so
+SCHEMA = 4
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,22 @@ class StoreUsed(Record):
     dtype: str | None = None
     precision: str | None = None
     transform: dict[str, Any] | None = None  # the evaluation preprocessing's named parameters
+    fidelity: str | None = None  # strict or fast (featcache.fidelity); None in records of schema 3 and older
 
     @classmethod
     def of(cls, name: str, path: Any, prov: Provenance, dim: int) -> StoreUsed:
         """The entry of a store ``name`` at ``path`` with provenance ``prov``, contributing ``dim`` features."""
         return cls(name, str(path), prov.checkpoint.to_dict(), dim, prov.layer, prov.pool, prov.dtype,
-                   prov.precision, dict(prov.transform))  # fmt: skip
+                   prov.precision, dict(prov.transform), prov.fidelity)  # fmt: skip
 
     def identity(self) -> dict[str, Any]:
-        """The store's part of the key: the checkpoint's content and how its features were extracted."""
-        return {
+        """The store's part of the key: the checkpoint's content and how its features were extracted.
+
+        A strict store's says so: its features and a fast store's of the same dtype and precision differ (PIL or
+        device resize, compiled or not), and a strict sweep must not take the other's result. A fast store's
+        part is as before, so records made before fidelity was recorded keep their keys.
+        """
+        out = {
             "checkpoint": self.checkpoint.get("sha256", self.name),
             "layer": self.layer,
             "pool": self.pool,
@@ -65,6 +72,7 @@ class StoreUsed(Record):
             "precision": self.precision,
             "transform": self.transform,
         }
+        return out | ({"fidelity": "strict"} if self.fidelity == "strict" else {})
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,8 @@ class Selection(Record):
 
 @dataclass(frozen=True)
 class ResearchNumber(Record):
-    """The seed's reported number: the best test accuracy over epochs and grid, i.e. selected on test."""
+    """The number the research protocol reports: SGD's best test accuracy over epochs and grid (the seed's,
+    selected on test); k-NN's test accuracy at a k fixed in advance (DINO's 20-NN; ``epoch`` None)."""
 
     test_top1: float
     params: dict[str, float]

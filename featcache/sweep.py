@@ -120,11 +120,16 @@ class SweepPlan:
                 "status": "to run: " + ", ".join(sorted(set(e.reasons)))} for e in self.extracts]  # fmt: skip
         for p in self.probes:
             rec = self.record(p)
-            status = f"done: top-1 {rec.selected.test_top1:.2f} ({rec.id})" if rec else "to run"
+            status = f"done: top-1 {rec.selected.test_top1:.2f}{_research(rec)} ({rec.id})" if rec else "to run"
             status = status if p.key else "to run, after extract"
             out.append({"step": "probe", "dataset": p.dataset, "row": p.row, "draw": f"d{p.draw}",
                         "stores": ",".join(p.stores), "status": status})  # fmt: skip
         return out
+
+
+def _research(record: ProbeRecord) -> str:
+    """``, research 91.20``: the record's research number (best test, selected on test), when it has one."""
+    return f", research {record.research.test_top1:.2f}" if record.research is not None else ""
 
 
 def _names(names: list[str]) -> str:
@@ -138,8 +143,9 @@ def tag_for(sweep: str, row: str, draw: int) -> str:
 
 def _row_infos(sweep: SweepConfig, reg: Registry) -> tuple[tuple[RowInfo, ...], dict[str, list[list]]]:
     infos, draws = [], {}
+    steps: dict[str, CheckpointSpec] = {}
     for row in sweep.rows:
-        expanded = [reg.expand_checkpoints(d) for d in row.draws]
+        expanded = [[_with_steps(c, row, sweep.source, steps) for c in reg.expand_checkpoints(d)] for d in row.draws]
         seen: dict[frozenset[str], int] = {}
         for k, specs in enumerate(expanded):
             where = f"{sweep.source}: rows.{row.name}.draws: draw {k} ({row.draws[k]})"
@@ -159,6 +165,24 @@ def _row_infos(sweep: SweepConfig, reg: Registry) -> tuple[tuple[RowInfo, ...], 
         infos.append(RowInfo(row.name, n, len(row.draws), row.steps_per_model, total))
         draws[row.name] = expanded
     return tuple(infos), draws
+
+
+def _with_steps(c: CheckpointSpec, row: SweepRow, source: str, seen: dict[str, CheckpointSpec]) -> CheckpointSpec:
+    """``c`` expecting the row's ``steps_per_model`` (checked against the step the file records when it is loaded).
+
+    Raises:
+        ConfigError: the checkpoint is in another row with other steps per model.
+    """
+    if row.steps_per_model is None:
+        return c
+    out = dataclasses.replace(c, steps=row.steps_per_model, steps_source=f"{source}: rows.{row.name}.steps_per_model")
+    other = seen.setdefault(c.name, out)
+    if other.steps != out.steps:
+        raise ConfigError(
+            f"{out.steps_source} is {out.steps} but checkpoint '{c.name}' is also in {other.steps_source}, which is "
+            f"{other.steps}; a checkpoint is trained for one number of steps"
+        )
+    return out
 
 
 def _transform(reg: Registry, ds: DatasetSpec, name: str | None, c: CheckpointSpec) -> dict | None:
@@ -207,7 +231,8 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
                 except ConfigError as err:
                     raise ConfigError(f"{where}: preset '{d.preset or reg.preset_for(ds.name)}': {err}") from None
         views = next(iter(configs.values())).views  # the views every probe of the dataset trains on
-        want = Wanted(views, d.limit, e.views_seed, e.dtype, e.precision, where, f"{sweep.source}: extract")
+        want = Wanted(views, d.limit, e.views_seed, e.dtype, e.precision, where, f"{sweep.source}: extract",
+                      e.preprocess, sweep.fidelity)  # fmt: skip
         specs = list({c.name: c for draw in draws.values() for cs in draw for c in cs}.values())
         ready, todo, reasons, refusals = {}, [], [], []
         for c in specs:
@@ -300,7 +325,7 @@ class _Prober:
                 log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
             self.echo(
                 f"{head} ({len(p.stores)} model(s), {record.feature_dim} features): test top-1 "
-                f"{record.selected.test_top1:.2f} (val {record.selected.val_top1:.2f}) in "
+                f"{record.selected.test_top1:.2f} (val {record.selected.val_top1:.2f}){_research(record)} in "
                 f"{record.timings.get('total_s', 0):.1f}s, result {record.id}"
             )
             append_record(self.paths.results_log, record)  # after the echo: a failed append loses nothing seen

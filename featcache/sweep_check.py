@@ -1,11 +1,13 @@
 """Whether a sweep's stores hold what it asks for, and whether its plan can run, checked before anything runs.
 
 A store is *ready* when it is complete, has the views asked for, and was extracted as the sweep asks: the same
-``limit``, dtype, precision (unless ``auto``), preprocessing and views seed, from the checkpoint file as it is now
+``limit``, dtype, precision and preprocessing backend (unless ``auto``), fidelity (a strict sweep takes only strict
+stores), preprocessing and views seed, from the checkpoint file as it is now
 (size and mtime as recorded, else the same sha256). A store extracted otherwise is *stale*: its probes stay
 pending, and running the sweep refuses it (extraction never overwrites a store) with one line saying what differs
 and what to do. :func:`check_plan` raises, before any work, what running a plan would fail on: stale stores,
-checkpoint files missing, datasets missing on disk, extraction options this machine cannot honour.
+checkpoint files missing or recording another training step than their row's, datasets missing on disk,
+extraction options this machine cannot honour.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoints import file_changed
+from .checkpoints import check_step, checkpoint_step, file_changed
 from .config import CheckpointSpec, DatasetSpec
 from .datasets import build_dataset
 from .devices import resolve_device
@@ -44,6 +46,8 @@ class Wanted:
     precision: str  # "auto": whatever the extracting machine chose
     where: str  # "<file>: datasets.<name>"
     extract_where: str  # "<file>: extract"
+    preprocess: str = "auto"  # the --preprocess backend; "auto": whatever the extracting machine chose
+    fidelity: str = "fast"  # strict: only stores of the research pipeline (featcache.fidelity); fast: any
 
 
 def _stale(store: Store, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, transform: dict | None) -> str:
@@ -61,6 +65,10 @@ def _stale(store: Store, spec: CheckpointSpec, ds: DatasetSpec, want: Wanted, tr
         differs.append(("dtype", prov.dtype, want.extract_where, want.dtype))
     if want.precision != "auto" and prov.precision != want.precision:
         differs.append(("precision", prov.precision, want.extract_where, want.precision))
+    if want.preprocess != "auto" and prov.preprocess.backend != want.preprocess:
+        differs.append(("preprocess", prov.preprocess.backend, want.extract_where, want.preprocess))
+    if want.fidelity == "strict" and prov.fidelity != "strict":  # e.g. compiled: what the fields above miss
+        differs.append(("fidelity", prov.fidelity, want.extract_where.rsplit(": ", 1)[0] + ": fidelity", "strict"))
     if transform is not None and prov.transform != transform:
         keys = identity_diff(prov.transform, transform)
         old, new = f"'{prov.transform_name}'", f"'{transform.get('name')}'"
@@ -118,7 +126,8 @@ def check_plan(plan: SweepPlan) -> None:
 
     Raises:
         StoreMismatchError: a store was extracted otherwise than the sweep asks (the first one named, and how many).
-        CheckpointError: checkpoint files to extract from are missing (naming what makes them, when the sweep says).
+        CheckpointError: checkpoint files to extract from are missing (naming what makes them, when the sweep says),
+            unreadable, or record another training step than their row's ``steps_per_model``.
         ConfigError, DatasetError: a dataset to extract is missing or malformed on disk, or an extraction or probe
             option this machine cannot honour (``device: cuda`` without one, ...).
     """
@@ -130,6 +139,9 @@ def check_plan(plan: SweepPlan) -> None:
     missing = [c for c in specs.values() if not c.path.is_file()]
     if missing:
         raise _missing(plan.sweep, missing)
+    for c in specs.values():  # the step the file records (read without its tensors), as extraction checks it
+        if c.steps is not None:
+            check_step(c.path, checkpoint_step(c.path), c.steps, c.steps_source)
     for e in plan.extracts:
         for split in e.config.splits or e.config.dataset.splits:
             build_dataset(e.config.dataset, split)

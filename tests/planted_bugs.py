@@ -383,6 +383,66 @@ BUGS = {
         "self.conv1(x)",
         ["tests/test_backbones_research.py"],
     ),
+    "80 the research column takes the val-selected numbers": (
+        "featcache/report.py",
+        "            tuple(r.research.test_top1 for r in recs if r.research is not None),\n",
+        "            tuple(r.selected.test_top1 for r in recs if r.research is not None),\n",
+        ["tests/test_report.py"],
+    ),
+    "81 the research column's best marked by the val-selected means": (
+        "featcache/report.py",
+        "        means = {r: c.research_mean if research else c.mean for r, c in cells.items()}\n",
+        "        means = {r: c.mean for r, c in cells.items()}\n",
+        ["tests/test_report.py"],
+    ),
+    "82 the plot's research line drawn from the val-selected numbers": (
+        "featcache/report.py",
+        "pts = [(x, c.research_mean, c.research_std) if research else (x, c.mean, c.std) for x, c in cells]",
+        "pts = [(x, c.mean, c.std) for x, c in cells]",
+        ["tests/test_report.py"],
+    ),
+    "83 a research repository's root taken for its checkpoints folder": (
+        "featcache/config/checkpoints.py",
+        "        return checkpoint_dir / RESEARCH_CHECKPOINTS\n",
+        "        return checkpoint_dir\n",
+        ["tests/test_research_layout.py"],
+    ),
+    "84 the research registry's paths read relative to checkpoints/, not the repository root": (
+        "featcache/config/checkpoints.py",
+        "            self._add_research(read_yaml(research), research, last, checkpoint_dir)\n",
+        "            self._add_research(read_yaml(research), research, last, self.root)\n",
+        ["tests/test_research_layout.py"],
+    ),
+    "85 the training step looked for under another key than AlgoPerf's global_step": (
+        "featcache/checkpoints.py",
+        '_STEP_KEYS = ("global_step",)\n',
+        '_STEP_KEYS = ("step",)\n',
+        ["tests/test_research_layout.py"],
+    ),
+    "86 --standardize off read as on (a non-empty string is true)": (
+        "featcache/probe_config.py",
+        '"standardize": None if standardize is None else standardize == "on"}',
+        '"standardize": None if standardize is None else bool(standardize)}',
+        ["tests/test_solver_options.py"],
+    ),
+    "87 k-NN's fixed-k number scored against the fit rows, not all of train": (
+        "featcache/knn.py",
+        '            .fit(*splits["train"])\n',
+        '            .fit(*splits["fit"])\n',
+        ["tests/test_knn.py"],
+    ),
+    "88 k-NN's fixed-k number at the temperature chosen on val, not DINO's": (
+        "featcache/knn.py",
+        "        one = replace(config, ks=(k,), temperatures=(DINO_TEMPERATURE,))\n",
+        '        one = replace(config, ks=(k,), temperatures=(selected["temperature"],))\n',
+        ["tests/test_knn.py"],
+    ),
+    "89 a strict store's key the same as a fast store's": (
+        "featcache/results_record.py",
+        '        return out | ({"fidelity": "strict"} if self.fidelity == "strict" else {})\n',
+        "        return out\n",
+        ["tests/test_fidelity.py"],
+    ),
 }
 
 

@@ -29,9 +29,11 @@ def test_repo_registry_sets_match_the_research_layout(registry):
     assert len(registry.sets["step200k"]) == 2 and len(registry.sets["step100k"]) == 4
     assert len(registry.sets["step80k"]) == 5
     assert all(registry.checkpoints[m].arch == "resnet50" for m in registry.sets["step80k"])
+    # the layout the research code's tools/download.sh leaves (the seed README's drawing differs)
     assert registry.checkpoints["run3"].path == registry.paths.checkpoints.resolve() / (
-        "supervised_pretrain/resnet50_sfadamw/checkpoints_stepfull/checkpoint_run3.pth.tar"
+        "supervised_pretrain/resnet50_sfadamw_imagenet1k_supervised/checkpoints_full/checkpoint_run3.pth"
     )
+    assert registry.checkpoints["run1-step200k"].path.parent.name == "checkpoints_200k"
 
 
 def test_research_registry_layout_is_read_unchanged(tmp_path, config_dir):
@@ -117,7 +119,7 @@ def test_layers_add_and_override_the_packaged_registries(tmp_path, monkeypatch):
     assert reg.probe_preset("cifar") == {"epochs": 3, "batch_size": 16} and "imagenet" in reg.probe_presets
     monkeypatch.chdir(tmp_path)  # no ./configs here: the packaged registries alone
     alone = load_registry(Paths(tmp_path / "data", tmp_path / "cache", tmp_path / "ckpts"))
-    assert alone.dirs == [packaged_config_dir()] and alone.checkpoint("run3").path.name == "checkpoint_run3.pth.tar"
+    assert alone.dirs == [packaged_config_dir()] and alone.checkpoint("run3").path.name == "checkpoint_run3.pth"
 
 
 def test_files_with_the_same_name_in_different_folders_get_distinct_names(tmp_path, registry):

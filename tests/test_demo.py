@@ -181,7 +181,9 @@ def test_the_demo_machinery_at_a_smaller_size(paths, registry):
     lines = "\n".join(echoed).splitlines()  # the table is echoed as one block
     assert lines[0].startswith("featcache demo: a pretraining budget of 8 steps on digits-mix")
     assert sum(line.startswith("[pretrain ") for line in lines) == 20
-    table = lines[lines.index("features   models  steps per model  total steps  digits-plain") :][:6]
+    head = next(i for i, line in enumerate(lines) if line.startswith("features   models  steps per model"))
+    table = lines[head:][:6]
+    assert table[0].split()[-3:] == ["digits-plain", "research", "fidelity"]  # both numbers, and their profile
     shape = [line.split()[:4] for line in table[2:]]
     assert shape == [["cat1", "1", "8", "8"], ["cat4", "4", "2", "8"], ["cat1-init", "1", "0", "0"],
                      ["cat4-init", "4", "0", "0"]]  # fmt: skip

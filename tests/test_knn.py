@@ -123,6 +123,7 @@ def test_ties_go_to_larger_k_then_larger_temperature():
         ({"ks": (2.5,)}, "--knn-k"),
         ({"temperatures": (0.0,)}, "--knn-temperature"),
         ({"temperatures": ()}, "--knn-temperature"),
+        ({"fixed_k": 0}, "--knn-fixed-k"),
     ],
 )
 def test_config_refuses_bad_values(kwargs, option):
@@ -168,3 +169,24 @@ def test_val_is_scored_against_fit_and_test_against_all_of_train():
     assert (sel["test_top1"], sel["test_top5"]) == pytest.approx(right[:2], abs=1e-9)
     wrong = _reference(*fit, *test, sel["k"], sel["temperature"])[0]
     assert right[0] - wrong > 30 and max(e["val_top1"] for e in record["grid"]) < 90  # the banks differ clearly
+
+
+def test_the_fixed_k_number_is_dinos_on_test_with_all_of_train_as_neighbours():
+    """k = 20 and T = 0.07, fixed in advance: neither the grid's choice on val nor the best on test."""
+    fit, val, test = _data(150, 5), _data(60, 6), _data(80, 8)
+    cfg = KNNConfig(ks=(1, 5), temperatures=(0.02, 1.0))  # the grid cannot hold DINO's (20, 0.07)
+    record = run_knn(cfg, _splits(fit, val, test), D, C, train_rows=40)
+    fixed = record["fixed"]
+    train = (np.concatenate([fit[0], val[0]]), np.concatenate([fit[1], val[1]]))
+    want = _reference(*train, *test, 20, 0.07)
+    assert (fixed["k"], fixed["temperature"]) == (20, 0.07)
+    assert (fixed["test_top1"], fixed["test_top5"]) == pytest.approx(want[:2], abs=1e-9)
+    assert fixed["test_top1"] != pytest.approx(_reference(*fit, *test, 20, 0.07)[0])  # fit alone: another number
+    assert fixed["test_top1"] != pytest.approx(record["selected"]["test_top1"])
+    # at the chosen (k, T) the number is the selection's own; a k above the train rows is capped at them
+    same = run_knn(KNNConfig(ks=(20,), temperatures=(0.07,)), _splits(fit, val, test), D, C)
+    assert same["fixed"]["test_top1"] == same["selected"]["test_top1"] == pytest.approx(want[0], abs=1e-9)
+    big = run_knn(KNNConfig(ks=(5,), fixed_k=500), _splits(fit, val, test), D, C)["fixed"]
+    assert (big["k"], big["k_requested"]) == (210, 500)
+    assert big["test_top1"] == pytest.approx(_reference(*train, *test, 210, 0.07)[0], abs=1e-9)
+    assert "fixed" not in run_knn(KNNConfig(ks=(5,), fixed_k=None), _splits(fit, val, test), D, C)

@@ -206,6 +206,7 @@ def test_a_tie_on_a_tiny_val_split_goes_to_the_lower_val_loss():
         ({"tol": 0.0}, "--lbfgs-tol"),
         ({"max_iter": 0}, "--lbfgs-max-iter"),
         ({"history_size": 0}, "--lbfgs-history"),
+        ({"standardize": "off"}, "--standardize"),
     ],
 )
 def test_config_refuses_bad_values(kwargs, option):
@@ -320,3 +321,20 @@ def test_the_path_reaches_scipy_lbfgs_optimum_on_the_same_loss():
         assert (a["val_top1"], a["val_loss"]) == pytest.approx((b["val_top1"], b["val_loss"]), rel=1e-6)
     torch.testing.assert_close(ours.coef_, oracle.coef_, atol=1e-5 * float(oracle.coef_.abs().max()), rtol=0)
     torch.testing.assert_close(ours.intercept_, oracle.intercept_, atol=1e-5 * float(oracle.coef_.abs().max()), rtol=0)
+
+
+def test_standardize_off_fits_the_raw_features():
+    """CLIP's code: the same objective on x itself (uneven feature scales and an offset, so the two paths differ)."""
+    x, y = _data(300, 0)
+    lam = 1e-2
+    raw = LogRegPath(LogRegConfig(strengths=(lam,), tol=1e-8, standardize=False), D, C, dtype=torch.float64)
+    raw.fit(torch.tensor(x), y)
+    assert torch.equal(raw.mean_, torch.zeros(D, dtype=torch.float64)) and torch.equal(
+        raw.std_, torch.ones(D, dtype=torch.float64)
+    )
+    sk = LogisticRegression(C=1 / (lam * 300), tol=1e-10, max_iter=10_000).fit(x, y)
+    best = _objective(x, y, sk.coef_, sk.intercept_, lam)
+    ours = _objective(x, y, raw.coef_[0].numpy(), raw.intercept_[0].numpy(), lam)
+    assert abs(ours - best) <= 1e-6 * best
+    on = LogRegPath(LogRegConfig(strengths=(lam,), tol=1e-8), D, C, dtype=torch.float64).fit(torch.tensor(x), y)
+    assert not torch.allclose(on.raw_weights()[0], raw.raw_weights()[0], atol=1e-3)  # the two fits differ

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from ckpt_factory import write_algoperf
 from conftest import REPO
 from data_factory import write_cifar10, write_cifar100, write_imagefolder, write_inat
 
@@ -63,8 +65,8 @@ def test_slurm_script_dry_run_with_the_real_cli(tmp_path):
     reg = load_registry(paths)
     for row in load_sweep("timecat", reg).rows:
         for spec in (c for d in row.draws for c in reg.expand_checkpoints(d)):
-            spec.path.parent.mkdir(parents=True, exist_ok=True)
-            spec.path.touch()  # a dry run reads no checkpoint, it only checks that the files are there
+            # a dry run reads no weights, only that the files are there and the training step they record
+            write_algoperf(spec.path, {"w": torch.zeros(1)}, row.steps_per_model)
     write_cifar10(paths.data / "cifar")
     write_cifar100(paths.data / "cifar")
     write_imagefolder(paths.data / "imagenet")

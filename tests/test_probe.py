@@ -349,7 +349,10 @@ def test_other_solvers_select_on_val_and_read_test_once(noisy, solver, monkeypat
     from featcache.knn import KNNClassifier, KNNConfig
     from featcache.logreg import LogRegConfig, LogRegPath
 
-    config = LogRegConfig(strengths=(1.0, 1e-1, 1e-2, 1e-3)) if solver == "lbfgs" else KNNConfig(ks=(1, 5, 25))
+    # k-NN without its fixed-k number (DINO's, read on test apart from the selection: tests/test_knn.py)
+    config = (
+        LogRegConfig(strengths=(1.0, 1e-1, 1e-2, 1e-3)) if solver == "lbfgs" else KNNConfig(ks=(1, 5, 25), fixed_k=None)
+    )
     scored = []  # every evaluation on test rows
     cls = LogRegPath if solver == "lbfgs" else KNNClassifier
     evaluate = cls.evaluate

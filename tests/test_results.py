@@ -20,6 +20,7 @@ import featcache as fc
 from featcache.cli import main
 from featcache.errors import ConfigError
 from featcache.results import (
+    SCHEMA,
     GridPoint,
     ProbeRecord,
     ResearchNumber,
@@ -233,7 +234,7 @@ def test_bad_lines_are_skipped_and_named(log, caplog):
     with caplog.at_level(logging.WARNING, logger="featcache.results_log"):
         records = load_records(log)
     assert [r.id for r in records] == ["r1", "r2", "r3", "r8", "r4", "r5"]
-    assert records[3].notes[-1].startswith("written by a newer featcache (record schema 99; this one reads 3)")
+    assert records[3].notes[-1].startswith(f"written by a newer featcache (record schema 99; this one reads {SCHEMA})")
     warned = caplog.text
     assert (
         f"results log {path}: skipped line(s) 2 (not UTF-8 (damaged bytes)), 4 (JSON but not a results record "

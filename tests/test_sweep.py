@@ -44,14 +44,15 @@ SMALL = {"draws": 2, "limit": 60, "views": 2, "epochs": 2}
 
 
 def save_demo_checkpoints(reg, sweep) -> None:
-    """Random (untrained) checkpoints of the sweep in the AlgoPerf format, one seed each, where none exists."""
-    names = dict.fromkeys(c.name for row in sweep.rows for d in row.draws for c in reg.expand_checkpoints(d))
-    for seed, name in enumerate(names):
+    """Random (untrained) checkpoints of the sweep in the AlgoPerf format, one seed each, where none exists; each
+    records its row's steps per model, as a trained one would."""
+    steps = {c.name: row.steps_per_model for row in sweep.rows for d in row.draws for c in reg.expand_checkpoints(d)}
+    for seed, name in enumerate(steps):
         spec = reg.checkpoint(name)
         if not spec.path.exists():
             spec.path.parent.mkdir(parents=True, exist_ok=True)
             state = to_algoperf(make_net("resnet10", seed).state_dict())
-            torch.save({"model_params": state, "global_step": 1}, spec.path)
+            torch.save({"model_params": state, "global_step": steps[name] or 0}, spec.path)
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +382,7 @@ def test_a_changed_checkpoint_file_is_noticed(world, tmp_path, monkeypatch, capl
     before, stat = spec.path.read_bytes(), spec.path.stat()
     try:
         # another network of the same architecture: the same size, another mtime and hash
-        torch.save({"model_params": to_algoperf(make_net("resnet10", 99).state_dict()), "global_step": 1}, spec.path)
+        torch.save({"model_params": to_algoperf(make_net("resnet10", 99).state_dict()), "global_step": 32}, spec.path)
         assert spec.path.stat().st_size == stat.st_size
         plan = plan_sweep(sweep, reg, paths)
         assert [p.key is None for p in plan.probes] == [False, False, True, False, False, False]  # cat2 d0
@@ -568,7 +569,9 @@ def test_a_sweep_builds_its_configs_with_the_commands_builders(tmp_path, paths, 
     assert sweep.extract == ExtractOptions(preprocess="pil", workers=0, batch_size=8)
     plan = plan_sweep(sweep, registry, paths)
     views = registry.preset("cifar").views
-    made = extract_config.config_from(registry, paths, ckpt="run0", dataset="cifar10", options=sweep.extract,
+    # the row's steps per model go with its checkpoints (checked against the step each file records)
+    run0 = dataclasses.replace(registry.checkpoint("run0"), steps=10, steps_source=f"{path}: rows.cat1.steps_per_model")
+    made = extract_config.config_from(registry, paths, ckpt=[run0], dataset="cifar10", options=sweep.extract,
                                       views=views)  # fmt: skip
     assert plan.extracts[0].config == made and (made.backend, made.workers, made.batch_size) == ("pil", 0, 8)
     (job,) = plan.probes

@@ -10,6 +10,11 @@ The native dialect::
 The research dialect, ``tag: {arch: a or [a, ...], pretrained: p or [p, ...], ...}``: each tag becomes a set
 whose members are ``<tag>-run<i>``; its other keys are training flags the research code copied onto argparse and
 are ignored here. Checkpoint and set names share one namespace.
+
+A checkpoint dir that holds ``configs/pretrained_checkpoints.yaml`` is the research repository's root (richreps-timecat,
+after its ``tools/download.sh``): that file is read as it is, as the last layer, its paths relative to the root as
+the research code reads them; the files live under the root's ``checkpoints/``, which is then the dir every other
+entry is relative to.
 """
 
 from __future__ import annotations
@@ -25,9 +30,21 @@ from ._layers import Entry, Table, raiser, read_yaml
 from .paths import resolve_under
 from .specs import CheckpointSpec
 
-__all__ = ["CHECKPOINT_SUFFIXES", "CheckpointTables", "file_names"]
+__all__ = ["CHECKPOINT_SUFFIXES", "RESEARCH_REGISTRY", "CheckpointTables", "checkpoint_root", "file_names"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".safetensors")
+# The research repository's registry and checkpoint folder, relative to its root (its supervised.py opens the
+# registry by that relative path; tools/download.sh unpacks under checkpoints/supervised_pretrain/).
+RESEARCH_REGISTRY = Path("configs") / "pretrained_checkpoints.yaml"
+RESEARCH_CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_root(checkpoint_dir: Path) -> Path:
+    """The dir registry paths are relative to: ``checkpoint_dir``, or its ``checkpoints/`` when it is the research
+    repository's root (it holds :data:`RESEARCH_REGISTRY`)."""
+    if (checkpoint_dir / RESEARCH_REGISTRY).is_file():
+        return checkpoint_dir / RESEARCH_CHECKPOINTS
+    return checkpoint_dir
 
 
 @dataclass(frozen=True)
@@ -51,19 +68,23 @@ class CheckpointTables:
     """The checkpoints and sets of every layer (``files``: (layer, path) in layer order)."""
 
     def __init__(self, files: list[tuple[int, Path]], checkpoint_dir: Path):
-        self.root = checkpoint_dir
+        self.root = checkpoint_root(checkpoint_dir)
         self.ckpts, self.sets = Table("checkpoint"), Table("set")
         for layer, path in files:
             doc = read_yaml(path)
             if "checkpoints" in doc or "sets" in doc:
                 self._add_native(doc, path, layer)
             else:
-                self._add_research(doc, path, layer)
+                self._add_research(doc, path, layer, self.root)
+        if self.root != checkpoint_dir:  # a research repository's root: its registry, paths relative to the root
+            last = max((k for k, _ in files), default=-1) + 1
+            research = checkpoint_dir / RESEARCH_REGISTRY
+            self._add_research(read_yaml(research), research, last, checkpoint_dir)
 
-    def _checkpoint(self, name: str, doc: Any, where: str) -> Entry:
+    def _checkpoint(self, name: str, doc: Any, where: str, root: Path | None = None) -> Entry:
         def build() -> CheckpointSpec:
             e = _Native.from_dict(doc, where, strict=True)
-            path = resolve_under(self.root, e.path, f"{where}: path")
+            path = resolve_under(root or self.root, e.path, f"{where}: path")
             return CheckpointSpec(name, e.arch, path, e.ema, "registry" if e.ema else None)
 
         return Entry(where, build)
@@ -86,7 +107,7 @@ class CheckpointTables:
         for name, members in (doc.get("sets") or {}).items():
             self.sets.add(str(name), layer, self._set(str(name), members, f"{path}: sets.{name}"), (self.ckpts,))
 
-    def _add_research(self, doc: dict, path: Path, layer: int) -> None:
+    def _add_research(self, doc: dict, path: Path, layer: int, root: Path) -> None:
         for tag, entry in doc.items():
             where = f"{path}: {tag}"
             read = {k: entry[k] for k in ("pretrained", "arch") if k in entry} if isinstance(entry, dict) else entry
@@ -102,7 +123,7 @@ class CheckpointTables:
                 continue
             members = [f"{tag}-run{i}" for i in range(len(e.pretrained))]
             for m, a, p in zip(members, archs, e.pretrained, strict=True):
-                self.ckpts.add(m, layer, self._checkpoint(m, {"arch": a, "path": p}, where), (self.sets,))
+                self.ckpts.add(m, layer, self._checkpoint(m, {"arch": a, "path": p}, where, root), (self.sets,))
             self.sets.add(str(tag), layer, self._set(str(tag), members, where), (self.ckpts,))
 
     def checkpoint(self, name: str) -> CheckpointSpec:

@@ -25,6 +25,10 @@ class CheckpointSpec:
     path: Path  # absolute once resolved
     ema: bool = False
     ema_source: str | None = None  # who asked for the EMA weights: "registry" (ema: true) or "option" (--ema)
+    # the training step the file must record, when it records one (AlgoPerf's global_step), and who says so
+    # (a sweep row's steps_per_model); None: not checked
+    steps: int | None = None
+    steps_source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ are concatenated; the draws repeat the row with other checkpoints) and its pretr
 defaults) of ``featcache extract`` and ``probe``. Files live in ``sweeps/`` of the registry layers
 (``configs/sweeps/timecat.yaml``) or anywhere, given by path.
 
+``fidelity`` (:mod:`featcache.fidelity`) is ``fast`` (the default: the ``extract:`` section as written) or
+``strict``: the research pipeline, PIL preprocessing, an fp32 forward pass not compiled, float32 stores
+(:data:`~featcache.fidelity.STRICT` is set on the ``extract:`` section; a key there that says otherwise is refused).
+
 Every key is checked on reading (:meth:`Record.from_dict` with ``strict=True``): an unknown key is refused with
 the known ones listed, and a bad value is named by file and key
 (``configs/sweeps/x.yaml: rows.cat2.steps_per_model must be an integer >= 1``).
@@ -24,7 +28,9 @@ from typing import Any
 
 import yaml
 
+from ..choices import FIDELITIES
 from ..errors import ConfigError, unknown_name
+from ..fidelity import STRICT
 from ..records import Record, document_keys
 from .options import ExtractOptions, ProbeOptions
 from .registry import Registry
@@ -76,6 +82,7 @@ class SweepConfig(Record):
     extract: ExtractOptions = ExtractOptions()
     probe: ProbeOptions = ProbeOptions()
     description: str = ""
+    fidelity: str = field(default=FIDELITIES[0], metadata={"choices": FIDELITIES})
     # what makes the sweep's checkpoints when they are missing (e.g. "featcache demo"); said in that error
     checkpoints_from: str = ""
     source: str = field(default="", metadata={"read": False})
@@ -150,7 +157,21 @@ def parse_sweep(doc: Any, source: str, default_name: str) -> SweepConfig:
         for d, entry in datasets.items()
     )}  # fmt: skip
     rest = {k: v for k, v in doc.items() if k not in given}
-    return dataclasses.replace(SweepConfig.from_dict(rest, source, strict=True, given=given), source=source)
+    sweep = SweepConfig.from_dict(rest, source, strict=True, given=given)
+    if sweep.fidelity == "strict":
+        sweep = dataclasses.replace(sweep, extract=_strict(sweep.extract, doc.get("extract"), source))
+    return dataclasses.replace(sweep, source=source)
+
+
+def _strict(extract: ExtractOptions, written: Any, source: str) -> ExtractOptions:
+    """``extract`` with the strict profile's options; a key written otherwise in the sweep is refused."""
+    for key, value in STRICT.items():
+        if isinstance(written, dict) and key in written and str(written[key]) != value:
+            raise ConfigError(
+                f"{source}: extract.{key} is {written[key]!r} but fidelity: strict extracts with {key} {value}; "
+                f"remove extract.{key}, or use fidelity: fast"
+            )
+    return dataclasses.replace(extract, **STRICT)
 
 
 def find_sweep(spec: str, reg: Registry) -> Path:

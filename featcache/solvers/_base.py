@@ -34,7 +34,8 @@ class Splits(Protocol):
 @dataclass(frozen=True)
 class SolverResult:
     """What a solver gives the record: the grid points, the one selected on val, the research number (SGD's best
-    test accuracy, selected on test; None for the others), its hyperparameters, timings (seconds) and notes."""
+    test accuracy, selected on test; k-NN's at a fixed k, DINO's; None for L-BFGS), its hyperparameters, timings
+    (seconds) and notes."""
 
     grid: tuple[GridPoint, ...]
     selection: Selection

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..knn import KNNConfig, run_knn
+from ..results_record import ResearchNumber
 from ._base import SolverResult, Splits, typed_grid
 
 __all__ = ["KnnSolver"]
@@ -20,12 +21,18 @@ NOTE = (
     "k and temperature selected on val with the rest of train as neighbours; test read once with all of "
     "train as neighbours"
 )
+FIXED_NOTE = (
+    "DINO-style: k-NN top-1 on test at k = {k}, T = {t:g}, fixed in advance (not selected on val), all of train as "
+    "neighbours"
+)
 
 
 class KnnSolver:
     """The (k, T) grid on val with fit as neighbours, chosen on val, test read once with all of train as neighbours.
 
-    A note (also logged as a warning) names the ks capped at the fit rows.
+    With ``config.fixed_k`` the record's research number is DINO's: test top-1 at that k (T = 0.07), fixed in
+    advance. A note (also logged as a warning) names the ks capped at the fit rows (or the fixed k at the train
+    rows).
 
     Args:
         config: the (k, T) grid.
@@ -41,9 +48,16 @@ class KnnSolver:
         keys = ("k", "temperature")
         grid, selection = typed_grid(out["grid"], out["selected"], keys, keys, ("k_requested",), NOTE, n_classes >= 6)
         notes = _capped(out["grid"], len(splits["fit"][1]))
+        fixed = out.get("fixed")
+        research = None
+        if fixed is not None:
+            k, t = fixed["k"], fixed["temperature"]
+            research = ResearchNumber(fixed["test_top1"], {"k": k, "temperature": t}, None, FIXED_NOTE.format(k=k, t=t))
+            if "k_requested" in fixed:
+                notes.append(f"k-NN: --knn-fixed-k {fixed['k_requested']} exceeds the {k} train rows: used k = {k}")
         for note in notes:
             logger.warning("%s", note)
-        return SolverResult(grid, selection, None, dataclasses.asdict(self.config), out["timings"], tuple(notes))
+        return SolverResult(grid, selection, research, dataclasses.asdict(self.config), out["timings"], tuple(notes))
 
 
 def _capped(grid: list[Mapping[str, Any]], n_fit: int) -> list[str]:

@@ -36,6 +36,7 @@ class StoreSummary:
     layer: str | None = None
     transform: str | None = None
     preprocess: str | None = None
+    fidelity: str | None = None  # strict or fast (featcache.fidelity)
     lock: str | None = None  # who holds the lock, when one exists
     problem: str | None = None
 
@@ -52,6 +53,7 @@ class StoreSummary:
             "dim": self.dim,
             "dtype": self.dtype,
             "precision": self.precision,
+            "fidelity": self.fidelity,
             "checkpoint": self.checkpoint,
             "arch": self.arch,
             "transform": self.transform,
@@ -104,6 +106,7 @@ def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> lis
                 layer=prov.layer,
                 transform=prov.transform_name,
                 preprocess=prov.preprocess.backend,
+                fidelity=prov.fidelity,
                 lock=None if lock is None else lock["text"],
                 problem=(verdict["problems"][0] if damaged and verdict.get("problems") else None),
             )

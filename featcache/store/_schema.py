@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StoreError
+from ..fidelity import fidelity_of
 from ..records import Record, RecordError
 
 __all__ = [
@@ -118,6 +119,13 @@ class Provenance(Record):
     @property
     def transform_name(self) -> str:
         return str(self.transform.get("name", ""))
+
+    @property
+    def fidelity(self) -> str:
+        """``strict`` for the research pipeline's features (PIL, fp32, float32, not compiled), else ``fast``
+        (see :mod:`featcache.fidelity`)."""
+        compiled = self.compute is not None and self.compute.compiled
+        return fidelity_of(self.preprocess.backend, self.precision, self.dtype, compiled)
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed or concatenated store must share, as a plain dict."""

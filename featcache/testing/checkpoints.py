@@ -32,6 +32,7 @@ __all__ = [
     "write_malicious",
     "write_pickled_network",
     "write_prefixed",
+    "write_algoperf",
     "write_algoperf_compile_ddp",
     "write_algoperf_ddp_compile",
     "write_checkpoints",
@@ -159,6 +160,14 @@ def write_algoperf_ddp_compile(d: Path, sd: dict[str, Tensor], arch: str) -> Pat
     obj = {"model_params": _prefixed(_algoperf_names(sd), "module._orig_mod."), "optimizer_state": {},
            "global_step": 100}  # fmt: skip
     return _save(obj, d / f"{arch}_algoperf_b.pth")
+
+
+def write_algoperf(path: Path, sd: dict[str, Tensor], global_step: int) -> Path:
+    """An AlgoPerf checkpoint at ``path`` (torch.compile inside DDP names) recording ``global_step``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"model_params": _prefixed(_algoperf_names(sd), "_orig_mod.module."), "optimizer_state": {},
+           "global_step": global_step, "preemption_count": 0}  # fmt: skip
+    return _save(obj, path)
 
 
 def write_timm(d: Path, sd: dict[str, Tensor], arch: str) -> Path:
