@@ -8,12 +8,16 @@ tag. A probe whose stores are missing here (or stale) has no key yet: its cell s
 how many such probes there are. The plot shows accuracy against the number of concatenated models at the fixed
 budget, one line per dataset, the spread as error bars. It needs matplotlib (``pip install 'featcache[plot]'``);
 without it the tables are written all the same.
+
+With per-model evaluations in the log (a sweep's ``per_model: true``, or ``featcache evaluate --per-model`` on its
+heads), a ``<dataset> per-model`` column follows the dataset's: the same heads scored on one model's block of the
+features alone (the research ``cat_validate_network``), the mean over the models, then mean ± std over draws.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,11 @@ class SweepReport:
     cells: dict[tuple[str, str], Cell]  # (row, dataset)
     settings: dict[str, str]  # dataset -> how it was probed (preset, views, epochs)
     unknown: int = 0  # probes whose stores are missing or stale here: their results cannot be looked up
+    per_model: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (row, dataset): mean block accuracy
+
+    def per_model_datasets(self) -> list[str]:
+        """The datasets with a per-model column: those with a per-model evaluation of some cell's heads."""
+        return [d for d in self.datasets if any(c.values for (_, ds), c in self.per_model.items() if ds == d)]
 
     def best(self, dataset: str) -> set[str]:
         """The rows with the highest mean in the dataset's column (several on a tie; none without results)."""
@@ -76,6 +85,8 @@ class SweepReport:
                 if cell.values and len(cell.values) < cell.draws:
                     text += f" ({len(cell.values)}/{cell.draws})"
                 row[d] = mark.format(text) if r.name in self.best(d) else text
+                if d in self.per_model_datasets():
+                    row[f"{d} per-model"] = _text(self.per_model[(r.name, d)])
             out.append(row)
         return out
 
@@ -89,6 +100,10 @@ class SweepReport:
                 cell = self.cells[(r.name, d)]
                 row |= {f"{d}_mean": cell.mean, f"{d}_std": cell.std, f"{d}_n": len(cell.values),
                         f"{d}_best": r.name in self.best(d)}  # fmt: skip
+                if d in self.per_model_datasets():
+                    pm = self.per_model[(r.name, d)]
+                    row |= {f"{d}_per_model_mean": pm.mean, f"{d}_per_model_std": pm.std,
+                            f"{d}_per_model_n": len(pm.values)}  # fmt: skip
             out.append(row)
         return out
 
@@ -102,10 +117,21 @@ class SweepReport:
             if self.unknown
             else ""
         )
+        per_model = (
+            " per-model: the same heads on one model's block of the features alone (the others zeroed after the "
+            "head's normalisation, as the research cat_validate_network), the mean over the models."
+            if self.per_model_datasets()
+            else ""
+        )
         return (
             f"Linear-probe test top-1 (%), selected on val and read once on test: mean ± std (ddof=1) over the "
-            f"draws; the best mean of each column marked. {found}/{planned} results found.{unknown} {how}."
+            f"draws; the best mean of each column marked.{per_model} {found}/{planned} results found.{unknown} {how}."
         )
+
+
+def _text(cell: Cell) -> str:
+    text = "-" if cell.mean is None else f"{cell.mean:.2f}"
+    return text + (f" ± {cell.std:.2f}" if cell.std is not None else "")
 
 
 def _steps(n: int | None) -> str:
@@ -121,17 +147,24 @@ def build_report(plan: SweepPlan) -> SweepReport:
     """The report of a sweep as its results log stands (see :func:`featcache.sweep.plan_sweep`)."""
     datasets = tuple(d.name for d in plan.sweep.datasets)
     values: dict[tuple[str, str], list[float]] = {(r.name, d): [] for r in plan.rows for d in datasets}
+    per_model: dict[tuple[str, str], list[float]] = {k: [] for k in values}
+    blocks = {(e.head_key, e.dataset, e.split): e for e in plan.evaluations if e.per_model}  # the newest wins
     settings = {}
     for job in plan.probes:
         rec = plan.record(job)  # exactly this probe's key: never a record of the same tag with other settings
         if rec is not None:
             values[(job.row, job.dataset)].append(rec.selected.test_top1)
+            ev = blocks.get((rec.key, rec.dataset, rec.test_split))  # its head's, on its own test split
+            if ev is not None:
+                per_model[(job.row, job.dataset)].append(float(np.mean([b.top1 for b in ev.per_model])))
         c = job.config
         settings[job.dataset] = f"preset {c.preset}, {c.views} view(s), {c.heads.epochs} epochs"
     draws = {r.name: r.draws for r in plan.rows}
     cells = {k: Cell(tuple(v), draws[k[0]]) for k, v in values.items()}
     unknown = sum(job.key is None for job in plan.probes)
-    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings, unknown)
+    blocks_cells = {k: Cell(tuple(v), draws[k[0]]) for k, v in per_model.items()}
+    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings, unknown,
+                       blocks_cells)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..linear_head import LinearHead
 from ..results_record import GridPoint, ResearchNumber, Selection
 
 __all__ = ["Solver", "SolverResult", "Splits", "typed_grid"]
@@ -34,7 +35,8 @@ class Splits(Protocol):
 @dataclass(frozen=True)
 class SolverResult:
     """What a solver gives the record: the grid points, the one selected on val, the research number (SGD's best
-    test accuracy, selected on test; None for the others), its hyperparameters, timings (seconds) and notes."""
+    test accuracy, selected on test; None for the others), its hyperparameters, timings (seconds) and notes; and
+    the selected head as it scored test (None for k-NN, which has none), for a saved head."""
 
     grid: tuple[GridPoint, ...]
     selection: Selection
@@ -42,6 +44,7 @@ class SolverResult:
     hyperparameters: dict[str, Any]
     timings: dict[str, float]
     notes: tuple[str, ...] = field(default=())
+    head: LinearHead | None = None
 
 
 class Solver(Protocol):
