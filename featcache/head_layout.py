@@ -90,7 +90,9 @@ def read_header(path: str | Path) -> HeadHeader:
     try:
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
-            doc = json.loads(f.read(size)) if 0 < size < 100 * 2**20 else None
+            if not 0 < size < 100 * 2**20:
+                raise ValueError(f"a header of {size} bytes")
+            doc = json.loads(f.read(size))
     except FileNotFoundError:
         raise ConfigError(f"--head {path}: no such file; write one with `featcache probe --save-head {path}`") from None
     except (OSError, struct.error, ValueError) as e:
