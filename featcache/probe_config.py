@@ -229,6 +229,8 @@ def config_from(
     elif views is None:  # the preset's count, capped by what every store holds
         views = min(chosen.views, shared_views(opened, options["train_split"])) if opened else chosen.views
     targets = eval_targets(reg, paths, evaluate, [p.name.removesuffix(".zarr") for p in store_paths])
+    if options.get("allow_transform_mix"):  # mixing preprocessing on purpose covers the stores scored after
+        targets = tuple(dataclasses.replace(t, allow_transform_mix=True) for t in targets)
     if targets and opened:  # refused now, not after the training
         layout = [FeatureBlock.of(s.name, s.provenance) for s in opened]
         classes = opened[0].split_meta(options["train_split"]).classes or None  # None: numbered only, known later

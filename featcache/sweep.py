@@ -236,7 +236,7 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
             probes.append(ProbeJob(ds.name, row, k, names, cfg, key))
     transform = functools.partial(_transform, reg)
     extracts += [ExtractJob(*job) for job in eval_extracts(sweep, reg, paths, draws, transform)]
-    evaluations = tuple(load_evaluations(paths.results_log)) if sweep.per_model or sweep.eval else ()
+    evaluations = tuple(load_evaluations(paths.results_log))
     return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done, evaluations)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from . import extract_config
 from .config import CheckpointSpec, DatasetSpec, Paths, Registry
 from .config.sweep import SweepConfig
+from .errors import ConfigError
 from .evaluate_config import eval_targets, target_for
 from .extract_config import ExtractConfig
 from .probe_config import ProbeConfig
@@ -36,7 +37,11 @@ def with_heads(
     there, and noted in each record. ``per_model`` scores each store's block alone on the probe's own test split.
     """
     names = [p.name.removesuffix(".zarr") for p in cfg.stores]
-    targets = [dataclasses.replace(t, allow_transform_mix=True) for t in eval_targets(reg, paths, sweep.eval, names)]
+    try:
+        asked = eval_targets(reg, paths, sweep.eval, names)
+    except ConfigError as e:
+        raise ConfigError(f"{sweep.source}: eval: {e}") from None
+    targets = [dataclasses.replace(t, allow_transform_mix=True) for t in asked]
     if sweep.per_model and len(names) > 1:
         targets.append(target_for(reg, paths, ds.name, store_names=names, split=ds.test_split, per_model=True))
     head = head_path(paths, sweep.name, ds.name, row, draw) if sweep.save_heads else None

@@ -173,6 +173,12 @@ def test_probe_eval_is_checked_before_training_and_logs_one_record_each(trained,
     make_store(paths.cache / "half" / "m0.zarr", {"test": (X[:, :4], y)}, name="m0", classes={"test": SHIFTED})
     with pytest.raises(StoreError, match=r"no store .*half/m1.zarr to score the head on; create it with"):
         probe_config_from(registry, paths, evaluate="shifted,half", **opts)
+    other = {"transform": {"name": "sketch", "std": [0.3]}}
+    _stores(paths.cache, "sketch", {"test": (X, y)}, SHIFTED, {0: other, 1: other})
+    with pytest.raises(StoreMismatchError, match="in transform: .*; pass --allow-transform-mix"):
+        probe_config_from(registry, paths, evaluate="sketch", **opts)
+    cfg = probe_config_from(registry, paths, evaluate="sketch", allow_transform_mix=True, **opts)
+    assert [t.allow_transform_mix for t in cfg.evaluate] == [True]
     r = CliRunner().invoke(main, ["--cache-dir", str(paths.cache), "--data-dir", str(paths.data), "probe", "--stores",
                                   "m0,m1", "--dataset", "blobs", "--preset", "quick", "--epochs", "3", "--wd", "1e-4",
                                   "--device", "cpu", "--save-head", str(paths.cache / "p.safetensors"), "--eval",

@@ -230,3 +230,12 @@ def test_files_that_are_not_heads_are_refused_in_one_line(stores, tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         read_head(tmp_path / "missing.safetensors")
     assert list(tmp_path.glob(".*.tmp")) == []  # written to a temporary file, then renamed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("solver", [None, LogRegConfig(strengths=(1.0, 1e-2))])
+def test_on_cuda_a_saved_head_scores_the_probes_test_number_bit_for_bit(stores, tmp_path, solver):
+    path = tmp_path / "h.safetensors"
+    record = run_probe(ProbeConfig(stores, HEADS, device="cuda", views=0, solver=solver, save_head=path))
+    ev = evaluate_head(read_head(path, "cuda"), EvalTarget("blobs", stores), device=torch.device("cuda"))
+    assert (ev.top1, ev.top5) == (record.selected.test_top1, record.selected.test_top5) and "cuda" in record.device

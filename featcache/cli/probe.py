@@ -132,8 +132,9 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
     "--eval",
     "evaluate",
     help="Datasets to score the selected head on after training, e.g. imagenet-r,imagenet-v2 (DATASET@SPLIT for "
-    "another split than the dataset's test split), on the stores of the same names extracted there; one record "
-    "each. Checked before training.",
+    "another split than the dataset's test split), on the stores of the same names extracted there, of the same "
+    "checkpoints, layer, pool, transform, dtype and precision (--allow-transform-mix: any preprocessing); one "
+    "record each. Checked before training.",
 )
 @click.option("--tag", default="", help="Free text stored with the result, for `featcache results --tag`.")
 @format_option
