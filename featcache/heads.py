@@ -8,6 +8,8 @@ normalisation depends only on the batch, so it is computed once and shared; each
 heads are one (B, D) x (D, H*C) matrix product. Autograd through the fold gives gamma, beta, W and b the
 gradients of the unfolded head, so head h ends where a solo run with weight decay wd_h ends
 (tests/test_heads.py checks this, and checks a head against torch.nn + torch.optim.SGD + MultiStepLR).
+Scoring takes one product per head (:class:`featcache.linear_head.LinearHead`), the arithmetic a saved head of it
+scores with: one product of all heads rounds some logits otherwise, and a near tie can flip.
 
 This module is the arithmetic only: which rows form each batch is the feed's (:mod:`featcache.feed`), and the
 features come from it or are a tensor or a row source; it never builds or runs a backbone.
@@ -185,8 +187,7 @@ class MultiHeadProbe:
                 of the same rows).
             y: (N,) integer class labels in [0, C), a tensor or numpy array.
             eval_sets: name -> (features, labels), scored with the running BatchNorm statistics.
-            on_epoch: called as ``on_epoch(self, e)`` after epoch e (1-based) is scored, e.g. to keep a head as it
-                is then (:meth:`scoring_heads`).
+            on_epoch: ``on_epoch(self, e)`` after epoch e (1-based) is scored (e.g. to keep :meth:`scoring_heads`).
         Returns:
             self, with the learned attributes set.
         Raises:
@@ -271,19 +272,13 @@ class MultiHeadProbe:
         """
         self._check_fitted()
         n = self._check_rows(X, "X")
-        heads = self.scoring_heads()
-        batches = eval_batches(X, torch.zeros(n, dtype=torch.int64), self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS)
-        parts = [torch.stack([hd.logits(x) for hd in heads]) for x, _ in self._normalised(batches)]
-        return torch.cat(parts, dim=1)
+        heads, zeros = self.scoring_heads(), torch.zeros(n, dtype=torch.int64)
+        batches = self._normalised(eval_batches(X, zeros, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS))
+        return torch.cat([torch.stack([hd.logits(x) for hd in heads]) for x, _ in batches], dim=1)
 
     def scoring_heads(self, blocks: bool = False) -> list[LinearHead]:
-        """Each head as it scores (:func:`featcache.linear_head.split_heads`), copies in fresh memory: scoring uses
-        these, one head at a time, so a head saved from them scores the same bits. ``blocks``: with what per-model
-        block scores need.
-
-        Raises:
-            RuntimeError: the probe is not fitted.
-        """
+        """Each head as it scores, in fresh memory (:func:`featcache.linear_head.split_heads`; ``blocks``: with what
+        per-model scores need): a head saved from these scores the same bits. Raises RuntimeError unless fitted."""
         self._check_fitted()
         bn = (self.gamma_, self.beta_, self.running_mean_, self.running_var_)
         return split_heads(self.weight_, self.bias_, *bn, eval_rows=_EVAL_ROWS, blocks=blocks)

@@ -26,7 +26,7 @@ import torch
 from . import __version__
 from .errors import ConfigError
 from .head_layout import FORMAT, META_KEY, FeatureBlock, HeadHeader, read_header
-from .linear_head import LinearHead, Scores
+from .linear_head import BN_EPS, LinearHead, Scores
 from .results_record import ProbeRecord
 
 __all__ = ["HeadModule", "SavedHead", "load_head", "read_head", "write_head"]
@@ -138,7 +138,8 @@ def read_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> Sa
 
 class HeadModule(torch.nn.Module):
     """A saved head as a ``torch.nn.Module``: ``model(x)`` gives (N, C) logits of raw (N, D) features, in the
-    arithmetic its probe scored with; ``model(x, block=k)`` the logits of store k's block alone.
+    arithmetic its probe scored with; ``model(x, block=k)`` the logits of store k's block alone;
+    ``model.as_linear()`` one Linear on raw features, the normalisation folded in.
 
     Attributes:
         classes: the class names, in logit order.
@@ -160,6 +161,20 @@ class HeadModule(torch.nn.Module):
     def linear_head(self) -> LinearHead:
         """The head's arithmetic on its buffers (where the module lives)."""
         return LinearHead(self.weight, self.bias, self.norm, self.mean, self.scale, self.eval_rows)
+
+    @torch.no_grad()
+    def as_linear(self) -> torch.nn.Linear:
+        """The head as one ``torch.nn.Linear`` on raw features, its normalisation folded in (the same function; its
+        logits differ from the module's by rounding only)."""
+        w, b = self.weight, self.bias
+        if self.norm != "none":  # W (x - mean) * inv = (W * inv) x - (W * inv) mean
+            inv = torch.rsqrt(self.scale + BN_EPS) if self.norm == "batchnorm" else self.scale
+            w = self.weight * inv
+            b = self.bias - w @ self.mean
+        out = torch.nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+        out.weight.copy_(w)
+        out.bias.copy_(b)
+        return out.eval()
 
     def forward(self, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
         head = self.linear_head()

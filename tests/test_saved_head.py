@@ -115,6 +115,8 @@ def test_a_saved_sgd_head_scores_the_probes_test_number_bit_for_bit(stores, tmp_
     assert round(test[e - 1][h], 6) not in others and abs(test[e - 1][h] - record.selected.test_top1) < 0.5
     model = fc.load_head(path)
     torch.testing.assert_close(model(X), _reference(final[e - 1][h])(X), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.as_linear()(X), model(X), atol=1e-4, rtol=1e-4)
 
 
 def test_a_saved_lbfgs_head_scores_the_probes_test_number_bit_for_bit(stores, tmp_path):
@@ -130,6 +132,8 @@ def test_a_saved_lbfgs_head_scores_the_probes_test_number_bit_for_bit(stores, tm
     mean, std = Xtr.double().mean(0), Xtr.double().std(0, unbiased=False)
     z = ((X.double() - mean) / std).float()
     torch.testing.assert_close(model(X), z @ model.weight.T + model.bias, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.as_linear()(X), model(X), atol=1e-4, rtol=1e-4)
     assert float((model(X).argmax(1).numpy() == y).mean() * 100) == pytest.approx(record.selected.test_top1, abs=0.5)
 
 
