@@ -8,6 +8,15 @@ and fits linear heads without touching a backbone again.
 __version__ = "0.2.0"
 
 # The Python API (see featcache.api): what notebooks need, the same functions the CLI calls.
-from .api import StoreSummary, list_stores, load_results, load_split, open_store, results_table  # noqa: E402
+from .api import (  # noqa: E402
+    StoreSummary,
+    list_stores,
+    load_head,
+    load_results,
+    load_split,
+    open_store,
+    results_table,
+)
 
-__all__ = ["__version__", "StoreSummary", "list_stores", "load_results", "load_split", "open_store", "results_table"]
+__all__ = ["__version__", "StoreSummary", "list_stores", "load_head", "load_results", "load_split", "open_store",
+           "results_table"]  # fmt: skip

@@ -12,6 +12,8 @@
     store = fc.open_store("cache/cifar10/run0.zarr")                 # .provenance, .split("train").read(), ...
     records = fc.load_results("cache", dataset="cifar10", features="cat5")   # ProbeRecord list, newest first
     fc.results_table(records)                                        # flat dicts (or a DataFrame with pandas=True)
+    head = fc.load_head("heads/cifar10-cat5.safetensors")            # a saved head as a torch.nn.Module
+    logits = head(X)                                                 # (n, classes); head(X, block=k): store k alone
 
 Stores given by name need ``dataset`` and ``cache_dir``; stores given by path need neither. Everything
 raises :class:`featcache.errors.FeatcacheError` subclasses with the messages the CLI prints.
@@ -41,6 +43,7 @@ __all__ = [
     "load_split",
     "load_results",
     "results_table",
+    "load_head",
 ]
 
 PathLike = str | os.PathLike
@@ -174,3 +177,19 @@ def load_results(where: PathLike | None = None, patterns: Sequence[str] = (), **
 def results_table(records: Sequence[ProbeRecord], pandas: bool = False):
     """One flat dict per record (the CLI's table columns), or a pandas DataFrame with ``pandas=True``."""
     return records_frame(records) if pandas else summary_rows(records)
+
+
+def load_head(path: PathLike, device: str = "cpu"):
+    """A head saved by ``featcache probe --save-head`` as a ``torch.nn.Module`` (in eval mode, on ``device``).
+
+    ``head(x)`` gives the (n, C) logits of raw (n, D) features concatenated as ``head.layout`` lists the stores (what
+    ``load_split`` returns for those stores), in the arithmetic its probe scored test with; ``head(x, block=k)``
+    those of store k's block alone. ``head.classes`` names the logits; ``head.probe`` is the probe record it comes
+    from (id, key, dataset, splits, selection, test numbers).
+
+    Raises:
+        ConfigError: not a featcache head, of a newer head format, or damaged.
+    """
+    from .saved_head import load_head as _load  # torch: only when a head is loaded
+
+    return _load(path, device)

@@ -8,6 +8,8 @@ normalisation depends only on the batch, so it is computed once and shared; each
 heads are one (B, D) x (D, H*C) matrix product. Autograd through the fold gives gamma, beta, W and b the
 gradients of the unfolded head, so head h ends where a solo run with weight decay wd_h ends
 (tests/test_heads.py checks this, and checks a head against torch.nn + torch.optim.SGD + MultiStepLR).
+Scoring takes one product per head (:class:`featcache.linear_head.LinearHead`), the arithmetic a saved head of it
+scores with: one product of all heads rounds some logits otherwise, and a near tie can flip.
 
 This module is the arithmetic only: which rows form each batch is the feed's (:mod:`featcache.feed`), and the
 features come from it or are a tensor or a row source; it never builds or runs a backbone.
@@ -19,7 +21,7 @@ import bisect
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from featcache.errors import ConfigError, FeatcacheError, unknown_name
 from featcache.feed_batches import BatchBuffer, Feed, as_feed, eval_batches
+from featcache.linear_head import BN_EPS, SGD_EVAL_ROWS, LinearHead, bn_normalise_, count_hits, fold, split_heads
 from featcache.rows import EpochFeatures, Features, RowSource
 
 # RowSource, Features and EpochFeatures live in featcache.rows; named here too, where they were first defined.
@@ -36,8 +39,8 @@ __all__ = ["HEADS", "EpochFeatures", "Features", "HeadConfig", "MultiHeadProbe",
 logger = logging.getLogger(__name__)
 
 HEADS = ("bn-linear", "linear")
-_BN_EPS, _BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm1d's defaults
-_EVAL_ROWS = 1024  # rows per forward when scoring: bounds memory, does not change results
+_BN_EPS, _BN_MOMENTUM = BN_EPS, 0.1  # torch.nn.BatchNorm1d's defaults
+_EVAL_ROWS = SGD_EVAL_ROWS  # rows per forward when scoring: bounds memory (a saved head scores in the same blocks)
 
 
 class NonFiniteLossError(FeatcacheError):
@@ -169,7 +172,11 @@ class MultiHeadProbe:
         return self.config.grid
 
     def fit(
-        self, X: Feed | Features | EpochFeatures, y, eval_sets: Mapping[str, tuple] | None = None
+        self,
+        X: Feed | Features | EpochFeatures,
+        y,
+        eval_sets: Mapping[str, tuple] | None = None,
+        on_epoch: Callable[[MultiHeadProbe, int], None] | None = None,
     ) -> MultiHeadProbe:
         """Train all heads in one pass per epoch; score every ``eval_sets`` entry after each epoch.
 
@@ -180,6 +187,7 @@ class MultiHeadProbe:
                 of the same rows).
             y: (N,) integer class labels in [0, C), a tensor or numpy array.
             eval_sets: name -> (features, labels), scored with the running BatchNorm statistics.
+            on_epoch: ``on_epoch(self, e)`` after epoch e (1-based) is scored (e.g. to keep :meth:`scoring_heads`).
         Returns:
             self, with the learned attributes set.
         Raises:
@@ -225,7 +233,7 @@ class MultiHeadProbe:
             for p in params:
                 p.requires_grad_(True)
             for x, yb in batches:
-                logits = self._forward(x, train=True, sq=sq)  # (B, H, C)
+                logits = self._forward(x, sq)  # (B, H, C)
                 # Row b * H + h of the flattened logits is head h on sample b, hence repeat_interleave.
                 losses = F.cross_entropy(logits.flatten(0, 1), yb.repeat_interleave(H), reduction="none")
                 losses = losses.view(-1, H).mean(0)  # (H,): each head's mean loss
@@ -244,6 +252,8 @@ class MultiHeadProbe:
                 record[f"{name}_top1"], record[f"{name}_top5"] = acc["top1"], acc["top5"]
             self.history_.append(record)
             logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, record)
+            if on_epoch is not None:
+                on_epoch(self, epoch + 1)
         self.fit_epochs_ = cfg.epochs
         self.seconds_ = time.perf_counter() - start
         logger.info("fitted %d head(s), %d epochs, in %.2f s", H, cfg.epochs, self.seconds_)
@@ -262,9 +272,16 @@ class MultiHeadProbe:
         """
         self._check_fitted()
         n = self._check_rows(X, "X")
-        batches = eval_batches(X, torch.zeros(n, dtype=torch.int64), self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS)
-        parts = [self._forward(x, train=False) for x, _ in batches]
-        return torch.cat(parts).permute(1, 0, 2)
+        heads, zeros = self.scoring_heads(), torch.zeros(n, dtype=torch.int64)
+        batches = self._normalised(eval_batches(X, zeros, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS))
+        return torch.cat([torch.stack([hd.logits(x) for hd in heads]) for x, _ in batches], dim=1)
+
+    def scoring_heads(self, blocks: bool = False) -> list[LinearHead]:
+        """Each head as it scores, in fresh memory (:func:`featcache.linear_head.split_heads`; ``blocks``: with what
+        per-model scores need): a head saved from these scores the same bits. Raises RuntimeError unless fitted."""
+        self._check_fitted()
+        bn = (self.gamma_, self.beta_, self.running_mean_, self.running_var_)
+        return split_heads(self.weight_, self.bias_, *bn, eval_rows=_EVAL_ROWS, blocks=blocks)
 
     def evaluate(self, X: Features, y) -> dict[str, list[float]]:
         """Top-1 and top-k (k = min(5, C)) accuracy of every head, in percent.
@@ -321,44 +338,42 @@ class MultiHeadProbe:
     def _buffer(self, rows: int) -> BatchBuffer:
         return BatchBuffer(rows, self.n_features, torch.device(self.device), self.dtype)
 
-    def _forward(self, x: torch.Tensor, train: bool, sq: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D) features -> (B, H, C) logits; in training, also steps the running statistics.
+    def _forward(self, x: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        """(B, D) features -> (B, H, C) logits in training; also steps the running statistics.
 
-        x is the feed's batch buffer and is normalised in place; ``sq`` (training) a buffer as large for x * x.
+        x is the feed's batch buffer and is normalised in place; ``sq`` a buffer as large for x * x.
         """
-        self.num_batches_tracked_ += int(train)
-        w, b = self.weight_, self.bias_  # (H, C, D), (H, C)
+        self.num_batches_tracked_ += 1
         if self.gamma_ is not None:
-            if train:
-                # Two passes, not torch.var_mean(x, dim=0): on the CPU that is a scalar per-column loop, about
-                # 10x slower than these vectorised passes (the largest cost of a step), and no more accurate.
-                mean = x.mean(0)
-                x = x.sub_(mean)
-                var = torch.mul(x, x, out=sq[: len(x)]).mean(0)  # biased: what the batch is normalised by
-                with torch.no_grad():
-                    m, n = _BN_MOMENTUM, x.shape[0]
-                    self.running_mean_.mul_(1 - m).add_(mean, alpha=m)
-                    self.running_var_.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)  # unbiased, as torch
-            else:
-                var = self.running_var_
-                x = x.sub_(self.running_mean_)
+            # Two passes, not torch.var_mean(x, dim=0): on the CPU that is a scalar per-column loop, about
+            # 10x slower than these vectorised passes (the largest cost of a step), and no more accurate.
+            mean = x.mean(0)
+            x = x.sub_(mean)
+            var = torch.mul(x, x, out=sq[: len(x)]).mean(0)  # biased: what the batch is normalised by
+            with torch.no_grad():
+                m, n = _BN_MOMENTUM, x.shape[0]
+                self.running_mean_.mul_(1 - m).add_(mean, alpha=m)
+                self.running_var_.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)  # unbiased, as torch
             x = x.mul_(torch.rsqrt(var + _BN_EPS))  # (B, D) xhat, shared by every head
-            # b_h + W_h @ beta_h; multiply-and-sum, not einsum: einsum runs it as a batched matrix-vector
-            # product, about 3x slower forward and backward on the CPU
-            b = b + (w * self.beta_[:, None, :]).sum(-1)
-            w = w * self.gamma_[:, None, :]  # W_h * gamma_h, column scale
+        w, b = fold(self.weight_, self.bias_, self.gamma_, self.beta_)  # (H, C, D), (H, C)
         return (x @ w.flatten(0, 1).T + b.flatten()).unflatten(1, b.shape)
+
+    def _normalised(self, batches):
+        """Scoring batches, normalised in place with the running statistics (shared by every head)."""
+        for x, yb in batches:
+            yield (x if self.gamma_ is None else bn_normalise_(x, self.running_mean_, self.running_var_)), yb
 
     @torch.no_grad()
     def _accuracy(self, X: Features, y: torch.Tensor) -> dict[str, list[float]]:
+        # One product per head, as a saved head of it scores (featcache.saved_head): one product of every head at
+        # once rounds some logits otherwise, and a near tie can then flip.
         n, k = len(y), min(5, self.n_classes)
-        hits = torch.zeros(2, self.n_heads, dtype=torch.int64, device=torch.device(self.device))
-        for x, yb in eval_batches(X, y, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS):
-            top = self._forward(x, train=False).topk(k, dim=-1).indices
-            correct = top == yb[:, None, None]  # (B, H, k)
-            hits[0] += correct[..., 0].sum(0)
-            hits[1] += correct.any(-1).sum(0)
-        top1, topk = (hits.double() * 100 / n).tolist()
+        heads = self.scoring_heads()
+        hits = torch.zeros(self.n_heads, 2, dtype=torch.int64, device=torch.device(self.device))
+        for x, yb in self._normalised(eval_batches(X, y, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS)):
+            for h, head in enumerate(heads):
+                count_hits(head.logits(x), yb, k, hits[h])
+        top1, topk = (hits.double() * 100 / n).T.tolist()
         return {"top1": top1, "top5": topk}
 
     def _check_rows(self, X: Any, name: str) -> int:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from featcache.errors import ConfigError
 from featcache.lbfgs import Minimizer, minimize
+from featcache.linear_head import LinearHead
 from featcache.rows import Features, check_labels, check_rows, column_moments, free_bytes
 from featcache.rows import StandardisedBlocks as _Blocks
 
@@ -376,7 +377,8 @@ def run_logreg(
         Plain floats and ints: ``{"solver": "lbfgs", "path": [path_ entries with val scores], "selected":
         {"strength", "C", "val_top1", "val_top5", "val_loss", "iterations", "objective", "grad_max", "stop",
         "converged", "test_top1", "test_top5"}, "timings": {"path_s", "refit_s"}}`` (the selected iterations,
-        objective, C and convergence are the refit's).
+        objective, C and convergence are the refit's), and ``"head"``: the refit as it scored test (a
+        :class:`featcache.linear_head.LinearHead`, what a saved head of the probe holds).
     """
     kwargs = {"device": device, "dtype": dtype, "memory_budget": memory_budget, "minimize": minimize}
     path = LogRegPath(config, n_features, n_classes, **kwargs).fit(*splits["fit"], eval_sets={"val": splits["val"]})
@@ -394,4 +396,5 @@ def run_logreg(
         "path": path.path_,
         "selected": selected,
         "timings": {"path_s": path.seconds_, "refit_s": refit.seconds_},
+        "head": LinearHead(refit.coef_[0], refit.intercept_[0], "standardise", refit._mean, refit._inv_std, _EVAL_ROWS),
     }

@@ -8,7 +8,8 @@ Reads only stores (:mod:`featcache.concat`), never a backbone, a model or a data
    (:class:`featcache.probe_splits.ProbeSplits`, :mod:`featcache.feed`);
 3. solve: the solver fits its grid, selects on val and reads test at the selection (:mod:`featcache.solvers`; SGD
    heads by default, or L-BFGS or k-NN);
-4. record: one :class:`ProbeRecord`, built the same way for every solver.
+4. record: one :class:`ProbeRecord`, built the same way for every solver; with ``save_head``, the selected head
+   written beside it (:mod:`featcache.saved_head`: the head test was read with, its classes and feature layout).
 
 Views. On stores with augmented views (``extract --views K``) each SGD epoch trains on one view per image, as the
 research code trains on fresh crops: epoch e uses view ``schedule[e]``, a seeded sequence in which every view
@@ -27,9 +28,11 @@ from . import __version__
 from .devices import resolve_device
 from .errors import ProbeError
 from .feed import MEMORY_SHARE, view_schedule
+from .head_layout import FeatureBlock
 from .probe_config import ProbeConfig, config_from, heads_from_preset, probe_key_for
 from .probe_splits import ProbeData, ProbeSplits, open_probe, val_split
 from .results import ProbeRecord, StoreUsed
+from .saved_head import SavedHead, write_head
 from .solvers import SolverResult, solver_for
 from .solvers.sgd import RESEARCH_NOTE, SELECTION_NOTE
 from .store import resolve_stores
@@ -37,7 +40,9 @@ from .store import resolve_stores
 __all__ = [
     "ProbeConfig",
     "ProbeError",
+    "ProbeOutcome",
     "config_from",
+    "fit_probe",
     "run_probe",
     "probe_key_for",
     "resolve_stores",
@@ -52,12 +57,29 @@ __all__ = [
 
 def run_probe(cfg: ProbeConfig) -> ProbeRecord:
     """Open, split, solve (fit the grid, select on val, read test there), record; returns the results record (not
-    yet appended).
+    yet appended). With ``cfg.save_head`` the selected head is written first.
 
     Raises:
         StoreError, StoreIncompleteError, StoreMismatchError: stores that cannot be probed together.
-        ConfigError: bad hyperparameters or splits.
+        ConfigError: bad hyperparameters or splits; the head cannot be written.
         ProbeError: non-finite features or training loss, or fewer than 2 classes to train on.
+    """
+    return fit_probe(cfg).record
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """A probe's record and its selected head (None for k-NN, which has no head)."""
+
+    record: ProbeRecord
+    head: SavedHead | None
+
+
+def fit_probe(cfg: ProbeConfig) -> ProbeOutcome:
+    """:func:`run_probe`, keeping the selected head too (written to ``cfg.save_head`` when given).
+
+    Raises:
+        See :func:`run_probe`.
     """
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -67,7 +89,15 @@ def run_probe(cfg: ProbeConfig) -> ProbeRecord:
     solver = solver_for(cfg.heads if cfg.solver is None else cfg.solver)
     result = solver.fit_select(splits, data.train.dim, data.n_classes, device)
     timings = {"load_s": t_load - t0, **result.timings, "total_s": time.perf_counter() - t0}
-    return _record(ProbeRun(cfg, data, solver.name, result, timings, str(device), splits.memory))
+    record = _record(ProbeRun(cfg, data, solver.name, result, timings, str(device), splits.memory))
+    head = None
+    if result.head is not None:
+        layout = [FeatureBlock.of(s.name, s.provenance, d) for s, d in zip(data.stores, data.train.dims, strict=True)]
+        classes = data.train.classes or [str(c) for c in range(data.n_classes)]
+        head = SavedHead.of(record, layout, classes, result.head)
+    if cfg.save_head is not None:
+        write_head(head, cfg.save_head)
+    return ProbeOutcome(record, head)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from .checkpoints import check_store_checkpoint
 from .choices import IN_MEMORY, SOLVERS
 from .config import DEFAULT_PRESET, Paths, ProbeOptions, ProbePreset, Registry
 from .errors import ConfigError, unknown_name
+from .evaluate_config import EvalTarget, eval_targets, resolve_target
+from .head_layout import FeatureBlock
 from .heads import HeadConfig
 from .knn import KNNConfig
 from .logreg import LogRegConfig
@@ -52,6 +54,8 @@ class ProbeConfig:
     ``in_memory``: ``auto`` plans by the budget; ``yes`` forces resident, ``no`` streaming.
     ``opened``: ``stores`` already opened (by :func:`config_from`), so that a probe opens each store once.
     ``train_fraction``: train on the research low-shot subset of train (:mod:`featcache.lowshot`); None: all of it.
+    ``save_head``: where to write the selected head (``--save-head``); ``evaluate``: what to score it on after
+    training (``--eval``), one evaluation record each. Neither exists for k-NN.
     """
 
     stores: tuple[Path, ...]
@@ -70,6 +74,8 @@ class ProbeConfig:
     allow_same_split: bool = False
     solver: SolverConfig | None = None  # None: the SGD heads of ``heads``; else L-BFGS or k-NN on the same splits
     train_fraction: TrainFraction | None = None
+    save_head: Path | None = None
+    evaluate: tuple[EvalTarget, ...] = ()
     opened: tuple[Store, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +91,12 @@ class ProbeConfig:
             raise ConfigError(f"--max-memory must be a positive size, got {self.max_memory}")
         if self.solver is not None and self.views:
             raise ConfigError("--solver lbfgs and knn fit the evaluation view only: pass --views none")
+        if isinstance(self.solver, KNNConfig) and (self.save_head is not None or self.evaluate):
+            option = "--save-head" if self.save_head is not None else "--eval"
+            raise ConfigError(f"{option}: k-NN has no head (it votes with the train features themselves); use "
+                              "--solver sgd or lbfgs to save or evaluate a head")  # fmt: skip
+        if self.save_head is not None and Path(self.save_head).is_dir():
+            raise ConfigError(f"--save-head {self.save_head} is a directory; give a file path, e.g. head.safetensors")
         if self.opened is not None and [s.path for s in self.opened] != [Path(p) for p in self.stores]:
             raise ValueError("ProbeConfig.opened must be the stores of ProbeConfig.stores, in order")
 
@@ -205,6 +217,8 @@ def config_from(
     weight_decays: Sequence[float] | None = None,
     lr: float | Sequence[float] | None = None,
     read_stores: bool = True,
+    save_head: str | os.PathLike | None = None,
+    evaluate: str | Sequence[str] | None = None,
     **options,
 ) -> ProbeConfig:
     """The probe of these options, as ``featcache probe`` runs it.
@@ -221,6 +235,10 @@ def config_from(
         read_stores: open each store once (kept on the config, so the probe does not open it again) and refuse one
             whose checkpoint file changed; False plans a probe of stores still to extract (a sweep): nothing is
             read, the splits stay as given and ``views`` defaults to the preset's.
+        save_head: where to write the selected head (safetensors).
+        evaluate: datasets to score the selected head on after training (``D1,D2`` or a list; ``D@split`` for
+            another split than the dataset's test split), on the stores of the same names under ``<cache>/<D>/``;
+            with ``read_stores`` they are checked now, before any training.
         options: :data:`HEAD_OPTIONS` (None: the preset's), :data:`SOLVER_OPTIONS` (None: the solver's default),
             and the other :class:`ProbeConfig` fields (``device``, ``train_split``, ``tag``, ...); ``train_fraction``
             may be given as text (``"10%"``, ``"10%@7"``).
@@ -256,8 +274,17 @@ def config_from(
         views = 0  # lbfgs and knn fit the evaluation view
     elif views is None:  # the preset's count, capped by what every store holds
         views = min(chosen.views, shared_views(opened, options["train_split"])) if opened else chosen.views
+    targets = eval_targets(reg, paths, evaluate, [p.name.removesuffix(".zarr") for p in store_paths])
+    if options.get("allow_transform_mix"):  # mixing preprocessing on purpose covers the stores scored after
+        targets = tuple(dataclasses.replace(t, allow_transform_mix=True) for t in targets)
+    if targets and opened:  # refused now, not after the training
+        layout = [FeatureBlock.of(s.name, s.provenance) for s in opened]
+        classes = opened[0].split_meta(options["train_split"]).classes or None  # None: numbered only, known later
+        for target in targets:
+            resolve_target(target, layout, classes)
     return ProbeConfig(stores=tuple(store_paths), heads=heads, val_fraction=val_fraction, views=views, preset=name,
-                       dataset=dataset, solver=solver_cfg, opened=tuple(opened) or None, **options)  # fmt: skip
+                       dataset=dataset, solver=solver_cfg, save_head=Path(save_head) if save_head else None,
+                       evaluate=targets, opened=tuple(opened) or None, **options)  # fmt: skip
 
 
 def probe_key_for(cfg: ProbeConfig, stores: Sequence[Store] | None = None) -> str:

@@ -12,12 +12,16 @@ how many such probes there are. The plot shows accuracy against the number of co
 budget, per dataset a solid line (circles) for the val-selected number and a dashed one (triangles) for the research
 number, the spread as error bars. It needs matplotlib (``pip install 'featcache[plot]'``);
 without it the tables are written all the same.
+
+With per-model evaluations in the log (a sweep's ``per_model: true``, or ``featcache evaluate --per-model`` on its
+heads), a ``<dataset> per-model`` column follows the dataset's: the same heads scored on one model's block of the
+features alone (the research ``cat_validate_network``), the mean over the models, then mean ± std over draws.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +105,11 @@ class SweepReport:
     cells: dict[tuple[str, str], Cell]  # (row, dataset)
     settings: dict[str, str]  # dataset -> how it was probed (preset, views, epochs)
     unknown: int = 0  # probes whose stores are missing or stale here: their results cannot be looked up
+    per_model: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (row, dataset): mean block accuracy
+
+    def per_model_datasets(self) -> list[str]:
+        """The datasets with a per-model column: those with a per-model evaluation of some cell's heads."""
+        return [d for d in self.datasets if any(c.values for (_, ds), c in self.per_model.items() if ds == d)]
 
     def best(self, dataset: str, research: bool = False) -> set[str]:
         """The rows with the highest mean in the dataset's column, or its research column (several on a tie; none
@@ -124,6 +133,9 @@ class SweepReport:
                 for key, values, research in ((d, cell.values, False), (f"{d} research", cell.research, True)):
                     text = _text(values, cell.draws)
                     row[key] = mark.format(text) if r.name in self.best(d, research) else text
+                if d in self.per_model_datasets():
+                    pm = self.per_model[(r.name, d)]
+                    row[f"{d} per-model"] = _text(pm.values, pm.draws)
                 fidelity |= set(cell.fidelity)
             row["fidelity"] = ", ".join(sorted(fidelity)) or "-"
             out.append(row)
@@ -143,6 +155,10 @@ class SweepReport:
                 row |= {f"{d}_research_mean": cell.research_mean, f"{d}_research_std": cell.research_std,
                         f"{d}_research_n": len(cell.research), f"{d}_research_best": r.name in self.best(d, True),
                         f"{d}_fidelity": ",".join(sorted(set(cell.fidelity))) or None}  # fmt: skip
+                if d in self.per_model_datasets():
+                    pm = self.per_model[(r.name, d)]
+                    row |= {f"{d}_per_model_mean": pm.mean, f"{d}_per_model_std": pm.std,
+                            f"{d}_per_model_n": len(pm.values)}  # fmt: skip
             out.append(row)
         return out
 
@@ -156,7 +172,13 @@ class SweepReport:
             if self.unknown
             else ""
         )
-        return f"{LEGEND}\n{found}/{planned} results found.{unknown} {how}."
+        per_model = (
+            " DATASET per-model: the same heads on one model's block of the features alone (the others zeroed after "
+            "the head's normalisation, as the research cat_validate_network), the mean over the models."
+            if self.per_model_datasets()
+            else ""
+        )
+        return f"{LEGEND}{per_model}\n{found}/{planned} results found.{unknown} {how}."
 
 
 def _text(values: tuple[float, ...], draws: int) -> str:
@@ -183,11 +205,16 @@ def build_report(plan: SweepPlan) -> SweepReport:
     """The report of a sweep as its results log stands (see :func:`featcache.sweep.plan_sweep`)."""
     datasets = tuple(d.name for d in plan.sweep.datasets)
     found: dict[tuple[str, str], list[ProbeRecord]] = {(r.name, d): [] for r in plan.rows for d in datasets}
+    per_model: dict[tuple[str, str], list[float]] = {k: [] for k in found}
+    blocks = {(e.head_key, e.dataset, e.split): e for e in plan.evaluations if e.per_model}  # the newest wins
     settings = {}
     for job in plan.probes:
         rec = plan.record(job)  # exactly this probe's key: never a record of the same tag with other settings
         if rec is not None:
             found[(job.row, job.dataset)].append(rec)
+            ev = blocks.get((rec.key, rec.dataset, rec.test_split))  # its head's, on its own test split
+            if ev is not None:
+                per_model[(job.row, job.dataset)].append(float(np.mean([b.top1 for b in ev.per_model])))
         c = job.config
         settings[job.dataset] = f"preset {c.preset}, {c.views} view(s), {c.heads.epochs} epochs"
     draws = {r.name: r.draws for r in plan.rows}
@@ -201,7 +228,9 @@ def build_report(plan: SweepPlan) -> SweepReport:
         for k, recs in found.items()
     }
     unknown = sum(job.key is None for job in plan.probes)
-    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings, unknown)
+    blocks_cells = {k: Cell(tuple(v), draws[k[0]]) for k, v in per_model.items()}
+    return SweepReport(plan.sweep.name, plan.sweep.description, plan.rows, datasets, cells, settings, unknown,
+                       blocks_cells)  # fmt: skip
 
 
 def _fidelity(record: ProbeRecord) -> str:

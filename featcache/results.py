@@ -18,9 +18,11 @@ from typing import Any
 
 from .errors import ConfigError
 from .results_claims import claim, claims_dir, holder
-from .results_log import ResultsError, append_record, load_records, resolve_log, results_path
+from .results_log import ResultsError, append_record, load_evaluations, load_records, resolve_log, results_path
 from .results_record import (
     SCHEMA,
+    BlockScore,
+    EvaluationRecord,
     GridPoint,
     ProbeRecord,
     ResearchNumber,
@@ -40,6 +42,8 @@ __all__ = [
     "ResearchNumber",
     "ViewsUsed",
     "ProbeRecord",
+    "BlockScore",
+    "EvaluationRecord",
     "ResultsError",
     "probe_key",
     "record_key",
@@ -47,6 +51,7 @@ __all__ = [
     "resolve_log",
     "append_record",
     "load_records",
+    "load_evaluations",
     "claim",
     "claims_dir",
     "holder",
@@ -56,6 +61,9 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "FIELDS",
     "format_probe",
+    "format_evaluation",
+    "format_record",
+    "evaluation_rows",
     "records_frame",
 ]
 
@@ -222,3 +230,53 @@ def format_probe(record: ProbeRecord, fmt: str = "table") -> str:
             + f" on {record.device} ({record.memory})"
         )
     return "\n".join(lines)
+
+
+def evaluation_rows(records: Iterable[EvaluationRecord]) -> list[dict]:
+    """One flat row per evaluation record, for tables and CSV."""
+    return [
+        {
+            "time": r.timestamp[:19],
+            "tag": r.tag or None,
+            "dataset": r.dataset,
+            "split": r.split,
+            "features": r.features,
+            "stores": ",".join(s.name for s in r.stores),
+            "solver": r.solver,
+            "classes": r.classes,
+            "test_top1": r.top1,
+            "test_top5": r.top5,
+            "per_model_top1": " ".join(f"{b.top1:.2f}" for b in r.per_model) or None,
+            "head": r.head_id,
+            "id": r.id,
+        }
+        for r in records
+    ]
+
+
+def format_evaluation(record: EvaluationRecord, fmt: str = "table") -> str:
+    """A saved head's evaluation for people (its score, each model's block alone) or as CSV/JSON."""
+    if fmt == "json":
+        return json.dumps(record.to_dict(), indent=1, default=str)
+    if fmt in ("csv", "markdown"):
+        return render(evaluation_rows([record]), fmt=fmt)
+    top5 = f"  top-5 {record.top5:.2f}" if record.top5 is not None else ""
+    stores = ", ".join(s.name for s in record.stores)
+    lines = [
+        f"{record.dataset} '{record.split}' ({record.rows} rows, {record.classes} classes, {record.class_map}): "
+        f"{record.features} head of {stores}, trained on {record.head_dataset} (probe {record.head_id}, "
+        f"solver {record.solver})",
+        f"evaluated  top-1 {record.top1:.2f}{top5}",
+    ]
+    if record.per_model:
+        lines.append("per model  (the head on one store's block of the features alone, the others zeroed after "
+                     "normalisation)")  # fmt: skip
+        blocks = [{"store": b.store, "top1": b.top1, "top5": b.top5} for b in record.per_model]
+        lines.append(render(blocks))
+    lines += [f"note       {n}" for n in record.notes]
+    return "\n".join(lines)
+
+
+def format_record(record: ProbeRecord | EvaluationRecord, fmt: str = "table") -> str:
+    """:func:`format_probe` or :func:`format_evaluation`, by the record's kind."""
+    return format_evaluation(record, fmt) if isinstance(record, EvaluationRecord) else format_probe(record, fmt)

@@ -1,5 +1,8 @@
 """The append-only JSONL results log: one record per line, appended under a lock, read line by line.
 
+A line is a probe's :class:`ProbeRecord`, or a saved head's :class:`EvaluationRecord` (``"kind": "evaluation"``):
+:func:`load_records` reads the first, :func:`load_evaluations` the second.
+
 Records are appended as single lines written with one ``write`` under an exclusive ``flock`` and fsynced, so
 concurrent probes never interleave. A line that does not end in a newline (an older version killed mid-write, a
 full disk) is repaired before the next append. Reading never fails on one bad line: a torn line, damaged bytes
@@ -17,9 +20,9 @@ from pathlib import Path
 
 from .errors import FeatcacheError
 from .records import RecordError
-from .results_record import SCHEMA, ProbeRecord
+from .results_record import SCHEMA, EvaluationRecord, ProbeRecord
 
-__all__ = ["ResultsError", "results_path", "resolve_log", "append_record", "load_records"]
+__all__ = ["ResultsError", "results_path", "resolve_log", "append_record", "load_records", "load_evaluations"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,9 @@ def resolve_log(where: str | os.PathLike) -> Path:
     return p if p.suffix == ".jsonl" else results_path(p)
 
 
-def append_record(where: str | os.PathLike, record: ProbeRecord) -> Path:
-    """Append ``record`` as one line to the log at ``where`` (a ``.jsonl`` file, or a cache dir); create it if needed.
+def append_record(where: str | os.PathLike, record: ProbeRecord | EvaluationRecord) -> Path:
+    """Append ``record`` (a probe's or an evaluation's) as one line to the log at ``where`` (a ``.jsonl`` file, or
+    a cache dir); create it if needed.
 
     Raises:
         ResultsError: the log cannot be written (the message says why and how to write it elsewhere).
@@ -122,7 +126,7 @@ def _read(path: Path) -> bytes:
         raise ResultsError(f"cannot read the results log {path}: {e.strerror or e}") from None
 
 
-def _parse(raw: bytes, where: str) -> tuple[ProbeRecord | None, str]:
+def _parse(raw: bytes, where: str) -> tuple[ProbeRecord | EvaluationRecord | None, str]:
     """(the record on a line, or None; why it was skipped, or a note for a record of a newer schema)."""
     try:
         doc = json.loads(raw.decode("utf-8"))
@@ -135,7 +139,10 @@ def _parse(raw: bytes, where: str) -> tuple[ProbeRecord | None, str]:
     schema = doc.get("schema", 1)
     newer = isinstance(schema, int) and schema > SCHEMA
     try:
-        record = ProbeRecord.from_dict(_upgrade(doc), where)
+        if doc.get("kind") == "evaluation":
+            record = EvaluationRecord.from_dict(doc, where)
+        else:
+            record = ProbeRecord.from_dict(_upgrade(doc), where)
     except (RecordError, TypeError, AttributeError, ValueError) as e:
         if newer:
             return None, f"a record of a newer featcache (schema {schema}) that this one cannot read: upgrade featcache"
@@ -147,7 +154,7 @@ def _parse(raw: bytes, where: str) -> tuple[ProbeRecord | None, str]:
 
 
 def load_records(where: str | os.PathLike) -> list[ProbeRecord]:
-    """All records of the log at ``where`` (a ``.jsonl`` file or a cache dir), oldest first; [] without a log.
+    """All probe records of the log at ``where`` (a ``.jsonl`` file or a cache dir), oldest first; [] without a log.
 
     A line that is not a record (torn by a kill, damaged bytes, JSON edited by hand) is skipped and named in a
     warning; a record of a newer schema is listed with a note (in its ``notes``, and a warning).
@@ -155,6 +162,19 @@ def load_records(where: str | os.PathLike) -> list[ProbeRecord]:
     Raises:
         ResultsError: the log exists but cannot be read.
     """
+    return [r for r in _load(where) if isinstance(r, ProbeRecord)]
+
+
+def load_evaluations(where: str | os.PathLike) -> list[EvaluationRecord]:
+    """All evaluation records of the log at ``where``, oldest first, read as :func:`load_records` reads.
+
+    Raises:
+        ResultsError: the log exists but cannot be read.
+    """
+    return [r for r in _load(where) if isinstance(r, EvaluationRecord)]
+
+
+def _load(where: str | os.PathLike) -> list[ProbeRecord | EvaluationRecord]:
     path = resolve_log(where)
     if not path.exists():
         return []

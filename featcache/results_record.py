@@ -22,6 +22,8 @@ __all__ = [
     "ViewsUsed",
     "TrainSubset",
     "ProbeRecord",
+    "BlockScore",
+    "EvaluationRecord",
     "probe_key",
     "record_key",
 ]
@@ -175,6 +177,50 @@ class ProbeRecord(Record):
             views=self.views,
             train_subset=self.train_subset.identity() if self.train_subset else None,
         )
+
+
+@dataclass(frozen=True)
+class BlockScore(Record):
+    """The head scored on one store's block of the features alone (the research ``cat_validate_network``)."""
+
+    store: str
+    top1: float
+    top5: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationRecord(Record):
+    """A saved head scored on a split of some stores (``featcache evaluate``, ``probe --eval``).
+
+    ``head_key`` and ``head_id`` are the key and id of the probe record the head comes from; ``classes`` the classes
+    scored and ``class_map`` how the split's labels map to the head's (``same``, ``by name``, ``class_subset``);
+    ``per_model`` the head on each store's block alone, when asked for.
+    """
+
+    id: str
+    timestamp: str
+    dataset: str
+    split: str
+    stores: tuple[StoreUsed, ...]
+    rows: int
+    head: str  # the head file; "" when scored right after its probe without one
+    head_key: str
+    head_id: str
+    head_dataset: str
+    features: str  # cat<k>
+    solver: str
+    top1: float
+    top5: float | None = None
+    classes: int = 0
+    class_map: str = "same"
+    per_model: tuple[BlockScore, ...] = ()
+    tag: str = ""
+    notes: tuple[str, ...] = ()
+    device: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    kind: str = "evaluation"  # how the results log tells it from a ProbeRecord
+    schema: int = SCHEMA
 
 
 def probe_key(**what: Any) -> str:

@@ -33,13 +33,15 @@ from . import extract_config, probe_config
 from .config import CheckpointSpec, DatasetSpec, Paths, Registry
 from .config.sweep import SweepConfig, SweepDataset, SweepExtract, SweepProbe, SweepRow, find_sweep, load_sweep
 from .errors import ConfigError, StoreError
+from .evaluate import probe_and_evaluate
 from .extract import ExtractConfig, extract
 from .models import resolve_preprocessing
 from .probe import ProbeConfig, probe_key_for, run_probe
 from .progress import NullProgress, ProgressFactory
-from .results import ProbeRecord, append_record, claim, holder, load_records
+from .results import EvaluationRecord, ProbeRecord, append_record, claim, holder, load_evaluations, load_records
 from .store import store_path
 from .sweep_check import Wanted, check_plan, store_state
+from .sweep_heads import eval_extracts, with_heads
 
 __all__ = [
     "SweepRow",
@@ -106,6 +108,7 @@ class SweepPlan:
     extracts: tuple[ExtractJob, ...]
     probes: tuple[ProbeJob, ...]
     done: dict[str, ProbeRecord]  # key -> the newest record with it
+    evaluations: tuple[EvaluationRecord, ...] = ()  # of saved heads, oldest first (the report's per-model column)
 
     def pending(self) -> list[ProbeJob]:
         return [p for p in self.probes if p.key is None or p.key not in self.done]
@@ -230,6 +233,8 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
                     )  # fmt: skip
                 except ConfigError as err:
                     raise ConfigError(f"{where}: preset '{d.preset or reg.preset_for(ds.name)}': {err}") from None
+                key = (row.name, k, names)
+                configs[key] = with_heads(sweep, reg, paths, ds, row.name, k, configs[key])  # save_heads, eval
         views = next(iter(configs.values())).views  # the views every probe of the dataset trains on
         want = Wanted(views, d.limit, e.views_seed, e.dtype, e.precision, where, f"{sweep.source}: extract",
                       e.preprocess, sweep.fidelity)  # fmt: skip
@@ -254,7 +259,10 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
         for (row, k, names), cfg in configs.items():
             key = probe_key_for(cfg, [ready[n] for n in names]) if all(n in ready for n in names) else None
             probes.append(ProbeJob(ds.name, row, k, names, cfg, key))
-    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done)
+    transform = functools.partial(_transform, reg)
+    extracts += [ExtractJob(*job) for job in eval_extracts(sweep, reg, paths, draws, transform)]
+    evaluations = tuple(load_evaluations(paths.results_log))
+    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done, evaluations)
 
 
 # --- running it ----------------------------------------------------------------------------------------------
@@ -320,7 +328,9 @@ class _Prober:
             if p.key in _logged(self.paths):  # read under the claim: logged by its last holder, or meanwhile
                 self.echo(f"{head}: already in the results log")
                 return True
-            record = run_probe(p.config)
+            # with evaluations, the probe's record first, then each evaluation of its head
+            records = probe_and_evaluate(p.config) if p.config.evaluate else iter([run_probe(p.config)])
+            record = next(records)
             if record.key != p.key:  # the predicted key must be the logged one, or reruns would probe again
                 log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
             self.echo(
@@ -330,6 +340,11 @@ class _Prober:
             )
             append_record(self.paths.results_log, record)  # after the echo: a failed append loses nothing seen
             self.ran += 1
+            for ev in records:
+                blocks = " ".join(f"{b.top1:.2f}" for b in ev.per_model)
+                self.echo(f"{head}: head on {ev.dataset} '{ev.split}': top-1 {ev.top1:.2f}"
+                          + (f", per model {blocks}" if blocks else "") + f", result {ev.id}")  # fmt: skip
+                append_record(self.paths.results_log, ev)
         return True
 
 
@@ -368,19 +383,30 @@ def run_sweep(
     )
     prober = _Prober(paths, echo, n_pr)
     extracted = i_ex = 0
+
+    def run_extract(job: ExtractJob) -> None:
+        nonlocal extracted, i_ex
+        i_ex += 1
+        names = [c.name for c in job.config.checkpoints]
+        echo(
+            f"[extract {i_ex}/{n_ex}] {job.dataset}: {len(names)} store(s) ({', '.join(sorted(set(job.reasons)))}), "
+            f"{job.config.views} view(s)"
+        )
+        report = extract(job.config, progress)
+        extracted += sum(s["status"] != "already complete" for s in report.stores)
+        echo(f"[extract {i_ex}/{n_ex}] {job.dataset}: {report.summary()}")
+
+    # the stores heads are scored on (the eval datasets') first: a probe's evaluations follow it at once
+    evals = {t.partition("@")[0] for t in sweep.eval}
+    early = [e for e in plan.extracts if e.dataset in evals or e.dataset not in {d.name for d in sweep.datasets}]
+    for job in early:
+        run_extract(job)
     for d in sweep.datasets:
         current = plan
         job = next((e for e in plan.extracts if e.dataset == d.name), None)
         if job is not None:
-            i_ex += 1
-            names = [c.name for c in job.config.checkpoints]
-            echo(
-                f"[extract {i_ex}/{n_ex}] {d.name}: {len(names)} store(s) ({', '.join(sorted(set(job.reasons)))}), "
-                f"{job.config.views} view(s)"
-            )
-            report = extract(job.config, progress)
-            extracted += sum(s["status"] != "already complete" for s in report.stores)
-            echo(f"[extract {i_ex}/{n_ex}] {d.name}: {report.summary()}")
+            if job.dataset not in evals:
+                run_extract(job)
             current = plan_sweep(dataclasses.replace(sweep, datasets=(d,)), reg, paths)  # now the keys are known
         prober.run([p for p in current.probes if p.dataset == d.name and p.key not in current.done])
     plan = plan_sweep(sweep, reg, paths)

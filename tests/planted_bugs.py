@@ -443,6 +443,60 @@ BUGS = {
         "        return out\n",
         ["tests/test_fidelity.py"],
     ),
+    "90 the saved SGD head is kept at the end of training, not at the selected epoch": (
+        "featcache/solvers/sgd.py",
+        "            if epoch == at[1]:\n",
+        "            if epoch == probe.config.epochs:\n",
+        ["tests/test_saved_head.py"],
+    ),
+    "91 the saved SGD head is another grid point's": (
+        "featcache/solvers/sgd.py",
+        "kept.append(probe.scoring_heads(blocks=True)[at[0]])",
+        "kept.append(probe.scoring_heads(blocks=True)[0])",
+        ["tests/test_saved_head.py"],
+    ),
+    "92 the saved L-BFGS head is the path's solution, not the refit test was read with": (
+        "featcache/logreg.py",
+        '"head": LinearHead(refit.coef_[0], refit.intercept_[0], "standardise", refit._mean, refit._inv_std,',
+        '"head": LinearHead(path.coef_[k], path.intercept_[k], "standardise", path._mean, path._inv_std,',
+        ["tests/test_saved_head.py"],
+    ),
+    "93 per-model blocks cut at equal widths (the research D // k) instead of each store's dim": (
+        "featcache/saved_head.py",
+        "        ends.append(ends[-1] + block.dim)\n",
+        "        ends.append(ends[-1] + sum(b.dim for b in layout) // len(layout))\n",
+        ["tests/test_saved_head.py"],
+    ),
+    "94 a block's bias keeps every block's share of BatchNorm's shift": (
+        "featcache/linear_head.py",
+        "return base if self.shift is None else base + self.shift[:, a:b].sum(-1)",
+        "return base if self.shift is None else base + self.shift.sum(-1)",
+        ["tests/test_saved_head.py"],
+    ),
+    "95 a shifted set's labels read as the head's classes (the class mask ignored)": (
+        "featcache/linear_head.py",
+        "count_hits(logits if keep is None else logits[:, keep], yb, k, hits[i])",
+        "count_hits(logits, yb, k, hits[i])",
+        ["tests/test_evaluate.py"],
+    ),
+    "96 classes matched by name but in the head's order, not the dataset's label order": (
+        "featcache/head_layout.py",
+        "        mask = [index[c] for c in classes]\n",
+        "        mask = sorted(index[c] for c in classes)\n",
+        ["tests/test_evaluate.py"],
+    ),
+    "97 stores of another layer score a head": (
+        "featcache/head_layout.py",
+        'MUST_MATCH = ("sha256", "layer", "pool", "dim")',
+        'MUST_MATCH = ("sha256", "pool", "dim")',
+        ["tests/test_evaluate.py"],
+    ),
+    "98 the report's per-model cell shows the whole head's accuracy": (
+        "featcache/report.py",
+        "per_model[(job.row, job.dataset)].append(float(np.mean([b.top1 for b in ev.per_model])))",
+        "per_model[(job.row, job.dataset)].append(ev.top1)",
+        ["tests/test_evaluate.py"],
+    ),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..choices import HEADS, IN_MEMORY, SOLVERS
@@ -146,18 +148,37 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
     help="knn: also report test top-1 at this k and T = 0.07, fixed in advance, as DINO reports its 20-NN (the "
     "record's research number; default 20, 0: none).",
 )
+@click.option(
+    "--save-head",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the selected head (the one test was read with: weights, classes, feature layout, the record's "
+    "key) to this safetensors file, for `featcache evaluate` and fc.load_head. Not with --solver knn.",
+)
+@click.option(
+    "--eval",
+    "evaluate",
+    help="Datasets to score the selected head on after training, e.g. imagenet-r,imagenet-v2 (DATASET@SPLIT for "
+    "another split than the dataset's test split), on the stores of the same names extracted there, of the same "
+    "checkpoints, layer, pool, transform, dtype and precision (--allow-transform-mix: any preprocessing); one "
+    "record each. Checked before training.",
+)
 @click.option("--tag", default="", help="Free text stored with the result, for `featcache results --tag`.")
 @format_option
 @command
 def probe(paths: Paths, fmt: str, **options):
     """Fit linear heads on the concatenated features of stores; select on val, report test once.
 
-    Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
+    Prints the result, then appends it to the results log (<cache>/results.jsonl or --results); with --eval,
+    each evaluation of the selected head after it.
     """
-    from ..probe import config_from, run_probe
-    from ..results import append_record, format_probe
+    from ..evaluate import probe_and_evaluate
+    from ..probe import config_from
+    from ..results import append_record, format_record
 
-    record = run_probe(config_from(load_registry(paths), paths, **options))
-    click.echo(format_probe(record, fmt))  # first: a log that cannot be written loses nothing the user saw
-    path = append_record(paths.results_log, record)
-    click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
+    cfg = config_from(load_registry(paths), paths, **options)
+    for i, record in enumerate(probe_and_evaluate(cfg)):  # the probe's record, then each evaluation's
+        click.echo(format_record(record, fmt))  # first: a log that cannot be written loses nothing the user saw
+        path = append_record(paths.results_log, record)
+        click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
+        if i == 0 and cfg.save_head is not None:
+            click.echo(f"head saved to {cfg.save_head}", err=fmt != "table")

@@ -22,9 +22,14 @@ from ._params import format_option, out_option
 @click.option("--views", help="Only records trained on this many views (0: centre crops).")
 @click.option("--store", help="Only records that used this store.")
 @click.option("--last", type=click.IntRange(min=1), help="Only the N newest matching records.")
+@click.option(
+    "--evaluations",
+    is_flag=True,
+    help="List the evaluations of saved heads (featcache evaluate, probe --eval) instead of the probes.",
+)
 @format_option
 @command
-def results(paths: Paths, patterns, last, fmt, **fields):
+def results(paths: Paths, patterns, last, fmt, evaluations, **fields):
     """Query the results log: records matching every field exactly and every PATTERN as a whole word, newest
     first. The table shows the columns that tell the rows apart.
 
@@ -32,6 +37,9 @@ def results(paths: Paths, patterns, last, fmt, **fields):
     """
     from ..results import SUMMARY_COLUMNS, load_records, select_records, summary_rows, varying_columns
 
+    if evaluations:
+        _evaluations(paths, patterns, last, fmt, fields)
+        return
     found = select_records(load_records(paths.results_log), patterns, **fields)[:last]
     if fmt == "json":
         click.echo(json.dumps([r.to_dict() for r in found], indent=1, default=str))
@@ -44,6 +52,21 @@ def results(paths: Paths, patterns, last, fmt, **fields):
     always = ("time", "dataset", "features", "stores", "params", "epoch", "val_top1", "test_top1", "id")
     cols = SUMMARY_COLUMNS if fmt == "csv" else varying_columns(rows, always, SUMMARY_COLUMNS)
     click.echo(render(rows, cols, fmt))
+
+
+def _evaluations(paths: Paths, patterns, last, fmt, fields) -> None:
+    from ..results import evaluation_rows, load_evaluations, select_records
+
+    for option in ("preset", "views"):
+        if fields.pop(option) is not None:
+            raise click.ClickException(f"--{option} does not apply to --evaluations (a head's evaluation has none)")
+    found = select_records(load_evaluations(paths.results_log), patterns, **fields)[:last]
+    if fmt == "json":
+        click.echo(json.dumps([r.to_dict() for r in found], indent=1, default=str))
+    elif not found:
+        click.echo(f"no evaluations in {paths.results_log}")
+    else:
+        click.echo(render(evaluation_rows(found), fmt=fmt))
 
 
 def echo_report(report, files) -> None:

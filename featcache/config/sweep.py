@@ -85,6 +85,12 @@ class SweepConfig(Record):
     fidelity: str = field(default=FIDELITIES[0], metadata={"choices": FIDELITIES})
     # what makes the sweep's checkpoints when they are missing (e.g. "featcache demo"); said in that error
     checkpoints_from: str = ""
+    # each probe's selected head: written to <cache>/heads/<sweep>/<dataset>/<row>-d<k>.safetensors (save_heads),
+    # scored on each dataset of `eval` (DATASET or DATASET@SPLIT; their stores extracted by the sweep too), and
+    # per model block on its own test split (per_model, rows of 2 models or more); one record each
+    save_heads: bool = False
+    eval: tuple[str, ...] = ()
+    per_model: bool = False
     source: str = field(default="", metadata={"read": False})
 
     def with_overrides(self, *, draws: int | None = None, epochs: int | None = None, limit: int | None = None,

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..linear_head import LinearHead
 from ..results_record import GridPoint, ResearchNumber, Selection
 
 __all__ = ["Solver", "SolverResult", "Splits", "typed_grid"]
@@ -35,7 +36,7 @@ class Splits(Protocol):
 class SolverResult:
     """What a solver gives the record: the grid points, the one selected on val, the research number (SGD's best
     test accuracy, selected on test; k-NN's at a fixed k, DINO's; None for L-BFGS), its hyperparameters, timings
-    (seconds) and notes."""
+    (seconds) and notes; and the selected head as it scored test (None for k-NN, which has none), for a saved head."""
 
     grid: tuple[GridPoint, ...]
     selection: Selection
@@ -43,6 +44,7 @@ class SolverResult:
     hyperparameters: dict[str, Any]
     timings: dict[str, float]
     notes: tuple[str, ...] = field(default=())
+    head: LinearHead | None = None
 
 
 class Solver(Protocol):

@@ -53,7 +53,8 @@ class LbfgsSolver:
         notes = _unconverged(self.config, out)
         for note in notes:
             logger.warning("%s", note)
-        return SolverResult(grid, selection, None, dataclasses.asdict(self.config), out["timings"], tuple(notes))
+        hyper, timings = dataclasses.asdict(self.config), out["timings"]
+        return SolverResult(grid, selection, None, hyper, timings, tuple(notes), head=out["head"])
 
 
 def _unconverged(config: LogRegConfig, out: Mapping[str, Any]) -> list[str]:

@@ -4,8 +4,9 @@
    :class:`MultiHeadProbe`, trained on the fit rows and scored on val after each epoch. The (head, epoch) with the
    best val top-1 is selected (ties: the later epoch, then the earlier head).
 2. Final pass: the same grid retrained on the whole train split, scored on test after each epoch. The reported test
-   accuracy is the selected head's at the selected epoch: test never chose it. This pass also gives the
-   research-style number (best test accuracy over epochs and grid), selected on test and labelled so.
+   accuracy is the selected head's at the selected epoch: test never chose it. That head is kept as it is when the
+   epoch ends (the result's ``head``, what ``--save-head`` writes). This pass also gives the research-style number
+   (best test accuracy over epochs and grid), selected on test and labelled so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from ..errors import ProbeError
 from ..heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
+from ..linear_head import LinearHead
 from ..results_record import GridPoint, ResearchNumber, Selection
 from ._base import SolverResult, Splits
 
@@ -46,16 +48,24 @@ class SgdSolver:
         ProbeError: a head's training loss became non-finite (names the grid point and the stores).
         """
         select = self._fit(splits, "fit", "val", n_features, n_classes, device)
-        final = self._fit(splits, "train", "test", n_features, n_classes, device)
+        at = _select(select.history_, "val_top1")  # (head, epoch), as the record reports them
+        kept: list[LinearHead] = []
+
+        def keep(probe: MultiHeadProbe, epoch: int) -> None:
+            # the selected head as it scored test at the selected epoch: the head a saved head holds
+            if epoch == at[1]:
+                kept.append(probe.scoring_heads(blocks=True)[at[0]])
+
+        final = self._fit(splits, "train", "test", n_features, n_classes, device, keep)
         grid, selected, research = _results(self.heads, select, final, n_classes)
         timings = {"select_s": select.seconds_, "final_s": final.seconds_}
-        return SolverResult(grid, selected, research, dataclasses.asdict(self.heads), timings)
+        return SolverResult(grid, selected, research, dataclasses.asdict(self.heads), timings, head=kept[0])
 
-    def _fit(self, splits: Splits, train: str, evaluate: str, n_features, n_classes, device) -> MultiHeadProbe:
+    def _fit(self, splits: Splits, train: str, evaluate: str, n_features, n_classes, device, on_epoch=None):
         probe = MultiHeadProbe(self.heads, n_features, n_classes, device=device)
         try:
             X, y = splits.training(train)  # streamed: block-shuffled, see featcache.feed
-            return probe.fit(X, y, eval_sets={evaluate: splits[evaluate]})
+            return probe.fit(X, y, eval_sets={evaluate: splits[evaluate]}, on_epoch=on_epoch)
         except NonFiniteLossError as e:
             grid = self.heads.grid
             which = ", ".join(f"lr={grid[h][0]:g} wd={grid[h][1]:g}" for h in e.heads)
