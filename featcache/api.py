@@ -30,6 +30,7 @@ import numpy as np
 from .classmap import check_class_map
 from .concat import ConcatView
 from .errors import ConfigError, FeatcacheError
+from .locations import location
 from .results import ProbeRecord, load_records, records_frame, select_records, summary_rows
 from .store import Store, StoreSummary, list_stores, open_store, resolve_stores
 
@@ -50,7 +51,7 @@ def _paths(stores: PathLike | Sequence[PathLike], dataset: str | None, cache_dir
     # the CLI's resolution: store names under <cache>/<dataset>/, or paths
     items = [stores] if isinstance(stores, str | os.PathLike) else list(stores)
     spec = ",".join(str(s) for s in items)
-    return resolve_stores(spec, dataset, Path(cache_dir) if cache_dir is not None else Path("cache"))
+    return resolve_stores(spec, dataset, location(cache_dir if cache_dir is not None else "cache", "cache_dir"))
 
 
 def verify_stores(

@@ -21,6 +21,7 @@ from .config import DEFAULT_PRESET, Paths, ProbeOptions, ProbePreset, Registry
 from .errors import ConfigError, unknown_name
 from .heads import HeadConfig
 from .knn import KNNConfig
+from .locations import location
 from .logreg import LogRegConfig
 from .records import document_keys
 from .results import StoreUsed, ViewsUsed, record_key
@@ -80,7 +81,7 @@ class ProbeConfig:
             raise ConfigError(f"--max-memory must be a positive size, got {self.max_memory}")
         if self.solver is not None and self.views:
             raise ConfigError("--solver lbfgs and knn fit the evaluation view only: pass --views none")
-        if self.opened is not None and [s.path for s in self.opened] != [Path(p) for p in self.stores]:
+        if self.opened is not None and [s.path for s in self.opened] != [location(p) for p in self.stores]:
             raise ValueError("ProbeConfig.opened must be the stores of ProbeConfig.stores, in order")
 
     @property
@@ -189,9 +190,9 @@ def config_from(
         StoreError, StoreMismatchError: a store that does not exist or was extracted from an older checkpoint file.
     """
     if isinstance(stores, str):
-        store_paths = [Path(p) for p in resolve_stores(stores, dataset, paths.cache, reg.sets)]
+        store_paths = resolve_stores(stores, dataset, paths.cache, reg.sets)
     else:
-        store_paths = [Path(p) for p in stores]
+        store_paths = [location(p, "store path") for p in stores]  # a path, or an object-store URL
     opened: list[Store] = []
     for p in store_paths if read_stores else ():  # features of the checkpoint file as it is now, or a refusal
         opened.append(Store(p))
