@@ -97,7 +97,7 @@ def _filesystem(protocol: str, what: str, text: str) -> Any:
 
 
 def _credential_error(e: BaseException) -> bool:
-    names = {type(c).__name__ for c in type(e).__mro__} | {type(e.__cause__).__name__ if e.__cause__ else ""}
+    names = {c.__name__ for c in type(e).__mro__} | {type(e.__cause__).__name__ if e.__cause__ else ""}
     return bool(names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
                          "DefaultCredentialsError", "RefreshError"})  # fmt: skip
 

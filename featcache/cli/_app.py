@@ -103,4 +103,7 @@ def main(ctx, verbose, **roots):
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = Paths.from_env(**{k.removeprefix("root_"): v for k, v in roots.items()})
+    try:  # a root given as a bad URL (--cache-dir s4://x) is one line too
+        ctx.obj = Paths.from_env(**{k.removeprefix("root_"): v for k, v in roots.items()})
+    except FeatcacheError as e:
+        raise click.ClickException(str(e)) from None

@@ -107,6 +107,8 @@ def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> lis
                 problem=(verdict["problems"][0] if damaged and verdict.get("problems") else None),
             )
         )
+    if not out and isinstance(root, RemotePath):
+        root.check_bucket()  # "no stores" must not hide a bucket that does not exist
     return out
 
 
