@@ -10,6 +10,7 @@
     Xv, _, _ = fc.load_split(["run0", "run1"], "train", dataset="cifar10", cache_dir="cache", view=3)  # view 3
     X, y, ids = fc.load_split("cache/cifar10/run0.zarr", "test", as_torch=True)   # a store given by its path
     store = fc.open_store("cache/cifar10/run0.zarr")                 # .provenance, .split("train").read(), ...
+    fc.api.sync_stores("s3://lab/cache", "cache", dataset="cifar10", stores=["run*"])  # pull complete stores
     records = fc.load_results("cache", dataset="cifar10", features="cat5")   # ProbeRecord list, newest first
     fc.results_table(records)                                        # flat dicts (or a DataFrame with pandas=True)
 
@@ -32,11 +33,13 @@ from .concat import ConcatView
 from .errors import ConfigError, FeatcacheError
 from .locations import location
 from .results import ProbeRecord, load_records, records_frame, select_records, summary_rows
-from .store import Store, StoreSummary, list_stores, open_store, resolve_stores
+from .store import Store, StoreSummary, SyncResult, list_stores, open_store, resolve_stores, sync_stores
 
 __all__ = [
     "StoreSummary",
+    "SyncResult",
     "open_store",
+    "sync_stores",
     "list_stores",
     "verify_stores",
     "load_split",
