@@ -116,8 +116,8 @@ class RemoteLease:
             StoreLockedError: a live process (named by host and pid) holds it (still, after ``wait``).
             RemoteError: the bucket is missing or refuses the credentials.
         """
-        deadline = time.monotonic() + wait
-        for _ in range(5):
+        deadline, tries = time.monotonic() + wait, 0
+        while tries < 5:  # lost races (another writer created or took over the lease first), not waits
             holder, etag, age = self._read()
             if age is None:
                 won = self._put(None)
@@ -134,6 +134,7 @@ class RemoteLease:
                     f"(since {h.get('started', '?')}); wait for it to finish. A dead holder's lock is taken over "
                     f"at once on its own host, elsewhere once its heartbeat is {self.stale_after:.0f}s old"
                 )
+            tries += 1
             if won and self.held():
                 self._thread = threading.Thread(target=self._beat, name="featcache-lease", daemon=True)
                 self._thread.start()
