@@ -42,6 +42,7 @@ class FeatureArray(RemoteReads, ArrayChecks):
         chunk_bytes = max(1, self.chunk_rows * self.dim * self.dtype.itemsize)
         self.max_maps = max(2, min(MAX_MAPS, MAPPED_BYTES // chunk_bytes))
         self.remote = isinstance(layout.root, RemotePath)
+        self.parallel_reads = self.remote and self.mmap  # reads gain from concurrency (see feed_stream.BlockStream)
         if self.remote:  # whole chunks fetched (verify, sync) are anonymous memory: keep the fewest
             self.max_maps = 2
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
