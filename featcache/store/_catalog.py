@@ -141,6 +141,8 @@ def resolve_stores(
             else:
                 path = store_path(cache_dir, dataset, name)
             if not (path / "zarr.json").exists():
+                if isinstance(path, RemotePath):
+                    path.check_bucket()
                 hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
                 raise StoreError(f"no store {path}; create it with `{hint}`")
             key = path.resolve()
