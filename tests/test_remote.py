@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import REPO
