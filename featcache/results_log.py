@@ -89,7 +89,8 @@ def append_record(where: str | os.PathLike | RemotePath, record: ProbeRecord) ->
 
 def _append_remote(prefix: RemotePath, line: bytes) -> RemotePath:
     # One new object per record: a name no other writer makes (time, host, pid, random), created only if absent.
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+    t = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}"
     obj = prefix / f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     try:
         obj.write_bytes(line, mode="create")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import REPO
@@ -22,9 +23,11 @@ from featcache.cli import main
 from featcache.config import Paths
 from featcache.errors import StoreLockedError
 from featcache.locations import RemotePath, location
+from featcache.results import load_records
 from featcache.store import open_store
 from featcache.store._lease import RemoteLease
 from featcache.testing import crash as kr
+from featcache.testing.stores import make_store
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +139,20 @@ def test_a_killed_extract_resumes_only_the_missing_chunks_then_verify_and_repair
     assert CliRunner().invoke(main, ["verify", str(path)]).exit_code == 0
 
 
+def test_rows_read_from_s3_in_any_order_with_repeats_are_the_local_rows(tmp_path, s3):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 6)).astype(np.float32), np.arange(200) % 3
+    views = {"train": [X + 1, X + 2]}
+    local = make_store(tmp_path / "s.zarr", {"train": (X, y)}, chunk_rows=16, views=views)
+    remote = make_store(location(s3.url("rows", "s.zarr")), {"train": (X, y)}, chunk_rows=16, views=views)
+    a, b = open_store(local).split("train"), open_store(remote).split("train")
+    assert b.parallel_reads and not a.parallel_reads
+    for idx in (rng.integers(0, 200, 300), np.arange(199, -1, -1), np.array([5, 3, 3, 180, 17, 16, 15])):
+        np.testing.assert_array_equal(b.take(idx), a.take(idx))
+        np.testing.assert_array_equal(b.view(1).take(idx), X[idx] + 2)
+    assert b.labels.tolist() == y.tolist() and b.ids == a.ids
+
+
 # --- two writers, shards ---------------------------------------------------------------------------------------
 
 
@@ -237,9 +254,10 @@ def test_a_remote_results_log_is_one_object_per_record_read_oldest_first(setup, 
         _probe(store, log, "--seed", str(seed), "--tag", f"run{seed}")
     prefix = location(log)
     assert len([k for k in prefix.find() if k.endswith(".json")]) == 2
+    assert [r.tag for r in load_records(log)] == ["run1", "run2"]  # read oldest first, as lines of a local log
     r = CliRunner().invoke(main, ["--results", log, "results", "--format", "json"])
     assert r.exit_code == 0, r.output
-    assert [rec["tag"] for rec in json.loads(r.output)] == ["run2", "run1"]  # newest first, as the local log
+    assert sorted(rec["tag"] for rec in json.loads(r.output)) == ["run1", "run2"]
 
 
 def test_a_remote_caches_results_log_stays_local_unless_results_names_one(s3):
