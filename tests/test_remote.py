@@ -63,6 +63,15 @@ def setup(tmp_path_factory, launcher):
     return s
 
 
+@pytest.fixture(scope="module")
+def remote(setup, s3, launcher) -> kr.Setup:
+    """The reference extraction again, to S3 (the probe and sync tests read it)."""
+    r = _remote(setup, s3, "plain")
+    proc = launcher.start(r.argv("reference"), setup.root / "logs" / "plain.log")
+    assert proc.wait() == 0, proc.output()
+    return r
+
+
 def _remote(setup, s3, prefix: str) -> kr.Setup:
     return kr.Setup(setup.root, setup.chunk_rows, setup.batch_size, cache_dir=location(s3.url(prefix)))
 
@@ -93,10 +102,7 @@ def _run(*argv, env=None) -> subprocess.CompletedProcess:
 # --- extract, kill and resume, verify, repair ----------------------------------------------------------------
 
 
-def test_extract_to_s3_writes_the_local_store_byte_for_byte(setup, s3, launcher):
-    remote = _remote(setup, s3, "plain")
-    proc = launcher.start(remote.argv("reference"), setup.root / "logs" / "plain.log")
-    assert proc.wait() == 0, proc.output()
+def test_extract_to_s3_writes_the_local_store_byte_for_byte(setup, s3, remote):
     local, got = setup.path("reference"), remote.path("reference")
     assert isinstance(got, RemotePath) and str(got).startswith("s3://")
     want = _objects(local)
@@ -212,9 +218,7 @@ def _numbers(record: dict) -> tuple:
     return (record["memory"], record["selected"], [h["val_top1"] for h in record["heads"]], record["rows"])
 
 
-def test_a_probe_streamed_from_s3_equals_the_local_probe(setup, s3, launcher, tmp_path):
-    remote = _remote(setup, s3, "probed")
-    assert launcher.start(remote.argv("reference"), setup.root / "logs" / "probed.log").wait() == 0
+def test_a_probe_streamed_from_s3_equals_the_local_probe(setup, remote, tmp_path):
     local, got = setup.path("reference"), remote.path("reference")
     for mode in (["--in-memory", "no", "--max-memory", "20K"], ["--in-memory", "yes"]):  # streamed, resident
         want = _probe(local, tmp_path / "local.jsonl", *mode)
@@ -224,17 +228,15 @@ def test_a_probe_streamed_from_s3_equals_the_local_probe(setup, s3, launcher, tm
         assert have["stores"][0]["path"] == str(got)
 
 
-def test_sync_copies_complete_stores_both_ways_verified(setup, s3, launcher, tmp_path):
-    remote = _remote(setup, s3, "synced")
-    assert launcher.start(remote.argv("reference"), setup.root / "logs" / "synced.log").wait() == 0
+def test_sync_copies_complete_stores_both_ways_verified(s3, remote, tmp_path):
     laptop = tmp_path / "laptop"
-    pull = CliRunner().invoke(main, ["sync", s3.url("synced"), str(laptop), "--stores", "ref*"])
+    pull = CliRunner().invoke(main, ["sync", s3.url("plain"), str(laptop), "--stores", "ref*"])
     assert pull.exit_code == 0, pull.output
     assert "copied" in pull.output
     pulled = laptop / "cifar10" / "reference.zarr"
     assert _objects(pulled) == _objects(remote.path("reference"))
     assert open_store(pulled).verify() == []
-    again = CliRunner().invoke(main, ["sync", s3.url("synced"), str(laptop)])
+    again = CliRunner().invoke(main, ["sync", s3.url("plain"), str(laptop)])
     assert again.exit_code == 0 and "up to date" in again.output, again.output
     push = CliRunner().invoke(main, ["sync", str(laptop), s3.url("pushed")])
     assert push.exit_code == 0, push.output
@@ -270,16 +272,16 @@ def test_a_remote_caches_results_log_stays_local_unless_results_names_one(s3):
 
 
 def test_a_bad_url_missing_credentials_and_a_missing_bucket_are_one_line_errors(s3):
-    for url, needle in (("s4://bucket/cache", "unknown storage protocol 's4://'"), ("s3://", "names no bucket")):
-        r = _run("--cache-dir", url, "ls")
-        assert r.returncode == 1
-        _one_error_line(r.stderr, needle)
-    r = _run("--cache-dir", "s3://no-such-bucket/cache", "ls")
-    assert r.returncode == 1
-    _one_error_line(r.stderr, "bucket 'no-such-bucket' does not exist")
-    r = _run("probe", "--stores", "s3://no-such-bucket/cache/d/x.zarr")
-    assert r.returncode == 1
-    _one_error_line(r.stderr, "bucket 'no-such-bucket' does not exist")
+    for argv, needle in (
+        (["--cache-dir", "s4://bucket/cache", "ls"], "unknown storage protocol 's4://'"),
+        (["--cache-dir", "s3://", "ls"], "names no bucket"),
+        (["ls", "--cache-dir", "s3://no-such-bucket/cache"], "bucket 'no-such-bucket' does not exist"),
+        (["probe", "--stores", "s3://no-such-bucket/cache/d/x.zarr"], "bucket 'no-such-bucket' does not exist"),
+    ):
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 1, (argv, r.output)
+        _one_error_line(r.output, needle)
+    # credentials are read once per process: a fresh one without any
     bare = {k: v for k, v in kr.ENV.items() if not k.startswith("AWS_") or k == "AWS_ENDPOINT_URL_S3"}
     bare.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
                 AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
