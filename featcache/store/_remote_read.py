@@ -2,12 +2,13 @@
 
 Mixed into :class:`~featcache.store.FeatureArray`. An uncompressed chunk object is the raw C-order block of its rows,
 so rows [a, b) of chunk i are bytes [a * row_bytes, b * row_bytes) of object ``c/<i>/0``: :meth:`take_remote` turns
-the rows a caller asks for into such ranges (runs of rows, joined across gaps of at most :data:`MERGE_GAP` bytes) and
-fetches them concurrently (fsspec's ``cat_ranges``), at most :data:`WINDOW_BYTES` (or the caller's ``out``, when
-smaller; always at least one range) at a time, so a take holds at most that much besides ``out``. The streamed
-probe asks for a whole buffer of blocks at once and reads the next buffer on a background thread (see
-:mod:`featcache.feed_stream`): its blocks are read in parallel, and ahead. Markers and chunk sizes come from one
-listing and parallel GETs, not one round trip per chunk.
+the rows a caller asks for into such ranges (runs of rows joined across gaps of at most :data:`MERGE_GAP` bytes, cut
+into parts of at most :data:`PART_BYTES`) and fetches them concurrently (fsspec's ``cat_ranges``), at most
+:data:`WINDOW_BYTES` at a time (or as much as the caller's ``out`` holds, when less; always at least one part), so a
+take holds at most that much besides ``out``. The streamed probe reads a buffer's blocks on threads
+(``FeatureArray.parallel_reads``) and the next buffer on a background thread (see :mod:`featcache.feed_stream`):
+blocks in parallel, and ahead. Markers and chunk sizes come from one listing and parallel GETs, not one round trip
+per chunk. Compressed stores are decoded by zarr through its fsspec store, a whole chunk at a time.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from ..locations import remote_errors
 if TYPE_CHECKING:
     from ..locations import RemotePath
 
-__all__ = ["MERGE_GAP", "WINDOW_BYTES", "RemoteReads", "row_ranges"]
+__all__ = ["MERGE_GAP", "PART_BYTES", "WINDOW_BYTES", "RemoteReads", "row_ranges"]
 
 MERGE_GAP = 64 * 2**10  # bytes of unwanted rows read rather than start another request (~ one round trip's worth)
+PART_BYTES = 4 * 2**20  # a larger range is fetched as parts of this size, concurrently (as S3 recommends)
 WINDOW_BYTES = 64 * 2**20  # bytes one take fetches at a time at most (unless one range alone is larger)
 
 
@@ -49,6 +51,7 @@ class RemoteReads:
         """Rows ``idx`` into ``out``, ``groups`` holding the positions of each chunk's rows (see :meth:`take`)."""
         row_bytes = self.dim * self.dtype.itemsize
         gap_rows = MERGE_GAP // max(1, row_bytes)
+        part_rows = max(1, PART_BYTES // max(1, row_bytes))
         requests = []  # (chunk, first row, stop row, positions in idx of the rows it serves)
         for group in groups:
             if not len(group):
@@ -56,8 +59,10 @@ class RemoteReads:
             c = int(chunk[group[0]])
             local = idx[group] - c * self.chunk_rows
             for a, b in row_ranges(local, gap_rows):
-                mine = (local >= a) & (local < b)
-                requests.append((c, a, b, group[mine], local[mine]))
+                for lo in range(a, b, part_rows):  # large ranges in parts fetched side by side
+                    hi = min(b, lo + part_rows)
+                    mine = (local >= lo) & (local < hi)
+                    requests.append((c, lo, hi, group[mine], local[mine]))
         cap = min(WINDOW_BYTES, max(out.nbytes, 1))
         batch, size = [], 0
         for r in requests:
