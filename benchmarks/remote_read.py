@@ -3,8 +3,9 @@
 Writes one synthetic float16 store (``--rows`` train rows x ``--dim`` features, 100 MB at the defaults, plus
 ``--rows // 10`` test rows; the writer's default ~16 MiB chunks) twice with featcache's StoreWriter: into a temporary
 directory and to ``s3://featcache-bench/`` served by moto's server on 127.0.0.1 (:mod:`featcache.testing.s3`, the
-server the tests use: a Python process on this machine, so the figures measure featcache's reading against a slow S3
-that costs CPU here, not a cloud store's bandwidth). Then, in the same run, for each of the two:
+server the tests use, here as a process of its own: a Python server on this machine, so the figures measure
+featcache's reading against a slow S3 that takes CPU from the client, not a cloud store's bandwidth). Then, in the
+same run, for each of the two:
 
 1. stream: one epoch of the probe's streamed feed (:class:`featcache.feed.Streamed`, as ``run_probe`` builds it with
    ``--max-memory``) served to the end with no heads: the read path alone, blocks read in parallel and ahead;
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
            "epochs": a.epochs, "featcache": __version__, "python": platform.python_version(),
            "cpus": os.cpu_count()}  # fmt: skip
     try:
-        with LocalS3("featcache-bench") as s3:
+        with LocalS3("featcache-bench", process=True) as s3:
             os.environ.update(s3.env)
             places = {"local": tmp / "bench.zarr", "s3": s3.url("cache", "bench.zarr")}
             for name, where in places.items():
