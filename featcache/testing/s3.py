@@ -90,4 +90,3 @@ class LocalS3:
 def _credentials(env: dict[str, str]) -> dict[str, str]:
     return {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
             "region_name": env["AWS_DEFAULT_REGION"]}  # fmt: skip
-
