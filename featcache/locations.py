@@ -277,6 +277,16 @@ class RemotePath:
         """One whole-object PUT; ``conditions`` are passed to it (``mode="create"``, S3's ``IfMatch``)."""
         return self._call("pipe_file", self.key, data, **conditions) or {}
 
+    def create_bytes(self, data: bytes) -> dict:
+        """One PUT that fails (FileExistsError) when the object exists: a conditional create (S3's If-None-Match,
+        GCS's generation 0) where the filesystem offers fsspec's ``mode="create"``, else a check then a PUT."""
+        try:
+            return self.write_bytes(data, mode="create")
+        except TypeError:  # an fsspec filesystem older than mode="create": not atomic, callers re-check
+            if self.exists():
+                raise FileExistsError(str(self)) from None
+            return self.write_bytes(data)
+
     def write_text(self, text: str) -> dict:
         return self.write_bytes(text.encode())
 

@@ -93,7 +93,7 @@ def _append_remote(prefix: RemotePath, line: bytes) -> RemotePath:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}"
     obj = prefix / f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     try:
-        obj.write_bytes(line, mode="create")
+        obj.create_bytes(line)
     except OSError as e:
         raise write_error(obj, e) from None
     return obj

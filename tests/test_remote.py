@@ -23,7 +23,7 @@ from featcache.cli import main
 from featcache.config import Paths
 from featcache.errors import StoreLockedError
 from featcache.locations import RemotePath, location
-from featcache.results import load_records
+from featcache.results import claim, holder, load_records
 from featcache.store import open_store
 from featcache.store._lease import RemoteLease
 from featcache.testing import crash as kr
@@ -260,6 +260,17 @@ def test_a_remote_results_log_is_one_object_per_record_read_oldest_first(setup, 
     r = CliRunner().invoke(main, ["--results", log, "results", "--format", "json"])
     assert r.exit_code == 0, r.output
     assert sorted(rec["tag"] for rec in json.loads(r.output)) == ["run1", "run2"]
+
+
+def test_sweep_claims_on_a_remote_log_are_leases(s3):
+    log = s3.url("claimed")
+    with claim(log, "probe-key", wait=False) as mine:
+        assert mine
+        with claim(log, "probe-key", wait=False) as other:
+            assert not other  # held by a live process: a second sweep skips the probe
+        assert f"on host {socket.gethostname()}" in holder(log, "probe-key")
+    with claim(log, "probe-key", wait=False) as again:
+        assert again  # released
 
 
 def test_a_remote_caches_results_log_stays_local_unless_results_names_one(s3):

@@ -41,11 +41,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _conditional(path: RemotePath, etag: str | None) -> dict:
-    """PUT conditions: create only (``etag`` None: fsspec's exclusive create), or replace only version ``etag``
-    (S3's If-Match; other stores replace unconditionally)."""
-    if etag is None:
-        return {"mode": "create"}
+def _conditional(path: RemotePath, etag: str) -> dict:
+    """PUT conditions to replace only version ``etag`` (S3's If-Match; other stores replace unconditionally)."""
     return {"IfMatch": etag} if etag and path.protocol in ("s3", "s3a") else {}
 
 
@@ -99,7 +96,10 @@ class RemoteLease:
     def _put(self, etag: str | None) -> bool:
         """Write the lease if the object is still absent (``etag`` None) or at version ``etag``; False if not."""
         try:
-            out = self.path.write_bytes(self._content(), **_conditional(self.path, etag))
+            if etag is None:
+                out = self.path.create_bytes(self._content())
+            else:
+                out = self.path.write_bytes(self._content(), **_conditional(self.path, etag))
         except FileExistsError:
             return False
         except OSError as e:  # 412 Precondition Failed on If-Match: s3fs raises EINVAL
