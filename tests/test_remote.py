@@ -24,7 +24,7 @@ from featcache.config import Paths
 from featcache.errors import StoreLockedError
 from featcache.locations import RemotePath, location
 from featcache.results import claim, holder, load_records
-from featcache.store import open_store
+from featcache.store import list_stores, open_store
 from featcache.store._lease import RemoteLease
 from featcache.testing import crash as kr
 from featcache.testing.stores import make_store
@@ -247,6 +247,33 @@ def test_sync_copies_complete_stores_both_ways_verified(s3, remote, tmp_path):
     bad = CliRunner().invoke(main, ["sync", str(laptop), s3.url("spoiled")])
     assert bad.exit_code == 1
     _one_error_line(bad.output, "chunk 0 of", "does not match its checksum", "featcache verify")
+
+
+def test_an_interrupted_sync_leaves_a_store_readers_refuse_and_a_rerun_finishes(tmp_path, monkeypatch):
+    from featcache.store import _sync
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(100, 4)).astype(np.float32), np.arange(100) % 2
+    src = make_store(tmp_path / "a" / "ds" / "s.zarr", {"train": (X, y), "test": (X, y)}, name="s")
+    real, calls = _sync._copy_chunk, []
+
+    def dying(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(_sync, "_copy_chunk", dying)
+    r = CliRunner().invoke(main, ["sync", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert r.exit_code == 1
+    _one_error_line(r.output, "No space left on device", "free space and rerun")
+    dst = tmp_path / "b" / "ds" / "s.zarr"
+    assert open_store(dst).splits == []  # nothing to read until the copy is whole
+    assert [s.status for s in list_stores(tmp_path / "b")] == ["incomplete"]
+    monkeypatch.setattr(_sync, "_copy_chunk", real)
+    again = CliRunner().invoke(main, ["sync", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert again.exit_code == 0 and "copied" in again.output, again.output
+    assert _objects(dst) == _objects(src) and open_store(dst).verify() == []
 
 
 def test_a_remote_results_log_is_one_object_per_record_read_oldest_first(setup, s3, tmp_path):

@@ -1,12 +1,12 @@
 """``featcache sync``: copy complete stores between caches, local or on object storage, verified chunk by chunk.
 
 A copy keeps the store's write order (see :mod:`featcache.store`), so a killed sync leaves a store that readers
-refuse and the next sync finishes: under the destination's lock, the root ``zarr.json`` first; then the arrays'
-metadata, ids, labels and bookkeeping groups; then each chunk, whose bytes are hashed against the source's marker
-before they are written and read back after, then its marker; a split's ``zarr.json`` (which holds ``complete``)
-after all of its chunks; the root ``zarr.json`` again last when it changed. A destination split whose ``zarr.json``
-already has the source's bytes is skipped, and so is a chunk whose marker and object already match, so a rerun
-copies only what is missing. Locks, temp files and ``verify`` verdicts are not copied.
+refuse and the next sync finishes: under the destination's lock, the root ``zarr.json`` first, listing no split; then
+the arrays' metadata, ids, labels and bookkeeping groups; then each chunk, whose bytes are hashed against the
+source's marker before they are written and read back after, then its marker; a split's ``zarr.json`` (which holds
+``complete``) after all of its chunks; the source's root ``zarr.json``, which lists the splits, last. A destination
+split whose ``zarr.json`` already has the source's bytes is skipped, and so is a chunk whose marker and object already
+match, so a rerun copies only what is missing. Locks, temp files and ``verify`` verdicts are not copied.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tup
         for child in dst.iterdir():  # debris of a killed sync or create: anything but the lock
             if child.name != "_featcache":
                 rmtree(child)
-        _write(dst / "zarr.json", root_bytes)
+        _write(dst / "zarr.json", _listing_no_split(root_bytes))  # the splits are listed last
     else:
         _refuse_other_store(src, dst, have)
     chunk_keys, marker_keys, split_docs = {}, set(), {f"{r.name}/zarr.json" for r in readers}
@@ -181,13 +181,20 @@ def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tup
         lock.check()
         _write(dst / reader.name / "zarr.json", doc)  # complete: last
         nbytes += len(doc)
-    if have is not None and have != root_bytes:
+    if have != root_bytes:
         _write(dst / "zarr.json", root_bytes)
     changed = have is None or bool(nbytes)
     verdict = Layout(dst).verdict()
     if changed and _read(verdict) is not None:  # it judged what the destination held before
         rmtree(verdict.parent)
     return copied, nbytes, changed
+
+
+def _listing_no_split(root_doc: bytes) -> bytes:
+    """The root ``zarr.json`` with an empty ``splits``: until the copy ends, readers find no split to read."""
+    doc = json.loads(root_doc)
+    doc["attributes"]["featcache"]["splits"] = []
+    return json.dumps(doc).encode()
 
 
 def _rel(root: Path | RemotePath, path: Path | RemotePath) -> str:
