@@ -159,6 +159,26 @@ def test_rows_read_from_s3_in_any_order_with_repeats_are_the_local_rows(tmp_path
     assert b.labels.tolist() == y.tolist() and b.ids == a.ids
 
 
+def test_a_remote_take_holds_at_most_its_output_in_flight(tmp_path, s3, monkeypatch):
+    from featcache.store import _remote_read
+
+    X, y = np.arange(400 * 8, dtype=np.float32).reshape(400, 8), np.arange(400) % 2
+    remote = open_store(make_store(location(s3.url("window", "s.zarr")), {"train": (X, y)}, chunk_rows=32))
+    monkeypatch.setattr(_remote_read, "PART_BYTES", 16 * 32)  # 16 rows a part: two parts a chunk
+    fetched, real = [], _remote_read.RemoteReads._fetch
+
+    def counting(self, batch, out, row_bytes):
+        fetched.append(sum((b - a) * row_bytes for _, a, b, *_ in batch))
+        return real(self, batch, out, row_bytes)
+
+    monkeypatch.setattr(_remote_read.RemoteReads, "_fetch", counting)
+    train = remote.split("train")
+    rows = np.arange(0, 400, 2)  # every other row: one range a chunk (gaps merged), cut in two parts
+    out = train.take(rows)
+    np.testing.assert_array_equal(out, X[rows])
+    assert max(fetched) <= out.nbytes and len(fetched) > 1  # fetched in windows no larger than the output
+
+
 # --- two writers, shards ---------------------------------------------------------------------------------------
 
 
