@@ -10,6 +10,7 @@
     Xv, _, _ = fc.load_split(["run0", "run1"], "train", dataset="cifar10", cache_dir="cache", view=3)  # view 3
     X, y, ids = fc.load_split("cache/cifar10/run0.zarr", "test", as_torch=True)   # a store given by its path
     store = fc.open_store("cache/cifar10/run0.zarr")                 # .provenance, .split("train").read(), ...
+    fc.api.sync_stores("s3://lab/cache", "cache", dataset="cifar10", stores=["run*"])  # pull complete stores
     records = fc.load_results("cache", dataset="cifar10", features="cat5")   # ProbeRecord list, newest first
     fc.results_table(records)                                        # flat dicts (or a DataFrame with pandas=True)
     head = fc.load_head("heads/cifar10-cat5.safetensors")            # a saved head as a torch.nn.Module
@@ -32,12 +33,15 @@ import numpy as np
 from .classmap import check_class_map
 from .concat import ConcatView
 from .errors import ConfigError, FeatcacheError
+from .locations import location
 from .results import ProbeRecord, load_records, records_frame, select_records, summary_rows
-from .store import Store, StoreSummary, list_stores, open_store, resolve_stores
+from .store import Store, StoreSummary, SyncResult, list_stores, open_store, resolve_stores, sync_stores
 
 __all__ = [
     "StoreSummary",
+    "SyncResult",
     "open_store",
+    "sync_stores",
     "list_stores",
     "verify_stores",
     "load_split",
@@ -53,7 +57,7 @@ def _paths(stores: PathLike | Sequence[PathLike], dataset: str | None, cache_dir
     # the CLI's resolution: store names under <cache>/<dataset>/, or paths
     items = [stores] if isinstance(stores, str | os.PathLike) else list(stores)
     spec = ",".join(str(s) for s in items)
-    return resolve_stores(spec, dataset, Path(cache_dir) if cache_dir is not None else Path("cache"))
+    return resolve_stores(spec, dataset, location(cache_dir if cache_dir is not None else "cache", "cache_dir"))
 
 
 def verify_stores(

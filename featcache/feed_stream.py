@@ -10,8 +10,10 @@ block) plus a few batches, whatever the store size; the only per-row state is in
 The order is a pure function of (seed, epoch, rows, block and buffer sizes) and a permutation of the rows, but not
 a full permutation: a batch mixes rows of one buffer's blocks only. Stores whose rows are grouped by class
 (ImageFolder order) therefore give batches of few classes when buffers are small; :class:`featcache.feed.Streamed`
-warns then. Pages read from the stores stay mapped (``RssFile``, up to the stores' size): clean file pages, which the
-kernel reclaims under pressure, not anonymous memory.
+warns then. Stores on object storage (whose arrays have ``parallel_reads``) get a buffer's blocks read at once, on
+:data:`READ_THREADS` threads, each block a few byte-range requests (see :mod:`featcache.store._remote_read`); the
+bytes in flight are at most the buffer's. Pages read from memory-mapped stores stay mapped (``RssFile``, up to the
+stores' size): clean file pages, which the kernel reclaims under pressure, not anonymous memory.
 
 Block size. Stores of different dims have different chunk rows. Blocks are the least common multiple of the
 stores' chunk rows when a buffer still holds :data:`MIN_BUFFER_BLOCKS` such blocks (then every block is whole
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +44,7 @@ __all__ = ["MIN_BUFFER_BLOCKS", "STREAM_SHARE", "BlockSampler", "BlockStream", "
 # Each of the stream's two buffers (trained on, read ahead) takes this share of the budget: half of it for both,
 # the rest for batches, labels and index arrays, the heads and the interpreter.
 STREAM_SHARE = 0.25
+READ_THREADS = 8  # blocks of one buffer read at once from stores that read in parallel (object storage)
 MIN_BUFFER_BLOCKS = 4  # blocks of whole chunks of every store only if a buffer holds this many (a finer shuffle)
 _SALT = 0x5EED  # keeps the stream's draws apart from view_schedule's, which also seeds on two small integers
 
@@ -164,6 +168,10 @@ class BlockStream:
     def __init__(self, view: ConcatView, rows: np.ndarray, plan: EpochOrder, gauge: Gauge):
         self.view, self.rows, self.plan, self.gauge = view, rows, plan, gauge
         self.n_buffers = len(plan.cuts) - 1
+        # stores whose reads gain from concurrency (object storage: one request per block) get a buffer's blocks
+        # read at once; memory-mapped stores are read block after block
+        parallel = any(getattr(a, "parallel_reads", False) for a in view.arrays) and plan.buffer_blocks > 1
+        self._pool = ThreadPoolExecutor(min(plan.buffer_blocks, READ_THREADS), "featcache-block") if parallel else None
         self._j, self._buf = -1, None
         reads = (self._read(j) for j in range(self.n_buffers))  # run on the thread
         self._ahead = Prefetch(reads, 1, "featcache-stream", discard=lambda buf: self.gauge.sub(len(buf)))
@@ -179,10 +187,16 @@ class BlockStream:
         self.gauge.add(self._size(j))
         try:
             out = np.empty((self._size(j), self.view.dim), dtype=self.view.dtype)
+            reads = []
             for i in range(j * p.buffer_blocks, min((j + 1) * p.buffer_blocks, len(p.blocks))):
                 lo, hi = int(p.block_cuts[i]), int(p.block_cuts[i + 1])
                 # ascending rows of one block: contiguous ranges of its chunk files
-                self.view.take(self.rows[p.read[lo:hi]], out[lo - a : hi - a])
+                reads.append((self.rows[p.read[lo:hi]], out[lo - a : hi - a]))
+            if self._pool is None:
+                for idx, part in reads:
+                    self.view.take(idx, part)
+            else:  # disjoint parts of out; the first error is raised
+                list(self._pool.map(lambda r: self.view.take(*r), reads))
         except BaseException:
             self.gauge.sub(self._size(j))
             raise
@@ -215,6 +229,8 @@ class BlockStream:
     def close(self) -> None:
         """Stop reading ahead and release the buffers (idempotent): a buffer being read is waited for."""
         self._ahead.close()  # discards (and so releases) a buffer read but never served
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         if self._buf is not None:
             self._buf = None
             self.gauge.sub(self._size(self._j))

@@ -24,6 +24,7 @@ from .evaluate_config import EvalTarget, eval_targets, resolve_target
 from .head_layout import FeatureBlock
 from .heads import HeadConfig
 from .knn import KNNConfig
+from .locations import location
 from .logreg import LogRegConfig
 from .lowshot import TrainFraction, describe
 from .records import document_keys
@@ -97,7 +98,7 @@ class ProbeConfig:
                               "--solver sgd or lbfgs to save or evaluate a head")  # fmt: skip
         if self.save_head is not None and Path(self.save_head).is_dir():
             raise ConfigError(f"--save-head {self.save_head} is a directory; give a file path, e.g. head.safetensors")
-        if self.opened is not None and [s.path for s in self.opened] != [Path(p) for p in self.stores]:
+        if self.opened is not None and [s.path for s in self.opened] != [location(p) for p in self.stores]:
             raise ValueError("ProbeConfig.opened must be the stores of ProbeConfig.stores, in order")
 
     @property
@@ -251,9 +252,9 @@ def config_from(
         StoreError, StoreMismatchError: a store that does not exist or was extracted from an older checkpoint file.
     """
     if isinstance(stores, str):
-        store_paths = [Path(p) for p in resolve_stores(stores, dataset, paths.cache, reg.sets)]
+        store_paths = resolve_stores(stores, dataset, paths.cache, reg.sets)
     else:
-        store_paths = [Path(p) for p in stores]
+        store_paths = [location(p, "store path") for p in stores]  # a path, or an object-store URL
     opened: list[Store] = []
     for p in store_paths if read_stores else ():  # features of the checkpoint file as it is now, or a refusal
         opened.append(Store(p))

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import StoreLockedError
+from .locations import RemotePath
 from .results_log import resolve_log, write_error
 
 __all__ = ["claim", "claims_dir", "holder"]
 
 
-def claims_dir(where: str | os.PathLike) -> Path:
+def claims_dir(where: str | os.PathLike) -> Path | RemotePath:
     """The folder of the claims on the log at ``where``: ``<log>.claims`` next to it."""
     path = resolve_log(where)
     return path.with_name(path.name + ".claims")
@@ -31,9 +34,13 @@ def claims_dir(where: str | os.PathLike) -> Path:
 def holder(where: str | os.PathLike, key: str) -> str:
     """Who holds the claim on ``key``, as its file says (``pid P on host H since T``); "" when unknown."""
     try:
-        return (claims_dir(where) / key).read_text().strip()
+        text = (claims_dir(where) / key).read_text().strip()
     except OSError:
         return ""
+    if text.startswith("{"):  # a remote log's claim is a lease object (see _remote_claim)
+        h = json.loads(text)
+        return f"pid {h.get('pid', '?')} on host {h.get('host', '?')} since {h.get('started', '?')}"
+    return text
 
 
 def _lock(path: Path, wait: bool) -> int | None:
@@ -69,6 +76,10 @@ def claim(where: str | os.PathLike, key: str, *, wait: bool) -> Iterator[bool]:
     """
     folder = claims_dir(where)
     path = folder / key
+    if isinstance(path, RemotePath):
+        with _remote_claim(path, key, wait) as mine:
+            yield mine
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = _lock(path, wait)
@@ -86,3 +97,23 @@ def claim(where: str | os.PathLike, key: str, *, wait: bool) -> Iterator[bool]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # still ours: nobody else locks this inode while we hold it
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _remote_claim(path: RemotePath, key: str, wait: bool) -> Iterator[bool]:
+    # On object storage a claim is a lease object (featcache.store._lease): created conditionally, kept alive by a
+    # heartbeat, taken over once its holder is gone (a killed sweep), deleted when released.
+    from .store._lease import RemoteLease
+
+    lease = RemoteLease(path, f"probe {key}")
+    try:
+        lease.acquire(wait=float("inf") if wait else 0.0)
+    except StoreLockedError:
+        yield False
+        return
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        yield True
+    finally:
+        lease.release()

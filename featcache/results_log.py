@@ -4,9 +4,13 @@ A line is a probe's :class:`ProbeRecord`, or a saved head's :class:`EvaluationRe
 :func:`load_records` reads the first, :func:`load_evaluations` the second.
 
 Records are appended as single lines written with one ``write`` under an exclusive ``flock`` and fsynced, so
-concurrent probes never interleave. A line that does not end in a newline (an older version killed mid-write, a
-full disk) is repaired before the next append. Reading never fails on one bad line: a torn line, damaged bytes
-or a JSON line that is not a record is skipped and named in a warning, so it never hides the other records.
+concurrent probes never interleave. On object storage (``--results s3://bucket/results``) the log is a prefix holding
+one object per record, ``<UTC time>-<host>-<pid>-<random>.json``, each created by one conditional PUT and never
+rewritten, so appends from many machines need no lock and no read-modify-write of a shared object; reading lists the
+prefix and fetches every record in parallel, oldest first. A line that does not end in a newline (an older version
+killed mid-write, a full disk) is repaired before the next append. Reading never fails on one bad line: a torn line,
+damaged bytes or a JSON line that is not a record is skipped and named in a warning, so it never hides the other
+records.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import fcntl
 import json
 import logging
 import os
+import socket
+import time
+import uuid
 from pathlib import Path
 
 from .errors import FeatcacheError
+from .locations import RemotePath, location
 from .records import RecordError
 from .results_record import SCHEMA, EvaluationRecord, ProbeRecord
 
@@ -38,13 +46,16 @@ def results_path(cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / "results.jsonl"
 
 
-def resolve_log(where: str | os.PathLike) -> Path:
-    """The log at ``where``: a ``.jsonl`` file itself, anything else a cache dir holding ``results.jsonl``."""
-    p = Path(where)
+def resolve_log(where: str | os.PathLike | RemotePath) -> Path | RemotePath:
+    """The log at ``where``: a ``.jsonl`` file itself, an object-store URL the prefix of a remote log, anything else
+    a cache dir holding ``results.jsonl``."""
+    p = location(where, "--results")
+    if isinstance(p, RemotePath):
+        return p
     return p if p.suffix == ".jsonl" else results_path(p)
 
 
-def append_record(where: str | os.PathLike, record: ProbeRecord | EvaluationRecord) -> Path:
+def append_record(where: str | os.PathLike | RemotePath, record: ProbeRecord | EvaluationRecord) -> Path | RemotePath:
     """Append ``record`` (a probe's or an evaluation's) as one line to the log at ``where`` (a ``.jsonl`` file, or
     a cache dir); create it if needed.
 
@@ -53,6 +64,8 @@ def append_record(where: str | os.PathLike, record: ProbeRecord | EvaluationReco
     """
     path = resolve_log(where)
     line = (json.dumps(record.to_dict(), sort_keys=True, default=str) + "\n").encode()
+    if isinstance(path, RemotePath):
+        return _append_remote(path, line)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -78,7 +91,35 @@ def append_record(where: str | os.PathLike, record: ProbeRecord | EvaluationReco
     return path
 
 
-def write_error(path: Path, e: OSError) -> ResultsError:
+def _append_remote(prefix: RemotePath, line: bytes) -> RemotePath:
+    # One new object per record: a name no other writer makes (time, host, pid, random), created only if absent.
+    t = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}"
+    obj = prefix / f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    try:
+        obj.create_bytes(line)
+    except OSError as e:
+        raise write_error(obj, e) from None
+    return obj
+
+
+def _read_remote(prefix: RemotePath) -> list[tuple[str, bytes]]:
+    """(object name, bytes) of every record object under ``prefix``, oldest first (names start with the time)."""
+    try:
+        names = [k for k in prefix.find() if k.endswith(".json") and "/" not in k]
+        blobs = prefix.fs.cat([(prefix / k).key for k in names], on_error="return") if names else {}
+    except OSError as e:
+        raise ResultsError(f"cannot read the results log {prefix}: {e.strerror or e}") from None
+    out = []
+    for k in names:
+        blob = blobs.get((prefix / k).key)
+        if isinstance(blob, FileNotFoundError):
+            continue
+        out.append((k, b"" if isinstance(blob, BaseException) else blob))
+    return out
+
+
+def write_error(path: Path | RemotePath, e: OSError) -> ResultsError:
     """The error for a log (or its claims) that cannot be written: why, and how to log elsewhere."""
     return ResultsError(
         f"cannot append to the results log {path}: {e.strerror or e}; the record above was printed. Free space or "
@@ -153,7 +194,7 @@ def _parse(raw: bytes, where: str) -> tuple[ProbeRecord | EvaluationRecord | Non
     return dataclasses.replace(record, notes=(*record.notes, note)), note
 
 
-def load_records(where: str | os.PathLike) -> list[ProbeRecord]:
+def load_records(where: str | os.PathLike | RemotePath) -> list[ProbeRecord]:
     """All probe records of the log at ``where`` (a ``.jsonl`` file or a cache dir), oldest first; [] without a log.
 
     A line that is not a record (torn by a kill, damaged bytes, JSON edited by hand) is skipped and named in a
@@ -165,7 +206,7 @@ def load_records(where: str | os.PathLike) -> list[ProbeRecord]:
     return [r for r in _load(where) if isinstance(r, ProbeRecord)]
 
 
-def load_evaluations(where: str | os.PathLike) -> list[EvaluationRecord]:
+def load_evaluations(where: str | os.PathLike | RemotePath) -> list[EvaluationRecord]:
     """All evaluation records of the log at ``where``, oldest first, read as :func:`load_records` reads.
 
     Raises:
@@ -174,15 +215,21 @@ def load_evaluations(where: str | os.PathLike) -> list[EvaluationRecord]:
     return [r for r in _load(where) if isinstance(r, EvaluationRecord)]
 
 
-def _load(where: str | os.PathLike) -> list[ProbeRecord | EvaluationRecord]:
+def _load(where: str | os.PathLike | RemotePath) -> list[ProbeRecord | EvaluationRecord]:
     path = resolve_log(where)
-    if not path.exists():
+    if isinstance(path, RemotePath):
+        entries = _read_remote(path)  # one record an object, named instead of numbered
+    elif not path.exists():
         return []
+    else:
+        entries = list(enumerate(_read(path).split(b"\n"), 1))
     out, skipped, newer = [], [], []
-    for n, raw in enumerate(_read(path).split(b"\n"), 1):
+    for n, raw in entries:
         if not raw.strip():
+            if isinstance(path, RemotePath):
+                skipped.append(f"{n} (empty or unreadable)")
             continue
-        record, why = _parse(raw, f"{path}:{n}")
+        record, why = _parse(raw, f"{path}:{n}" if not isinstance(path, RemotePath) else f"{path}/{n}")
         if record is None:
             skipped.append(f"{n} ({why})")
             continue

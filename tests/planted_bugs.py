@@ -497,6 +497,36 @@ BUGS = {
         "per_model[(job.row, job.dataset)].append(ev.top1)",
         ["tests/test_evaluate.py"],
     ),
+    "110 rows of an object-storage chunk gathered in sorted order, not the order asked for": (
+        "featcache/store/_remote_read.py",
+        "            local = idx[group] - c * self.chunk_rows\n",
+        "            local = np.sort(idx[group]) - c * self.chunk_rows\n",
+        ["tests/test_remote.py"],
+    ),
+    "111 sync checks every chunk against chunk 0's checksum": (
+        "featcache/store/_sync.py",
+        "!= _marker_of(src, array, i).sha256:",
+        "!= _marker_of(src, array, 0).sha256:",
+        ["tests/test_remote.py"],
+    ),
+    "112 a remote results log read newest first": (
+        "featcache/results_log.py",
+        'names = [k for k in prefix.find() if k.endswith(".json") and "/" not in k]',
+        'names = [k for k in reversed(prefix.find()) if k.endswith(".json") and "/" not in k]',
+        ["tests/test_remote.py"],
+    ),
+    "113 a lease holder on another host judged by its pid on this host": (
+        "featcache/store/_lease.py",
+        '        if holder is not None and holder.get("host") == self.host:\n',
+        "        if holder is not None:\n",
+        ["tests/test_remote.py"],
+    ),
+    "114 a remote cache's results log kept under the remote cache": (
+        "featcache/config/paths.py",
+        'return self.results or self.local_cache / "results.jsonl"',
+        'return self.results or self.cache / "results.jsonl"',
+        ["tests/test_remote.py"],
+    ),
 }
 
 

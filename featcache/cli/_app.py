@@ -10,11 +10,10 @@ import dataclasses
 import functools
 import logging
 import sys
-from pathlib import Path
 
 import click
 
-from ..config import ROOTS, Paths
+from ..config import ROOTS, Paths, parse_root
 from ..errors import FeatcacheError
 
 __all__ = ["main", "command"]
@@ -78,7 +77,7 @@ def command(fn):
     @click.pass_context
     def wrapper(ctx, *args, **kwargs):
         given = {r.key: kwargs.pop(f"root_{r.key}") for r in ROOTS}
-        paths = dataclasses.replace(ctx.obj, **{k: Path(v) for k, v in given.items() if v is not None})
+        paths = dataclasses.replace(ctx.obj, **{k: parse_root(k, v) for k, v in given.items() if v is not None})
         return _clean_errors(fn)(paths, *args, **kwargs)
 
     return _root_options(wrapper)
@@ -104,4 +103,7 @@ def main(ctx, verbose, **roots):
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = Paths.from_env(**{k.removeprefix("root_"): v for k, v in roots.items()})
+    try:  # a root given as a bad URL (--cache-dir s4://x) is one line too
+        ctx.obj = Paths.from_env(**{k.removeprefix("root_"): v for k, v in roots.items()})
+    except FeatcacheError as e:
+        raise click.ClickException(str(e)) from None

@@ -101,4 +101,4 @@ def report(paths: Paths, config, out):
         config = names[0]
     reg = load_registry(paths)
     rep = build_report(plan_sweep(load_sweep(config, reg), reg, paths))
-    echo_report(rep, write_report(rep, out or paths.cache / "reports"))
+    echo_report(rep, write_report(rep, out or paths.local_cache / "reports"))

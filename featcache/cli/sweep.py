@@ -49,7 +49,7 @@ def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet):
     run_sweep(chosen, reg, paths, echo=click.echo, progress=NullProgress if quiet else ProgressBar)
     if not no_report:
         report = build_report(plan_sweep(full, reg, paths))
-        echo_report(report, write_report(report, out or paths.cache / "reports"))
+        echo_report(report, write_report(report, out or paths.local_cache / "reports"))
 
 
 @main.command(short_help="The Time-Cat claim on scikit-learn's digits: 1x T vs 4x T/4, with controls (CPU, ~2 min).")

@@ -20,7 +20,7 @@ configs).
 """
 
 from .options import ExtractOptions, ProbeOptions
-from .paths import DEFAULTS, ENV, ROOTS, Paths, packaged_config_dir, resolve_under
+from .paths import DEFAULTS, ENV, ROOTS, Paths, packaged_config_dir, parse_root, resolve_under
 from .registry import Registry, load_registry
 from .specs import DEFAULT_PRESET, AugmentSpec, CheckpointSpec, DatasetSpec, ProbePreset, TransformSpec
 
@@ -36,6 +36,7 @@ __all__ = [
     "Registry",
     "load_registry",
     "resolve_under",
+    "parse_root",
     "packaged_config_dir",
     "ENV",
     "DEFAULTS",

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..locations import RemotePath, is_url, location
 
-__all__ = ["ROOTS", "ENV", "DEFAULTS", "Paths", "packaged_config_dir", "resolve_under"]
+__all__ = ["ROOTS", "ENV", "DEFAULTS", "REMOTE_ROOTS", "Paths", "packaged_config_dir", "parse_root", "resolve_under"]
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,33 @@ ROOTS = (
     Root("data", "--data-dir", "FEATCACHE_DATA", "./data",
          "Dataset root (env FEATCACHE_DATA); registry roots are relative to it."),
     Root("cache", "--cache-dir", "FEATCACHE_CACHE", "./cache",
-         "Store root (env FEATCACHE_CACHE): <cache>/<dataset>/<store>.zarr."),
+         "Store root (env FEATCACHE_CACHE): <cache>/<dataset>/<store>.zarr; a directory or an object-store URL "
+         "(s3://BUCKET/PREFIX, gs://...)."),
     Root("checkpoints", "--checkpoint-dir", "FEATCACHE_CHECKPOINTS", "./checkpoints",
          "Checkpoint root (env FEATCACHE_CHECKPOINTS); registry paths are relative to it."),
     Root("config", "--config-dir", "FEATCACHE_CONFIG", None,
          "Extra registries (env FEATCACHE_CONFIG) read after the packaged ones and ./configs; same names override."),
     Root("results", "--results", "FEATCACHE_RESULTS", None,
-         "Results log (env FEATCACHE_RESULTS; default <cache>/results.jsonl), e.g. to probe a read-only cache."),
+         "Results log (env FEATCACHE_RESULTS; default <cache>/results.jsonl, ./cache/results.jsonl for a remote "
+         "cache), e.g. to probe a read-only cache; an object-store URL is a prefix holding one object per record."),
 )  # fmt: skip
 ENV = {r.key: r.env for r in ROOTS}
 DEFAULTS = {r.key: r.default for r in ROOTS if r.default is not None}
+REMOTE_ROOTS = ("cache", "results")  # the roots that may be object-store URLs (see featcache.locations)
+
+
+def parse_root(key: str, value: str | os.PathLike) -> Path | RemotePath:
+    """A root option's value: an object-store URL for the cache and the results log, else a local path.
+
+    Raises:
+        ConfigError: a URL for another root, without a bucket, or of an unknown protocol.
+    """
+    option = next(r.option for r in ROOTS if r.key == key)
+    if key in REMOTE_ROOTS:
+        return location(value, option)
+    if is_url(value):
+        raise ConfigError(f"{option} '{value}' is a URL; only --cache-dir and --results may be on object storage")
+    return Path(value)
 
 
 def packaged_config_dir() -> Path:
@@ -60,23 +78,34 @@ class Paths:
     """
 
     data: Path
-    cache: Path
+    cache: Path | RemotePath
     checkpoints: Path
     config: Path | None = None
-    results: Path | None = None
+    results: Path | RemotePath | None = None
 
     @classmethod
     def from_env(cls, **given: str | os.PathLike | None) -> Paths:
-        """Explicit value, else the environment variable, else the default (``./data`` etc.)."""
+        """Explicit value, else the environment variable, else the default (``./data`` etc.).
+
+        Raises:
+            ConfigError: see :func:`parse_root`.
+        """
         out = {}
         for k, env in ENV.items():
             value = given.get(k) or os.environ.get(env) or DEFAULTS.get(k)
-            out[k] = Path(value) if value else None
+            out[k] = parse_root(k, value) if value else None
         return cls(**out)
 
     @property
-    def results_log(self) -> Path:
-        return self.results or self.cache / "results.jsonl"
+    def local_cache(self) -> Path:
+        """The cache when it is local; for a cache on object storage the default local one (``./cache``), where
+        the results log and reports stay."""
+        return self.cache if isinstance(self.cache, Path) else Path(DEFAULTS["cache"])
+
+    @property
+    def results_log(self) -> Path | RemotePath:
+        """``--results``, else ``<cache>/results.jsonl`` (a remote cache's log stays local: see :attr:`local_cache`)."""
+        return self.results or self.local_cache / "results.jsonl"
 
     def config_dirs(self) -> list[Path]:
         """Registry layers, first to last (see :mod:`featcache.config`), without repeats.

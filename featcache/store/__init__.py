@@ -1,7 +1,7 @@
 """The feature store: the one contract between ``extract`` and ``probe``. Format version 2.
 
 A store holds one backbone's features of one dataset under one preprocessing. It is a zarr v3
-group on a local (or shared) filesystem, ``<cache>/<dataset>/<name>.zarr``::
+group on a local (or shared) filesystem or on object storage, ``<cache>/<dataset>/<name>.zarr``::
 
     zarr.json              group; attrs["featcache"] = Provenance (typed, see _schema.py)
     <split>/               one group per split ("train", "test", "val", "all")
@@ -74,7 +74,16 @@ Modules: ``_format`` (the layout: paths, chunk keys, constants, durable JSON wri
 records), ``_store_writer`` (:class:`StoreWriter`: create or resume, lock, shards), ``_writer`` (:class:`SplitWriter`
 and :class:`ArrayWriter`: splits, views, whole chunks, completion), ``_reader`` (:class:`Store`,
 :class:`SplitReader`, :class:`FeatureArray`: memory-mapped rows), ``_verify`` (their checks and ``verify``'s
-verdict, mixed into the readers), ``_lock`` and ``_catalog`` (``ls`` and ``--stores`` resolution).
+verdict, mixed into the readers), ``_lock`` and ``_catalog`` (``ls`` and ``--stores`` resolution), ``_sync``
+(``featcache sync``).
+
+On object storage. A store may live under an fsspec URL (``s3://bucket/cache/<dataset>/<name>.zarr``, see
+:mod:`featcache.locations`) with the same layout, keys and bytes, and the same guarantees in object-store terms:
+every file is one whole-object PUT (a reader sees the old object or the whole new one; nothing is fsynced or
+renamed, and no temp files are left), so a chunk object is complete before its marker is written, and a split's
+``complete`` after every marker. The lock is a lease object (``_lease``: conditional create, heartbeat, takeover of
+a gone holder), per shard as on disk. Readers fetch byte ranges of chunk objects in parallel instead of mapping
+files (``_remote_read``).
 """
 
 from ._catalog import StoreSummary, already_complete, list_stores, resolve_stores
@@ -94,6 +103,7 @@ from ._schema import (
     identity_diff,
 )
 from ._store_writer import StoreWriter
+from ._sync import SyncResult, sync_stores
 from ._writer import ArrayWriter, SplitData, SplitWriter, planned_meta
 
 __all__ = [
@@ -128,4 +138,6 @@ __all__ = [
     "sha256_labels",
     "chunk_rows_for",
     "store_path",
+    "SyncResult",
+    "sync_stores",
 ]

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zarr
-
 from ..errors import ConfigError, StoreError
-from ._format import FORMAT_VERSION, Layout, store_path
+from ..locations import RemotePath, location
+from ._format import FORMAT_VERSION, Layout, open_group, store_path
 from ._lock import describe_lock
 from ._reader import Store
 from ._schema import Provenance, SplitMeta, ViewsMeta, identity_diff, parse
@@ -63,7 +62,7 @@ class StoreSummary:
 
 def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> list[StoreSummary]:
     """One summary per store under ``cache_dir`` (optionally one dataset's), for ``featcache ls``."""
-    root = Path(cache_dir)
+    root = location(cache_dir, "--cache-dir")
     pattern = f"{store_path(root, dataset, 'x').parent.name}/*.zarr" if dataset else "*/*.zarr"
     out = []
     for path in sorted(root.glob(pattern)):
@@ -111,12 +110,14 @@ def list_stores(cache_dir: str | os.PathLike, dataset: str | None = None) -> lis
                 problem=(verdict["problems"][0] if damaged and verdict.get("problems") else None),
             )
         )
+    if not out and isinstance(root, RemotePath):
+        root.check_bucket()  # "no stores" must not hide a bucket that does not exist
     return out
 
 
 def resolve_stores(
-    spec: str, dataset: str | None, cache_dir: Path, sets: dict[str, Sequence[str]] | None = None
-) -> list[Path]:
+    spec: str, dataset: str | None, cache_dir: Path | RemotePath, sets: dict[str, Sequence[str]] | None = None
+) -> list[Path | RemotePath]:
     """Resolve ``--stores``: store names under ``<cache>/<dataset>/``, checkpoint set names, or paths.
 
     A store given by path (ending in ``.zarr`` or holding a ``/``) needs no dataset.
@@ -126,8 +127,8 @@ def resolve_stores(
             through a set): concatenating a store with itself is never meant.
         StoreError: a named store does not exist (the extract command that makes it is suggested).
     """
-    out: list[Path] = []
-    given: dict[Path, tuple[Path, str]] = {}  # resolved path -> where and how it was first named
+    out: list[Path | RemotePath] = []
+    given: dict[Path | RemotePath, tuple[Path | RemotePath, str]] = {}  # resolved path -> where, how first named
     tokens = [t.strip() for t in spec.split(",")]
     if not any(tokens):
         raise ConfigError("--stores is empty; name at least one store, set or store path")
@@ -137,12 +138,14 @@ def resolve_stores(
         names = list(sets[token]) if token in (sets or {}) else [token]
         for name in names:
             if name.endswith(".zarr") or os.sep in name:
-                path = Path(name)
+                path = location(name, "--stores")
             elif dataset is None:
                 raise ConfigError(f"--stores '{name}' is a store name: pass --dataset to say whose, or give its path")
             else:
                 path = store_path(cache_dir, dataset, name)
             if not (path / "zarr.json").exists():
+                if isinstance(path, RemotePath):
+                    path.check_bucket()
                 hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
                 raise StoreError(f"no store {path}; create it with `{hint}`")
             key = path.resolve()
@@ -158,7 +161,9 @@ def resolve_stores(
     return out
 
 
-def already_complete(path: Path, provenance: Provenance, wanted: dict[str, tuple[SplitMeta, ViewsMeta | None]]) -> bool:
+def already_complete(
+    path: Path | RemotePath, provenance: Provenance, wanted: dict[str, tuple[SplitMeta, ViewsMeta | None]]
+) -> bool:
     """Whether the store at ``path`` already holds all of ``wanted`` complete: nothing to write, no lock to take.
 
     Read only, so that a complete store on a read-only cache is reported as such. Anything else (no store,
@@ -173,14 +178,14 @@ def already_complete(path: Path, provenance: Provenance, wanted: dict[str, tuple
     if layout.lock.exists() or layout.shard_locks():
         return False
     try:
-        doc = zarr.open_group(path, mode="r").attrs.get("featcache")
+        doc = open_group(path, mode="r").attrs.get("featcache")
         if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
             return False
         prov = parse(Provenance, doc, f"{path}: provenance")
         if identity_diff(prov.identity(), provenance.identity()):
             return False
         for name, (want, views) in wanted.items():
-            split = zarr.open_group(path / name, mode="r").attrs.get("featcache_split") if name in prov.splits else None
+            split = open_group(path / name, mode="r").attrs.get("featcache_split") if name in prov.splits else None
             old = parse(SplitMeta, split, f"{path}/{name}: split metadata") if isinstance(split, dict) else None
             if old is None or not old.complete or old.content_diff(want):
                 return False

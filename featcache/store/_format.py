@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from zarr.core.chunk_key_encodings import parse_chunk_key_encoding
 
-from ..errors import StoreError
+from ..errors import FeatcacheError, StoreError
+from ..locations import RemotePath, location, remote_errors, zarr_store
 
 FORMAT_VERSION = 2
 READABLE = (1, 2)  # v1: no views, plain JSON chunk markers; read-only for this version
@@ -41,10 +43,11 @@ def sha256_labels(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
 
 
-def store_path(cache_dir: str | os.PathLike, dataset: str, name: str) -> Path:
-    """Where store ``name`` of ``dataset`` lives: ``<cache>/<dataset>/<name>.zarr`` (names made path-safe)."""
+def store_path(cache_dir: str | os.PathLike | RemotePath, dataset: str, name: str) -> Path | RemotePath:
+    """Where store ``name`` of ``dataset`` lives: ``<cache>/<dataset>/<name>.zarr`` (names made path-safe); the cache
+    may be an object-store URL (see :mod:`featcache.locations`)."""
     safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("._") or "_" for part in (dataset, name)]
-    return Path(cache_dir) / safe[0] / f"{safe[1]}.zarr"
+    return location(cache_dir, "--cache-dir") / safe[0] / f"{safe[1]}.zarr"
 
 
 def chunk_rows_for(dim: int, dtype: str, rows: int | None = None) -> int:
@@ -63,8 +66,8 @@ class Layout:
     ``view`` None is the evaluation-view ``features`` array; an int is that augmented view of ``views``.
     """
 
-    def __init__(self, root: Path, version: int = FORMAT_VERSION):
-        self.root, self.version = Path(root), version
+    def __init__(self, root: Path | RemotePath, version: int = FORMAT_VERSION):
+        self.root, self.version = location(root), version
         self.books = self.root / "_featcache"
         self.lock = self.books / "lock"
 
@@ -117,10 +120,19 @@ def ensure_groups(root: Path, path: Path) -> None:
 def read_marker(path: Path, version: int) -> dict | None:
     """A chunk marker's fields, None if absent; ``{}`` if unreadable (reported as malformed)."""
     try:
-        doc = json.loads(path.read_text())
+        raw = path.read_text()
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
+        return {}
+    return marker_fields(raw, version)
+
+
+def marker_fields(raw: str | bytes, version: int) -> dict:
+    """A chunk marker's fields from its bytes; ``{}`` if they are not a marker (reported as malformed)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
         return {}
     if version == 1:
         return doc if isinstance(doc, dict) else {}
@@ -129,7 +141,9 @@ def read_marker(path: Path, version: int) -> dict | None:
     return found if isinstance(found, dict) else {}
 
 
-def fsync(path: Path) -> None:
+def fsync(path: Path | RemotePath) -> None:
+    if isinstance(path, RemotePath):
+        return  # an acknowledged PUT is durable: there is nothing to flush
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -137,7 +151,9 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path | RemotePath) -> None:
+    if isinstance(root, RemotePath):
+        return
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             fsync(Path(dirpath, name))
@@ -149,9 +165,16 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 @contextlib.contextmanager
 def disk_errors(store: Path) -> Iterator[None]:
-    """Turn an OSError from the filesystem into a one-line StoreError that says how to go on."""
+    """Turn an OSError from the filesystem into a one-line StoreError that says how to go on (an object store's
+    errors that a user must act on are one line already: see :func:`featcache.locations.remote_errors`)."""
     try:
-        yield
+        if isinstance(store, RemotePath):
+            with remote_errors(store):
+                yield
+        else:
+            yield
+    except FeatcacheError:
+        raise
     except OSError as e:
         reason = e.strerror or str(e)
         code = errno.errorcode.get(e.errno or 0, "")
@@ -162,7 +185,9 @@ def disk_errors(store: Path) -> Iterator[None]:
         raise StoreError(f"cannot write store {store}: {reason}{f' ({code})' if code else ''}; {fix}") from e
 
 
-def remove_partials(store: Path) -> None:
+def remove_partials(store: Path | RemotePath) -> None:
+    if isinstance(store, RemotePath):
+        return  # every object is one whole PUT: a killed write leaves nothing behind
     # Temp files of writes a kill interrupted: zarr's `<name>.<uuid>.partial` anywhere, our
     # `.<name>.<pid>.tmp` anywhere. Only called under the store's lock with no other live shard, so no live
     # writer owns them.
@@ -170,8 +195,11 @@ def remove_partials(store: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path | RemotePath, obj: Any) -> None:
     # tmp + fsync + rename: a reader sees the old file or the whole new one, never a torn one
+    if isinstance(path, RemotePath):
+        path.write_bytes(json.dumps(obj).encode())  # one PUT: the object store's tmp + rename
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as f:
@@ -185,6 +213,23 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fsync(path.parent)
 
 
+def read_chunk_bytes(path: Path | RemotePath, dtype: np.dtype, count: int) -> np.ndarray:
+    """The first ``count`` items of a raw chunk file or object (a read-back or a verification, never a map)."""
+    if isinstance(path, RemotePath):
+        return np.frombuffer(path.read_bytes(), dtype=dtype, count=count)
+    return np.fromfile(path, dtype=dtype, count=count)
+
+
+def open_group(path: Path | RemotePath, **kwargs: Any) -> zarr.Group:
+    """``zarr.open_group`` of a local directory (as before) or of an object-store prefix."""
+    return zarr.open_group(zarr_store(path), **kwargs)
+
+
+def open_array(path: Path | RemotePath, **kwargs: Any) -> zarr.Array:
+    """``zarr.open_array`` of a local directory (as before) or of an object-store prefix."""
+    return zarr.open_array(zarr_store(path), **kwargs)
+
+
 def check_version(path: Path, prov: dict) -> int:
     """The store's format version; refuse one this featcache cannot read."""
     version = prov.get("format_version")
@@ -196,9 +241,11 @@ def check_version(path: Path, prov: dict) -> int:
     return version
 
 
-def rmtree(path: Path) -> None:
+def rmtree(path: Path | RemotePath) -> None:
     """Remove a file, a symlink (not what it points to) or a directory tree (whose symlinks are not followed)."""
-    if path.is_dir() and not path.is_symlink():
+    if isinstance(path, RemotePath):
+        path.rmtree()
+    elif path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink()

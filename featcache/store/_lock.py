@@ -29,8 +29,10 @@ import uuid
 from pathlib import Path
 
 from ..errors import StoreLockedError
+from ..locations import RemotePath
+from ._lease import RemoteLease, describe_lease
 
-__all__ = ["StoreLock", "describe_lock"]
+__all__ = ["StoreLock", "describe_lock", "lock_for"]
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +231,18 @@ class StoreLock:
         self.release()
 
 
-def describe_lock(path: Path, stale_after: float = 120.0) -> dict | None:
+def lock_for(path: Path | RemotePath, what: str) -> StoreLock | RemoteLease:
+    """The write lock at ``path``: a :class:`StoreLock` file on a filesystem, a lease object on object storage."""
+    return RemoteLease(path, what) if isinstance(path, RemotePath) else StoreLock(path, what)
+
+
+def describe_lock(path: Path | RemotePath, stale_after: float = 120.0) -> dict | None:
     """Who holds the lock at ``path``: ``{host, pid, started, stale, text}``, or None when there is none.
 
     ``stale`` is true when the holder is gone (see :class:`StoreLock`): the next writer takes it over.
     """
+    if isinstance(path, RemotePath):
+        return describe_lease(path, stale_after)
     probe = StoreLock(path, str(path), stale_after=stale_after)
     if not path.exists():
         return None

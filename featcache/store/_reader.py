@@ -7,11 +7,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from ..errors import StoreError, StoreIncompleteError
-from ._format import Layout, check_version, read_marker
+from ..errors import FeatcacheError, StoreError, StoreIncompleteError
+from ..locations import RemotePath, location
+from ._format import Layout, check_version, open_array, open_group, read_marker
 from ._lock import describe_lock
+from ._remote_read import RemoteReads
 from ._schema import ChunkMarker, Provenance, SplitMeta, parse
 from ._verify import ArrayChecks, SplitChecks, StoreChecks
 
@@ -24,10 +25,12 @@ MAPPED_BYTES = 128 * 2**20
 MAX_MAPS = 64
 
 
-class FeatureArray(ArrayChecks):
+class FeatureArray(RemoteReads, ArrayChecks):
     """One (rows, dim) feature array of a split: the evaluation view (``view`` None) or augmented view ``view``.
 
-    Rows are gathered from memory-mapped chunk files (uncompressed stores) or decoded by zarr.
+    Rows are gathered from memory-mapped chunk files (uncompressed stores), from byte ranges of chunk objects
+    fetched in parallel (uncompressed stores on object storage, see :mod:`featcache.store._remote_read`), or decoded
+    by zarr.
     """
 
     def __init__(self, layout: Layout, split: str, meta: SplitMeta, view: int | None = None):
@@ -38,6 +41,10 @@ class FeatureArray(ArrayChecks):
         self.mmap = meta.compression == "none"
         chunk_bytes = max(1, self.chunk_rows * self.dim * self.dtype.itemsize)
         self.max_maps = max(2, min(MAX_MAPS, MAPPED_BYTES // chunk_bytes))
+        self.remote = isinstance(layout.root, RemotePath)
+        self.parallel_reads = self.remote and self.mmap  # reads gain from concurrency (see feed_stream.BlockStream)
+        if self.remote:  # whole chunks fetched (verify, sync) are anonymous memory: keep the fewest
+            self.max_maps = 2
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._array = None
 
@@ -45,7 +52,7 @@ class FeatureArray(ArrayChecks):
     def label(self) -> str:
         return "features" if self.view_index is None else f"view {self.view_index}"
 
-    def chunk_file(self, i: int) -> Path:
+    def chunk_file(self, i: int) -> Path | RemotePath:
         return self.layout.chunk_file(self.split, self.view_index, i)
 
     def bounds(self, i: int) -> tuple[int, int]:
@@ -59,10 +66,13 @@ class FeatureArray(ArrayChecks):
                 while len(self._chunks) >= self.max_maps:
                     self._chunks.popitem(last=False)  # unmapped once no copy-free view of it is left
                 shape = (self.chunk_rows, self.dim)
-                self._chunks[i] = np.memmap(self.chunk_file(i), dtype=self.dtype, mode="r", shape=shape)
+                if self.remote:
+                    self._chunks[i] = self.fetch_chunk(i).reshape(shape)
+                else:
+                    self._chunks[i] = np.memmap(self.chunk_file(i), dtype=self.dtype, mode="r", shape=shape)
             else:  # compressed: zarr decodes the whole chunk; keep only the latest one
                 where = self.layout.array_dir(self.split, self.view_index)
-                self._array = self._array or zarr.open_array(where, mode="r")
+                self._array = self._array or open_array(where, mode="r")
                 self._chunks.clear()
                 a, b = self.bounds(i)
                 self._chunks[i] = self._array[a:b] if self.view_index is None else self._array[self.view_index, a:b]
@@ -76,6 +86,8 @@ class FeatureArray(ArrayChecks):
         chunk = idx // self.chunk_rows
         order = np.argsort(chunk, kind="stable")
         cuts = np.flatnonzero(np.diff(chunk[order])) + 1
+        if self.remote and self.mmap:  # byte ranges of the chunk objects, fetched in parallel
+            return self.take_remote(idx, chunk, np.split(order, cuts), out)
         for group in np.split(order, cuts):
             if len(group):
                 c = int(chunk[group[0]])
@@ -87,14 +99,15 @@ class FeatureArray(ArrayChecks):
         stop = self.rows if stop is None else stop
         return self.take(np.arange(start, stop))
 
-    def marker(self, i: int) -> Path:
+    def marker(self, i: int) -> Path | RemotePath:
         return self.layout.marker(self.split, self.view_index, i)
 
     def markers(self) -> dict[int, ChunkMarker | None]:
         """Present markers by chunk index; an unreadable or malformed one maps to None."""
         out: dict[int, ChunkMarker | None] = {}
+        docs = self.remote_markers() if self.remote else None  # one listing and parallel GETs, not n round trips
         for i in range(self.n_chunks):
-            doc = read_marker(self.marker(i), self.layout.version)
+            doc = docs.get(i) if docs is not None else read_marker(self.marker(i), self.layout.version)
             if doc is None:
                 continue
             try:
@@ -107,6 +120,8 @@ class FeatureArray(ArrayChecks):
 
     def written(self) -> int:
         """How many chunks carry a completion marker."""
+        if self.remote:
+            return len(self.remote_markers())
         return sum(self.marker(i).exists() for i in range(self.n_chunks))
 
     def skipped(self) -> list[int]:
@@ -127,11 +142,11 @@ class SplitReader(SplitChecks, FeatureArray):
 
     @property
     def labels(self) -> np.ndarray:
-        return np.asarray(zarr.open_array(self.dir / "labels", mode="r")[:], dtype=np.int64)
+        return np.asarray(open_array(self.dir / "labels", mode="r")[:], dtype=np.int64)
 
     @property
     def ids(self) -> list[str]:
-        return [str(i) for i in zarr.open_array(self.dir / "ids", mode="r")[:].tolist()]
+        return [str(i) for i in open_array(self.dir / "ids", mode="r")[:].tolist()]
 
     @property
     def skipped_rows(self) -> np.ndarray:
@@ -167,12 +182,16 @@ class Store(StoreChecks):
         StoreError: no store at ``path``, not a featcache store, or of a format version this featcache cannot read.
     """
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | RemotePath):
+        self.path = location(path, "store path")
         if not (self.path / "zarr.json").exists():
+            if isinstance(self.path, RemotePath):
+                self.path.check_bucket()
             raise StoreError(f"no feature store at {self.path}; run `featcache extract` first or check the path")
         try:
-            group = zarr.open_group(self.path, mode="r")
+            group = open_group(self.path, mode="r")
+        except FeatcacheError:
+            raise
         except (OSError, ValueError) as e:
             raise StoreError(f"{self.path} is not a readable zarr store ({type(e).__name__}: {e})") from None
         doc = group.attrs.get("featcache")
@@ -226,7 +245,9 @@ class Store(StoreChecks):
             self.refuse_if_being_written()
             raise StoreError(f"store {self.path} has no split '{name}' (it has: {', '.join(self.splits) or 'none'})")
         try:
-            doc = zarr.open_group(self.path / name, mode="r").attrs.get("featcache_split")
+            doc = open_group(self.path / name, mode="r").attrs.get("featcache_split")
+        except FeatcacheError:
+            raise
         except (FileNotFoundError, OSError, ValueError):
             doc = None
         if not isinstance(doc, dict) or not doc:
@@ -258,6 +279,6 @@ class Store(StoreChecks):
         return reader
 
 
-def open_store(path: str | os.PathLike) -> Store:
-    """Open a store read-only (see :class:`Store`)."""
-    return Store(Path(path))
+def open_store(path: str | os.PathLike | RemotePath) -> Store:
+    """Open a store read-only (see :class:`Store`); ``path`` may be an object-store URL (``s3://...``)."""
+    return Store(location(path, "store path"))

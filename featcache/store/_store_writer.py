@@ -12,6 +12,7 @@ from pathlib import Path
 import zarr
 
 from ..errors import StoreError, StoreLockedError, StoreMismatchError
+from ..locations import RemotePath, location, zarr_store
 from ._format import (
     FORMAT_VERSION,
     Layout,
@@ -21,10 +22,11 @@ from ._format import (
     ensure_groups,
     fsync,
     now,
+    open_group,
     remove_partials,
     rmtree,
 )
-from ._lock import StoreLock, describe_lock
+from ._lock import describe_lock, lock_for
 from ._schema import Provenance, identity_diff, parse
 from ._writer import SplitData, SplitWriter
 
@@ -37,7 +39,7 @@ class StoreWriter:
     """Creates a store, or reopens an incomplete one to resume it; holds the store's lock.
 
     Args:
-        path: the ``.zarr`` directory.
+        path: the ``.zarr`` directory, or its object-store URL (see :mod:`featcache.locations`).
         provenance: the store's identity; ``format_version``, ``created_at`` and ``splits`` are the store's.
         overwrite: delete an existing store (after taking its lock) and start over.
 
@@ -50,19 +52,19 @@ class StoreWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | RemotePath,
         provenance: Provenance,
         *,
         overwrite: bool = False,
         shard: tuple[int, int] | None = None,
         wait: float = SHARD_WAIT,
     ):
-        self.path = Path(path)
+        self.path = location(path)
         self.layout = Layout(self.path)
         self.shard, self.wait = shard, wait
-        self.main = StoreLock(self.layout.lock, f"store {self.path}")
+        self.main = lock_for(self.layout.lock, f"store {self.path}")
         # chunk markers are committed under ``lock``: the store's lock, or a shard's own lock
-        self.lock = self.main if shard is None else StoreLock(self.layout.shard_lock(*shard), self._shard_name())
+        self.lock = self.main if shard is None else lock_for(self.layout.shard_lock(*shard), self._shard_name())
         if shard is not None and overwrite:
             raise StoreError(f"{self._shard_name()}: --overwrite cannot be combined with --shard; overwrite the "
                              "store once without --shard, then run the shards")  # fmt: skip
@@ -122,10 +124,10 @@ class StoreWriter:
         if not meta.exists():
             self._remove_debris()
             self.prov = dataclasses.replace(provenance, format_version=FORMAT_VERSION, created_at=now(), splits=())
-            self.group = zarr.create_group(self.path, attributes={"featcache": self.prov.to_dict()})
+            self.group = zarr.create_group(zarr_store(self.path), attributes={"featcache": self.prov.to_dict()})
             ensure_groups(self.path, self.layout.books)
         else:
-            self.group = zarr.open_group(self.path, mode="r+")
+            self.group = open_group(self.path, mode="r+")
             doc = self.group.attrs.get("featcache")
             if not isinstance(doc, dict):
                 raise StoreError(f"{self.path} exists but is not a featcache store; pick another --store-name")

@@ -12,14 +12,14 @@ import json
 import time
 
 import numpy as np
-import zarr
 
-from ..errors import StoreError
+from ..errors import FeatcacheError, StoreError
 from ._format import (
     CHUNK_KEY_ENCODING,
     CHUNK_KEYS,
     ensure_groups,
     group_doc,
+    open_array,
     sha256_ids,
     sha256_labels,
     write_json_atomic,
@@ -31,17 +31,24 @@ __all__ = ["ArrayChecks", "SplitChecks", "StoreChecks"]
 class ArrayChecks:
     """The checks of one feature array (mixed into :class:`~featcache.store.FeatureArray`)."""
 
-    def _file_ok(self, i: int) -> bool:
+    def _file_ok(self, i: int, sizes: dict[str, int] | None = None) -> bool:
         f = self.chunk_file(i)
         want = self.chunk_rows * self.dim * self.dtype.itemsize
+        if sizes is not None:  # object storage: every chunk's size from one listing (see _remote_read)
+            return str(f) in sizes and (not self.mmap or sizes[str(f)] == want)
         return f.is_file() and (not self.mmap or f.stat().st_size == want)
+
+    def _sizes(self) -> dict[str, int] | None:
+        return self.remote_sizes() if self.remote else None
 
     def _array_problems(self) -> list[str]:
         # the zarr view of the array must agree with the split metadata, or zarr readers see other rows; and its
         # chunk keys must be the layout's, or the chunk files read here are not the array's
         where = self.layout.array_dir(self.split, self.view_index)
         try:
-            array = zarr.open_array(where, mode="r")
+            array = open_array(where, mode="r")
+        except FeatcacheError:
+            raise
         except (OSError, ValueError, KeyError, TypeError):
             return [f"{where / 'zarr.json'} is missing or unreadable"]
         shape, chunks = list(array.shape), list(array.chunks)
@@ -71,14 +78,18 @@ class ArrayChecks:
             problems.append(
                 f"{self.label}: {len(missing)} of {self.n_chunks} chunks not written (first: {missing[:5]})"
             )
+        sizes = self._sizes()
         for i, mark in marks.items():
             a, b = self.bounds(i)
             if mark is None:
                 problems.append(f"marker {self.marker(i)} is malformed or not for {b - a} rows")
-            if not self._file_ok(i):
+            if not self._file_ok(i, sizes):
                 f = self.chunk_file(i)
                 want = self.chunk_rows * self.dim * self.dtype.itemsize
-                has = f"has {f.stat().st_size} bytes" if f.is_file() else "is missing"
+                if sizes is not None:
+                    has = f"has {sizes[str(f)]} bytes" if str(f) in sizes else "is missing"
+                else:
+                    has = f"has {f.stat().st_size} bytes" if f.is_file() else "is missing"
                 problems.append(f"chunk file {f} {has}, want {want} bytes")
         return problems
 
@@ -90,6 +101,7 @@ class ArrayChecks:
         """
         bad: dict[int, str] = {}
         marks = self.markers()
+        sizes = self._sizes()
         for i in range(self.n_chunks):
             mark = marks.get(i)
             a, b = self.bounds(i)
@@ -97,7 +109,7 @@ class ArrayChecks:
                 bad[i] = "not written"
             elif mark is None:
                 bad[i] = f"marker {self.marker(i)} is malformed"
-            elif not self._file_ok(i):
+            elif not self._file_ok(i, sizes):
                 bad[i] = f"chunk file {self.chunk_file(i)} is missing or of the wrong size"
             else:
                 block = np.ascontiguousarray(self._chunk(i)[: b - a])

@@ -26,6 +26,8 @@ from ._format import (
     fsync_tree,
     group_doc,
     now,
+    open_group,
+    read_chunk_bytes,
     rmtree,
     sha256_ids,
     sha256_labels,
@@ -152,7 +154,7 @@ class ArrayWriter:
             fsync(path)
             fsync(path.parent)  # zarr renamed the file into place: make the name durable too
             if meta.compression == "none":
-                back = np.fromfile(path, dtype=block.dtype, count=block.size)
+                back = read_chunk_bytes(path, block.dtype, block.size)
             else:
                 back = np.ascontiguousarray(array[start:stop] if self.view is None else array[self.view, start:stop])
             if hashlib.sha256(back.tobytes()).hexdigest() != digest:
@@ -187,7 +189,7 @@ class SplitWriter(ArrayWriter):
                         "pass --overwrite to start over"
                     )
                 self.meta = old
-                self.group = zarr.open_group(self.dir, mode="r+")
+                self.group = open_group(self.dir, mode="r+")
             else:
                 self.meta = want
                 self.group = self._create(data, compression)
@@ -197,7 +199,7 @@ class SplitWriter(ArrayWriter):
         """The split's metadata if it was created to the end (step 2 of the write order), else None."""
         if not (self.dir / "zarr.json").exists():
             return None
-        doc = zarr.open_group(self.dir, mode="r").attrs.get("featcache_split")
+        doc = open_group(self.dir, mode="r").attrs.get("featcache_split")
         return parse(SplitMeta, doc, f"{self.dir}: split metadata") if isinstance(doc, dict) else None
 
     def _create(self, data: SplitData, compression: str) -> zarr.Group:
@@ -240,7 +242,7 @@ class SplitWriter(ArrayWriter):
 
     def _list_in_store(self) -> None:
         # read again: another shard may have listed a split since this writer opened the store
-        doc = zarr.open_group(self.store.path, mode="r").attrs.get("featcache")
+        doc = open_group(self.store.path, mode="r").attrs.get("featcache")
         self.store.prov = prov = parse(Provenance, doc, f"{self.store.path}: provenance")
         if self.name not in prov.splits:
             self.store.set_provenance(dataclasses.replace(prov, splits=(*prov.splits, self.name)))

@@ -7,7 +7,8 @@ Tests and benchmarks import these, never each other's files:
 - :mod:`featcache.testing.checkpoints`: networks and checkpoints in every layout featcache reads, and reference
   outputs taken straight from torchvision;
 - :mod:`featcache.testing.stores`: feature stores written straight from arrays (and one in the old format v1);
-- :mod:`featcache.testing.crash`: ``featcache extract`` killed at chosen moments, resumed and compared.
+- :mod:`featcache.testing.crash`: ``featcache extract`` killed at chosen moments, resumed and compared;
+- :mod:`featcache.testing.s3`: a real S3 API (moto's server) on 127.0.0.1 for the remote-cache tests.
 
 Each is imported on its own: the store writers need no torch.
 """

@@ -1,0 +1,255 @@
+"""``featcache sync``: copy complete stores between caches, local or on object storage, verified chunk by chunk.
+
+A copy keeps the store's write order (see :mod:`featcache.store`), so a killed sync leaves a store that readers
+refuse and the next sync finishes: under the destination's lock, the root ``zarr.json`` first, listing no split; then
+the arrays' metadata, ids, labels and bookkeeping groups; then each chunk, whose bytes are hashed against the
+source's marker before they are written and read back after, then its marker; a split's ``zarr.json`` (which holds
+``complete``) after all of its chunks; the source's root ``zarr.json``, which lists the splits, last. A destination
+split whose ``zarr.json`` already has the source's bytes is skipped, and so is a chunk whose marker and object already
+match, so a rerun copies only what is missing. Locks, temp files and ``verify`` verdicts are not copied.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, StoreError, StoreMismatchError
+from ..locations import RemotePath, location
+from ._catalog import list_stores
+from ._format import Layout, disk_errors, read_chunk_bytes, read_marker, rmtree
+from ._lock import lock_for
+from ._reader import Store
+from ._schema import ChunkMarker, Provenance, identity_diff, parse
+
+__all__ = ["SyncResult", "sync_stores"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """One store of a sync: ``status`` is ``copied``, ``up to date`` or ``skipped`` (with why in ``note``)."""
+
+    dataset: str
+    store: str
+    source: str
+    destination: str
+    status: str
+    chunks: int = 0  # chunk objects copied
+    bytes: int = 0  # bytes copied, metadata included
+    note: str = ""
+
+
+def sync_stores(
+    src: str | os.PathLike | RemotePath,
+    dst: str | os.PathLike | RemotePath,
+    *,
+    dataset: str | None = None,
+    stores: Sequence[str] = (),
+) -> list[SyncResult]:
+    """Copy the complete stores of cache ``src`` to cache ``dst`` (same ``<dataset>/<store>.zarr`` layout).
+
+    Args:
+        src, dst: cache roots: directories or object-store URLs.
+        dataset: only this dataset's stores.
+        stores: only stores whose name matches one of these (``fnmatch`` patterns: ``run*``).
+
+    Returns:
+        One :class:`SyncResult` per store considered, in listing order.
+
+    Raises:
+        ConfigError: nothing under ``src`` matches, or ``src`` and ``dst`` are the same cache.
+        StoreError: a source chunk does not match its checksum, or a copy read back differently.
+        StoreMismatchError: the destination holds a store of that name made otherwise.
+        StoreLockedError: a live writer holds the destination store.
+    """
+    src_root, dst_root = location(src, "SRC"), location(dst, "DST")
+    if str(src_root).rstrip("/") == str(dst_root).rstrip("/"):
+        raise ConfigError(f"sync: SRC and DST are the same cache ({src_root}); name another DST")
+    found = [
+        s for s in list_stores(src_root, dataset) if not stores or any(fnmatch.fnmatch(s.store, p) for p in stores)
+    ]
+    if not found:
+        what = f" of dataset '{dataset}'" if dataset else ""
+        named = f" named {', '.join(stores)}" if stores else ""
+        raise ConfigError(f"sync: no stores{what}{named} under {src_root}; see `featcache ls --cache-dir {src_root}`")
+    out = []
+    for s in found:
+        target = dst_root / s.dataset / f"{s.store}.zarr"
+        base = {"dataset": s.dataset, "store": s.store, "source": s.path, "destination": str(target)}
+        if s.status != "complete":
+            out.append(SyncResult(**base, status="skipped", note=f"{s.status}: only complete stores are copied"))
+            continue
+        chunks, nbytes, changed = _copy_store(location(s.path), target)
+        out.append(SyncResult(**base, status="copied" if changed else "up to date", chunks=chunks, bytes=nbytes))
+    return out
+
+
+def _files(root: Path | RemotePath) -> list[str]:
+    """Every file of a store as a key relative to it, without locks, temp files and verdicts."""
+    if isinstance(root, RemotePath):
+        keys = root.find()
+    else:
+        keys = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [k for k in keys if not (k.startswith(("_featcache/lock", "_featcache/verify/")) or k.endswith(".partial")
+                                    or k.rsplit("/", 1)[-1].startswith("."))]  # fmt: skip
+
+
+def _read(path: Path | RemotePath) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write(path: Path | RemotePath, data: bytes) -> None:
+    """Write ``data`` whole: one PUT, or a temp file fsynced and renamed into place."""
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _copy_store(src_path: Path | RemotePath, dst: Path | RemotePath) -> tuple[int, int, bool]:
+    """Copy one complete store; returns (chunks copied, bytes copied, whether anything changed)."""
+    src = Store(src_path)
+    src.refuse_if_being_written()
+    readers = [src.split(name) for name in src.splits]  # every split complete, or StoreIncompleteError
+    layout = Layout(dst)
+    lock = lock_for(layout.lock, f"store {dst}")
+    with disk_errors(dst):
+        dst.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    try:
+        with disk_errors(dst):
+            return _copy_locked(src, readers, dst, lock)
+    finally:
+        lock.release()
+
+
+def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tuple[int, int, bool]:
+    root_doc = src.path / "zarr.json"
+    root_bytes = root_doc.read_bytes()
+    have = _read(dst / "zarr.json")
+    if have is None:
+        for child in dst.iterdir():  # debris of a killed sync or create: anything but the lock
+            if child.name != "_featcache":
+                rmtree(child)
+        _write(dst / "zarr.json", _listing_no_split(root_bytes))  # the splits are listed last
+    else:
+        _refuse_other_store(src, dst, have)
+    chunk_keys, marker_keys, split_docs = {}, set(), {f"{r.name}/zarr.json" for r in readers}
+    for reader in readers:
+        for array in reader.arrays():
+            for i in range(array.n_chunks):
+                chunk_keys[_rel(src.path, array.chunk_file(i))] = (array, i)
+                marker_keys.add(_rel(src.path, array.marker(i)))
+    files = _files(src.path)
+    done = {r.name for r in readers if _read(dst / r.name / "zarr.json") == _read(src.path / r.name / "zarr.json")}
+    copied = nbytes = 0
+    for key in files:  # metadata, ids, labels, bookkeeping groups: before any chunk and marker
+        if key == "zarr.json" or key in split_docs or key in chunk_keys or key in marker_keys:
+            continue
+        data = (src.path / key).read_bytes()
+        if _read(dst / key) != data:
+            _write(dst / key, data)
+            nbytes += len(data)
+    for reader in readers:
+        if reader.name in done:
+            continue
+        for key, (array, i) in chunk_keys.items():
+            if array.split != reader.name:
+                continue
+            c, b = _copy_chunk(src, array, i, dst, key, lock)
+            copied, nbytes = copied + c, nbytes + b
+        doc = (src.path / reader.name / "zarr.json").read_bytes()
+        lock.check()
+        _write(dst / reader.name / "zarr.json", doc)  # complete: last
+        nbytes += len(doc)
+    if have != root_bytes:
+        _write(dst / "zarr.json", root_bytes)
+    changed = have is None or bool(nbytes)
+    verdict = Layout(dst).verdict()
+    if changed and _read(verdict) is not None:  # it judged what the destination held before
+        rmtree(verdict.parent)
+    return copied, nbytes, changed
+
+
+def _listing_no_split(root_doc: bytes) -> bytes:
+    """The root ``zarr.json`` with an empty ``splits``: until the copy ends, readers find no split to read."""
+    doc = json.loads(root_doc)
+    doc["attributes"]["featcache"]["splits"] = []
+    return json.dumps(doc).encode()
+
+
+def _rel(root: Path | RemotePath, path: Path | RemotePath) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _refuse_other_store(src: Store, dst: Path | RemotePath, have: bytes) -> None:
+    try:
+        prov = parse(Provenance, json.loads(have).get("attributes", {}).get("featcache"), f"{dst}: provenance")
+    except (ValueError, AttributeError, StoreError):
+        raise StoreError(f"sync: {dst} exists but is not a featcache store; move it away or sync elsewhere") from None
+    diff = identity_diff(prov.identity(), src.provenance.identity())
+    if diff:
+        raise StoreMismatchError(
+            f"sync: {dst} holds a store made otherwise ({', '.join(diff)} differ from {src.path}); delete it or "
+            "sync to another cache"
+        )
+
+
+def _copy_chunk(src: Store, array, i: int, dst: Path | RemotePath, key: str, lock) -> tuple[int, int]:
+    """Copy chunk ``i`` of ``array`` and then its marker, unless both are there already; (copied, bytes)."""
+    src_marker = array.marker(i)
+    marker_key = _rel(src.path, src_marker)
+    marker = src_marker.read_bytes()
+    target = dst / key
+    size = array.chunk_rows * array.dim * array.dtype.itemsize
+    if _read(dst / marker_key) == marker and _size(target) == (size if array.mmap else _size(array.chunk_file(i))):
+        return 0, 0
+    data = array.chunk_file(i).read_bytes()
+    a, b = array.bounds(i)
+    if array.mmap:
+        block = np.frombuffer(data, dtype=array.dtype, count=(b - a) * array.dim)
+    else:
+        block = np.ascontiguousarray(array._chunk(i))
+    if hashlib.sha256(block.tobytes()).hexdigest() != _marker_of(src, array, i).sha256:
+        raise StoreError(
+            f"sync: chunk {i} of {array.chunk_file(i)} does not match its checksum; run `featcache verify "
+            f"{src.path}` and repair the source first"
+        )
+    _write(target, data)
+    back = read_chunk_bytes(target, np.dtype(np.uint8), len(data))
+    if hashlib.sha256(back.tobytes()).hexdigest() != hashlib.sha256(data).hexdigest():
+        raise StoreError(f"sync: {target} read back differently from what was written; check the destination")
+    lock.check()  # a sync that lost its lock must not mark chunks
+    _write(dst / marker_key, marker)
+    return 1, len(data) + len(marker)
+
+
+def _marker_of(src: Store, array, i: int) -> ChunkMarker:
+    doc = read_marker(array.marker(i), src.version)
+    return parse(ChunkMarker, doc, str(array.marker(i)))
+
+
+def _size(path: Path | RemotePath) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
