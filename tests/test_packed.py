@@ -1,0 +1,115 @@
+"""featcache.packed and heads.PackedProbe: probes trained in one pass over the union of their stores get the records
+they get alone; probes that cannot pack run alone.
+
+The stores hold overlapping class blobs (about 50-80% accuracy), each store a different share of the signal and
+its own offsets and scales, so each probe's heads, selection and research number differ from the others': a pack
+that gave a probe another probe's columns, statistics or batches would give it another record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+from store_factory import make_store
+
+from featcache.heads import HeadConfig, MultiHeadProbe, PackedProbe
+from featcache.packed import pack_key, plan_packs, run_packed
+from featcache.probe import ProbeConfig, run_probe
+from featcache.probe_config import solver_config
+
+HEADS = HeadConfig(epochs=4, batch_size=32, milestones=(2,), lr=0.05, weight_decays=(1e-4, 3e-2, 0.3), seed=5)
+DIMS = (6, 4, 5)
+
+
+def _blobs(n: int, seed: int, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    means = np.random.default_rng(99).normal(size=(classes, sum(DIMS))) * 0.5
+    X = means[y] + rng.normal(size=(n, sum(DIMS)))
+    X = X * np.linspace(0.5, 3.0, sum(DIMS)) + np.linspace(-2.0, 4.0, sum(DIMS))  # BatchNorm has work to do
+    return X.astype(np.float32), y
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """Three stores of 300 train rows (one train view each), splitting 15 feature columns 6/4/5."""
+    (Xtr, ytr), (Xte, yte), (Xv, _) = _blobs(300, 0), _blobs(100, 1), _blobs(300, 2)
+    cuts = np.cumsum((0, *DIMS))
+    return [
+        make_store(tmp_path / "syn" / f"s{k}.zarr", {"train": (Xtr[:, a:b], ytr), "test": (Xte[:, a:b], yte)},
+                   name=f"s{k}", chunk_rows=64, views={"train": [Xv[:, a:b]]})  # fmt: skip
+        for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))
+    ]
+
+
+def _configs(stores, draws, **over) -> list[ProbeConfig]:
+    return [ProbeConfig(tuple(stores[i] for i in d), HEADS, device="cpu", **over) for d in draws]
+
+
+def _numbers(record) -> tuple:
+    """What a probe's record says about its heads: every grid point, the selection and the research number."""
+    return (record.features, record.feature_dim, record.rows, record.views, record.hyperparameters, record.key,
+            [dataclasses.astuple(h) for h in record.heads], dataclasses.astuple(record.selected),
+            dataclasses.astuple(record.research))  # fmt: skip
+
+
+# cat1 of each store, a cat2 of stores 2 and 0 (reversed, not contiguous in the union) and cat3: a sweep's shape.
+DRAWS = [(0,), (1,), (2,), (2, 0), (0, 1, 2)]
+
+
+@pytest.mark.parametrize("views", [0, 1])
+def test_packed_records_are_the_records_alone(stores, views):
+    configs = _configs(stores, DRAWS, views=views)
+    alone = [run_probe(c) for c in configs]
+    packed = list(run_packed(configs))
+    assert [r.memory for r in packed] == ["resident, packed x5"] * 5 and alone[0].memory == "resident"
+    for a, p in zip(alone, packed, strict=True):
+        assert _numbers(p) == _numbers(a)
+        assert p.notes == a.notes and p.stores == a.stores
+    # the probes really differ, so a pack that swapped their columns would be seen
+    assert len({r.selected.test_top1 for r in alone}) >= 4
+    assert len({tuple((h.val_top1, h.test_top1) for h in r.heads) for r in alone}) == 5
+
+
+def test_packed_heads_are_the_heads_alone():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 9, generator=g) * torch.linspace(0.5, 2.0, 9) + 1.0
+    y = torch.randint(0, 4, (200,), generator=g)
+    Xt, yt = torch.randn(80, 9, generator=g), torch.randint(0, 4, (80,), generator=g)
+    groups = [[0, 1, 2], [6, 7, 8], [8, 2, 5, 0], list(range(9))]
+    packed = PackedProbe(HEADS, 9, 4, groups).fit(X, y, {"test": (Xt, yt)})
+    for g, cols in enumerate(groups):
+        alone = MultiHeadProbe(HEADS, len(cols), 4).fit(X[:, cols], y, {"test": (Xt[:, cols], yt)})
+        mine = packed.probes_[g]
+        for h in range(len(HEADS.grid)):
+            for key, value in alone.head_state(h).items():
+                torch.testing.assert_close(mine.head_state(h)[key], value, atol=1e-5, rtol=0, msg=key)
+        for ra, rp in zip(alone.history_, mine.history_, strict=True):
+            assert rp["test_top1"] == ra["test_top1"] and rp["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-5)
+        torch.testing.assert_close(mine.predict_logits(Xt[:, cols]), alone.predict_logits(Xt[:, cols]), atol=1e-5, rtol=0)
+    assert packed.probes_[0].weight_.shape == (3, 4, 3) and packed.probes_[2].running_mean_.shape == (4,)
+
+
+def test_probes_that_cannot_share_batches_do_not_pack(stores):
+    base = _configs(stores, [(0,)])[0]
+    other_seed = dataclasses.replace(base, heads=dataclasses.replace(HEADS, seed=6), stores=(stores[1],))
+    lbfgs = dataclasses.replace(base, solver=solver_config("lbfgs"), views=0)
+    configs = [base, other_seed, dataclasses.replace(base, stores=(stores[2],)), lbfgs]
+    assert plan_packs(configs) == [[0, 2], [1], [3]]
+    assert pack_key(lbfgs) is None
+    with pytest.raises(ValueError, match="pack_key"):
+        list(run_packed(configs[:2]))
+
+
+def test_probes_whose_union_would_stream_run_alone(stores, caplog):
+    # a budget that holds one store's features but not the union's: packing would change the batches
+    configs = _configs(stores, [(0,), (1,), (2,)], views=0, max_memory=300 * 6 * 4 * 2 + 100 * 6 * 4)
+    with caplog.at_level(logging.INFO, logger="featcache.packed"):
+        packed = list(run_packed(configs))
+    assert "run one by one, not packed: their union would be streamed" in caplog.text
+    assert [r.memory for r in packed] == ["resident"] * 3
+    assert [_numbers(r) for r in packed] == [_numbers(run_probe(c)) for c in configs]
