@@ -117,8 +117,9 @@ class MultiHeadProbe:
         n_classes: number of classes C.
         device: where the heads live and train; features are moved there batch by batch.
         dtype: dtype of the parameters and of the batches (features of any float dtype are cast).
-        graphs: on CUDA, capture the training step in a CUDA graph and replay it (None: on CUDA, yes); the same
-            arithmetic either way (:mod:`featcache.heads_graph`).
+        graphs: capture the training step in a CUDA graph and replay it: None (on CUDA), True, False, or a capture
+            function (:data:`featcache.heads_graph.Capture`; tests pass a stand-in on the CPU); the same arithmetic
+            either way (:mod:`featcache.heads_graph`).
 
     Attributes (after :meth:`fit`):
         weight_ (H, C, D), bias_ (H, C): each head's Linear.
@@ -306,9 +307,11 @@ def _fit(est, groups: list, X, y, eval_sets: Mapping[str, tuple] | None) -> tupl
     evals = {}
     for name, (Xe, ye) in (eval_sets or {}).items():
         evals[name] = (Xe, check_labels(ye, _check_rows(Xe, est.n_features, name), est.n_classes, dev, name))
-    use_graphs = dev.type == "cuda" if est.graphs is None else bool(est.graphs) and dev.type == "cuda"
-    trainer = HeadTrainer(cfg, est.n_features, est.n_classes, groups, dev, est.dtype,
-                          cuda_capture if use_graphs else None, rows=min(n, cfg.batch_size))  # fmt: skip
+    capture = est.graphs if callable(est.graphs) else None
+    if est.graphs in (None, True) and dev.type == "cuda":
+        capture = cuda_capture
+    trainer = HeadTrainer(cfg, est.n_features, est.n_classes, groups, dev, est.dtype, capture,
+                          rows=min(n, cfg.batch_size))  # fmt: skip
     head_lrs = [lr for lr, _ in cfg.grid] if cfg.lrs is not None and len(cfg.lrs) > 1 else None
     base_lr = cfg.lrs[0] if cfg.lrs is not None else cfg.lr
     histories: list[list[dict[str, Any]]] = [[] for _ in groups]

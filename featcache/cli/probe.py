@@ -6,6 +6,7 @@ import click
 
 from ..choices import HEADS, IN_MEMORY, SOLVERS
 from ..config import Paths, ProbeOptions, load_registry
+from ..errors import ConfigError
 from ._app import command, main
 from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_default, format_option
 
@@ -14,11 +15,14 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
 @click.option(
     "--stores",
     required=True,
+    multiple=True,
     cls=RegistryOption,
     kind="sets",
     names=lambda reg: reg.sets,
     help="Comma-separated store names (under <cache>/<dataset>/), checkpoint set names ({names}), "
-    "or store paths (which need no --dataset). Their features are concatenated in this order.",
+    "or store paths (which need no --dataset). Their features are concatenated in this order. Repeat it to probe "
+    "several feature sets: those that share their batches train in one pass over the union of their stores, each "
+    "with the result it gets alone.",
 )
 @click.option("--dataset", help="Dataset the named stores were extracted on (default: read from store paths).")
 @click.option(
@@ -126,12 +130,21 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
 def probe(paths: Paths, fmt: str, **options):
     """Fit linear heads on the concatenated features of stores; select on val, report test once.
 
-    Prints the result, then appends it to the results log (<cache>/results.jsonl or --results).
+    Prints each result, then appends it to the results log (<cache>/results.jsonl or --results).
     """
-    from ..probe import config_from, run_probe
+    from ..packed import plan_packs, run_packed
+    from ..probe import config_from
     from ..results import append_record, format_probe
 
-    record = run_probe(config_from(load_registry(paths), paths, **options))
-    click.echo(format_probe(record, fmt))  # first: a log that cannot be written loses nothing the user saw
-    path = append_record(paths.results_log, record)
-    click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
+    reg, sets = load_registry(paths), options.pop("stores")
+    configs = [config_from(reg, paths, stores=s, **options) for s in sets]  # every set checked before any runs
+    named = {}
+    for given, cfg in zip(sets, configs, strict=True):
+        if named.setdefault(cfg.stores, given) != given or list(sets).count(given) > 1:
+            raise ConfigError(f"--stores {given} names the same stores as --stores {named[cfg.stores]}: "
+                              "give each feature set once")  # fmt: skip
+    for pack in plan_packs(configs):
+        for record in run_packed([configs[i] for i in pack]):
+            click.echo(format_probe(record, fmt))  # first: a log that cannot be written loses nothing the user saw
+            path = append_record(paths.results_log, record)
+            click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
