@@ -333,6 +333,7 @@ def _fit(est, groups: list, X, y, eval_sets: Mapping[str, tuple] | None) -> tupl
         for history, record in zip(histories, records, strict=True):
             history.append(record)
         logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, records if len(records) > 1 else records[0])
+    trainer.finish()
     return trainer, histories
 
 

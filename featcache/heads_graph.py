@@ -31,7 +31,8 @@ def cuda_capture(fn: Callable[[], None], pool: object) -> Callable[[], None]:
         pool: a memory pool handle shared by a trainer's graphs (``torch.cuda.graph_pool_handle()``).
     """
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # thread_local: the feed's read-ahead thread may pin host memory while the step is captured
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         fn()
     return graph.replay
 

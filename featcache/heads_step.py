@@ -54,10 +54,10 @@ class _Family:
         self.K, self.D, self.H, self.C, self.bn = len(columns), len(columns[0]), H, C, bn
         cols = np.stack(columns)
         first = cols[0]
-        # How the family reads its columns of xhat (n, n_features): a view when one group reads a contiguous run.
+        # How the family reads its columns of xhat (n, n_features): a view when one group reads a contiguous run
+        # (a probe alone reads all of them), else a gather of every group's columns.
         self.span = (int(first[0]), int(first[-1]) + 1) if self.K == 1 and np.all(np.diff(first) == 1) else None
         self.index = None if self.span else torch.as_tensor(cols.ravel(), dtype=torch.int64, device=device)
-        self.whole = self.span == (0, n_features)
 
     def sizes(self) -> list[tuple[int, ...]]:
         KH, C, D = self.K * self.H, self.C, self.D
@@ -80,13 +80,12 @@ class _Family:
 
     def columns(self, xhat: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """The family's columns of xhat (n, n_features): (K, 1, n, D), or group k's (n, D)."""
-        n = len(xhat)
         if self.span is not None:
-            x = xhat if self.whole else xhat[:, self.span[0] : self.span[1]]
-            return x if k is not None else x.view(1, 1, n, self.D) if self.whole else x.unsqueeze(0).unsqueeze(0)
+            x = xhat[:, self.span[0] : self.span[1]]
+            return x if k is not None else x[None, None]
         if k is not None:
             return xhat.index_select(1, self.index[k * self.D : (k + 1) * self.D])
-        return xhat.index_select(1, self.index).view(n, self.K, self.D).permute(1, 0, 2).unsqueeze(1)
+        return xhat.index_select(1, self.index).view(len(xhat), self.K, self.D).permute(1, 0, 2).unsqueeze(1)
 
     def step(self, xhat: torch.Tensor, y: torch.Tensor, n: int) -> None:
         """Forward, loss and gradients of every head of the family on the batch (xhat, y) of n rows."""
@@ -169,7 +168,7 @@ class HeadTrainer:
         self.running_mean = torch.zeros(n_features, **like) if self.bn else None
         self.running_var = torch.ones(n_features, **like) if self.bn else None
         self.lr = torch.zeros((), **like)  # set per epoch: a tensor, so a captured step reads the new value
-        self.steps = 0
+        self.steps, self._labels = 0, None
         self._init_params()
 
     def _bind(self, shapes: list[tuple[int, ...]], rows: int) -> None:
@@ -265,6 +264,7 @@ class HeadTrainer:
             self._labels, order = labels, order.to(self.device)
             full = len(order) // B if self.capture is not None else 0
             if full:
+                self.x.raw(X.dtype, B)  # allocated now, not while a graph is captured
                 self._X, self._order2d = X, order[: full * B].view(full, B)
                 self._t = torch.zeros(1, dtype=torch.int64, device=self.device)
                 graph = StepGraph(self._counted_step, self.capture, warm, self._pool())
@@ -306,6 +306,13 @@ class HeadTrainer:
         for fam in self.families:
             fam.loss.zero_()
         return out
+
+    def finish(self) -> None:
+        """Free what only training needs (gradients, momentum, batch buffers); the heads still score."""
+        self.grad = self.momentum = self.x = self.y = self._labels = None
+        self.lr = torch.zeros((), device=self.device, dtype=self.dtype)
+        for fam in self.families:
+            fam.gW = fam.gb = fam.ggamma = fam.gbeta = fam.z = fam.dz = fam.logits = fam.minus_one = None
 
     # --- scores -----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -357,7 +364,8 @@ class HeadTrainer:
         """Group g's heads as a trainer of their own, on its columns only (copies of its parameters and statistics):
         what the same probe fitted alone would hold."""
         cols = self.group_columns[g]
-        alone = HeadTrainer(self.config, len(cols), self.n_classes, [None], self.device, self.dtype)
+        alone = HeadTrainer(self.config, len(cols), self.n_classes, [None], self.device, self.dtype, rows=2)
+        alone.finish()
         f, k = self.where[g]
         fam, H = self.families[f], self.H
         for mine, theirs in zip(alone.tensors(0), (fam.W, fam.b, fam.gamma, fam.beta), strict=True):
