@@ -207,24 +207,27 @@ def _numbers(r) -> tuple:
     )
 
 
-def packed_case(device: torch.device, dim: int, rows: int, classes: int, epochs: int) -> dict:
+def packed_case(device: torch.device, dim: int, rows: int, classes: int, epochs: int, repeats: int) -> dict:
     heads = HeadConfig(epochs=epochs, batch_size=32, lr=0.01, milestones=(max(epochs - 1, 1),),
                        weight_decays=(1e-4, 5e-4))  # fmt: skip
+    times: dict[str, list[float]] = {"separate": [], "packed": []}
     with tempfile.TemporaryDirectory(prefix="featcache-steps-") as tmp:
         t = time.perf_counter()
         paths = build_stores(Path(tmp), 5, dim, rows, classes)
         build_s = time.perf_counter() - t
         draws = [(p,) for p in paths] + [tuple(paths)]  # cat1 x 5 draws + cat5
         configs = [ProbeConfig(d, heads, device=str(device), views=0) for d in draws]
-        t = time.perf_counter()
-        alone = [run_probe(c) for c in configs]
-        alone_s = time.perf_counter() - t
-        t = time.perf_counter()
-        packed = list(run_packed(configs))
-        packed_s = time.perf_counter() - t
+        for _ in range(repeats):  # interleaved, so that a busy machine slows both alike
+            t = time.perf_counter()
+            alone = [run_probe(c) for c in configs]
+            times["separate"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            packed = list(run_packed(configs))
+            times["packed"].append(time.perf_counter() - t)
     same = [_numbers(a) == _numbers(p) for a, p in zip(alone, packed, strict=True)]
+    median = {k: statistics.median(v) for k, v in times.items()}
     return {"stores": 5, "dim": dim, "rows": rows, "classes": classes, "epochs": epochs, "probes": len(configs),
-            "build_s": build_s, "separate_s": alone_s, "packed_s": packed_s, "ratio": alone_s / packed_s,
+            "build_s": build_s, "seconds": times, "median_s": median, "ratio": median["separate"] / median["packed"],
             "memory": packed[0].memory, "same_records": same,
             "test_top1": {"separate": [r.selected.test_top1 for r in alone],
                           "packed": [r.selected.test_top1 for r in packed]}}  # fmt: skip
@@ -241,7 +244,9 @@ def _parse(argv):
     p.add_argument("--parts", default="steps,packed", help="steps, packed or both")
     p.add_argument("--cases", default="small,research", help=f"step cases: {', '.join(CASES)}")
     p.add_argument("--steps", type=int, help="steps timed per run (default: per case and device)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per method, interleaved")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per method (and per packed/separate), interleaved"
+    )
     p.add_argument("--pack-dim", type=int, help="features per store (default 256 on the CPU, 2048 on CUDA)")
     p.add_argument("--pack-rows", type=int, help="train rows (default 10,000 on the CPU, 20,000 on CUDA)")
     p.add_argument("--pack-classes", type=int, default=100)
@@ -290,7 +295,7 @@ def main(argv=None) -> int:
     if "packed" in a.parts:
         gpu = device.type == "cuda"
         dim, rows = a.pack_dim or (2048 if gpu else 256), a.pack_rows or (20_000 if gpu else 10_000)
-        p = packed_case(device, dim, rows, a.pack_classes, a.epochs)
+        p = packed_case(device, dim, rows, a.pack_classes, a.epochs, a.repeats)
         record["packed"] = p
         shape = f"5 float16 stores x {dim} features, {rows} train rows, {a.pack_classes} classes, {a.epochs} epochs"
         print(f"\npacked: {shape}, batch 32, 2 weight decays; cat1 x 5 draws + cat5 (built in {p['build_s']:.1f} s)")

@@ -8,6 +8,7 @@ from conftest import ArrayRows
 
 from featcache.errors import ConfigError
 from featcache.heads import HeadConfig, MultiHeadProbe
+from featcache.heads_step import HeadTrainer
 
 D, C = 64, 5
 SMALL = {"epochs": 4, "batch_size": 64, "milestones": (2, 3), "lr": 0.05, "seed": 3}
@@ -310,16 +311,28 @@ def test_the_step_reads_nothing_back_from_the_device(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_steps_equal_eager_steps_and_never_synchronise():
+def test_cuda_graph_steps_equal_eager_steps_and_never_synchronise(monkeypatch):
     x, y = _data(1000, 0)
     cfg = HeadConfig(**{**SMALL, "batch_size": 32}, weight_decays=(1e-4, 5e-2))
-    xd, yd = x.cuda(), y.cuda()
+    xd, yd = x.cuda().half(), y.cuda()
     eager = MultiHeadProbe(cfg, D, C, device="cuda", graphs=False).fit(xd, yd)
-    torch.cuda.set_sync_debug_mode("error")  # a synchronising call in a step raises
-    try:
-        graphed = MultiHeadProbe(cfg, D, C, device="cuda").fit(xd, yd)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    replays = []
+
+    def strict(fn):  # a synchronising call in a step (eager or replayed) raises
+        def run(*a, **kw):
+            replays.append(fn.__name__)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*a, **kw)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        return run
+
+    monkeypatch.setattr(HeadTrainer, "step", strict(HeadTrainer.step))
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", strict(torch.cuda.CUDAGraph.replay))
+    graphed = MultiHeadProbe(cfg, D, C, device="cuda").fit(xd, yd)
+    assert replays.count("replay") == cfg.epochs * 31 - 3  # 31 full batches an epoch, 3 eager warm-up steps
     for h in range(2):
         for key, value in eager.head_state(h).items():
             torch.testing.assert_close(graphed.head_state(h)[key], value, atol=1e-6, rtol=0, msg=key)
