@@ -271,7 +271,8 @@ def main(argv=None) -> int:
     print(f"date     {time.strftime('%Y-%m-%d %H:%M:%S %z')}; python {platform.python_version()}{load}", flush=True)
     record: dict = {"benchmark": "probe_steps", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
                     "device_name": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "featcache": __version__}  # fmt: skip
+                    "featcache": __version__,
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}  # fmt: skip
     ok = True
     if "steps" in a.parts:
         cases = [steps_case(name, device, a.repeats, a.steps) for name in a.cases.split(",")]
@@ -299,12 +300,12 @@ def main(argv=None) -> int:
         record["packed"] = p
         shape = f"5 float16 stores x {dim} features, {rows} train rows, {a.pack_classes} classes, {a.epochs} epochs"
         print(f"\npacked: {shape}, batch 32, 2 weight decays; cat1 x 5 draws + cat5 (built in {p['build_s']:.1f} s)")
-        print(f"  one by one (run_probe x {p['probes']}) {p['separate_s']:>8.1f} s")
-        print(f"  packed (run_packed, {p['memory']}) {p['packed_s']:>8.1f} s")
-        print(
-            f"  one by one / packed: {p['ratio']:.2f}x; records identical to the separate ones: "
-            f"{sum(p['same_records'])}/{len(p['same_records'])}"
-        )
+        for method, what in (("separate", f"one by one (run_probe x {p['probes']})"),
+                             ("packed", f"packed (run_packed, {p['memory']})")):  # fmt: skip
+            runs = ", ".join(f"{v:.1f}" for v in p["seconds"][method])
+            print(f"  {what:<44} median {p['median_s'][method]:6.1f} s  (runs: {runs})")
+        print(f"  one by one / packed: {p['ratio']:.2f}x on the medians; records identical to the separate ones: "
+              f"{sum(p['same_records'])}/{len(p['same_records'])}")  # fmt: skip
         ok &= all(p["same_records"])
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

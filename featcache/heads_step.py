@@ -11,7 +11,8 @@ A head (:mod:`featcache.heads`) is BatchNorm1d(D, affine) then Linear(D, C), or 
 These are the gradients autograd gives the head (the features take none); written out, a step is about twenty
 kernels with no graph to build, which is what a step at batch 32 costs (on the CPU the Python and dispatch of
 autograd were most of it). SGD (torch.optim.SGD semantics, dampening 0, weight decay on W and b only) then
-updates every parameter of every head as one flat tensor: four kernels whatever the number of heads.
+updates every parameter of every head at once (:mod:`featcache.heads_sgd`: a few kernels over one flat storage, or
+on CUDA torch's fused SGD kernel), whatever the number of heads.
 
 Packed probes. Several probes ("groups") reading different columns of one feature matrix (the union of their
 stores) train in one pass: BatchNorm's statistics are per column, so normalising the union once normalises each
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from .feed_batches import BatchBuffer, Feed, batch_bounds, eval_batches
 from .heads_graph import Capture, StepGraph
+from .heads_sgd import fused_plan, fused_sgd, sgd_update
 
 if TYPE_CHECKING:
     from .heads import HeadConfig
@@ -109,8 +111,6 @@ class _Family:
             dz4 = torch.bmm(G, self.W, out=self.dz.view(K * H, n, D) if full else None).view(K, H, n, D)
             torch.sum(dz4, 2, out=self.gbeta.view(K, H, D))
             torch.sum(dz4.mul_(x4), 2, out=self.ggamma.view(K, H, D))
-        self.gW.addcmul_(self.wd3, self.W)  # d_p = grad + wd * p, on W and b only (torch.optim.SGD's weight_decay)
-        self.gb.addcmul_(self.wd2, self.b)
 
     @torch.no_grad()
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,13 +168,17 @@ class HeadTrainer:
         self.running_mean = torch.zeros(n_features, **like) if self.bn else None
         self.running_var = torch.ones(n_features, **like) if self.bn else None
         self.lr = torch.zeros((), **like)  # set per epoch: a tensor, so a captured step reads the new value
+        self.lr_heads = [torch.zeros((), **like) for _ in range(self.H)]  # the fused kernel's, one a head
         self.steps, self._labels = 0, None
+        self._fused = None
+        if fused_sgd(self.device, dtype):
+            self._fused = fused_plan(self._views, self.families, config.grid, self.bn, self.lr_heads)
         self._init_params()
 
     def _bind(self, shapes: list[tuple[int, ...]], rows: int) -> None:
         self.rows = rows
-        views = {"param": [], "grad": []}
-        for name, flat in (("param", self.param), ("grad", self.grad)):
+        views: dict[str, list[torch.Tensor]] = {"param": [], "grad": [], "momentum": []}
+        for name, flat in (("param", self.param), ("grad", self.grad), ("momentum", self.momentum)):
             at = 0
             for s in shapes:
                 n = int(np.prod(s))
@@ -188,6 +192,7 @@ class HeadTrainer:
             i += k
         self.x = BatchBuffer(rows, self.n_features, self.device, self.dtype)
         self.y = torch.empty(rows, dtype=torch.int64, device=self.device)
+        self._views = views
 
     def _init_params(self) -> None:
         # One float32 (C, D) draw on the CPU per group, repeated over its heads: every group starts where the same
@@ -203,6 +208,10 @@ class HeadTrainer:
     # --- training -----------------------------------------------------------------------------------------------
     def set_lr(self, lrs: Sequence[float]) -> None:
         """Every head's learning rate for the coming steps: one value, or one per head of the grid."""
+        if self._fused is not None:  # one lr tensor per head, read by the fused kernel
+            for t, lr in zip(self.lr_heads, lrs * (self.H if len(lrs) == 1 else 1), strict=True):
+                t.fill_(lr)
+            return
         if len(set(lrs)) == 1:
             self.lr.fill_(lrs[0])
             return
@@ -232,13 +241,10 @@ class HeadTrainer:
             xhat = F.batch_norm(x, self.running_mean, self.running_var, None, None, True, BN_MOMENTUM, BN_EPS)
         for fam in self.families:
             fam.step(xhat, y, n)
-        m, grad = self.config.momentum, self.grad
-        if m:
-            self.momentum.mul_(m).add_(grad)  # starts at 0, so the first step leaves it at d_p, as torch's
-            update = grad.add_(self.momentum, alpha=m) if self.config.nesterov else self.momentum
-        else:
-            update = grad
-        self.param.addcmul_(update, self.lr, value=-1)
+        self._update()
+
+    def _update(self) -> None:
+        sgd_update(self._fused, self.families, self.param, self.grad, self.momentum, self.lr, self.config)
 
     def _counted_step(self) -> None:
         # The full-batch step of a graph: the batch's rows come from the epoch's permutation at a device counter.
@@ -309,7 +315,7 @@ class HeadTrainer:
 
     def finish(self) -> None:
         """Free what only training needs (gradients, momentum, batch buffers); the heads still score."""
-        self.grad = self.momentum = self.x = self.y = self._labels = None
+        self.grad = self.momentum = self.x = self.y = self._labels = self._views = self._fused = None
         self.lr = torch.zeros((), device=self.device, dtype=self.dtype)
         for fam in self.families:
             fam.gW = fam.gb = fam.ggamma = fam.gbeta = fam.z = fam.dz = fam.logits = fam.minus_one = None

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 from store_factory import make_store
 
+from featcache import heads_step
 from featcache import sweep as sweep_mod
 from featcache.cli import main
 from featcache.errors import ProbeError
@@ -179,3 +180,23 @@ def test_a_non_finite_loss_in_a_pack_runs_its_probes_alone(stores, monkeypatch, 
     assert first.memory == "resident" and first.stores[0].name == "s0"
     with pytest.raises(ProbeError, match=r"lr=0.05 wd=0.0001 became non-finite at epoch 1 on stores s1"):
         next(records)
+
+
+@pytest.mark.parametrize(
+    "heads",
+    [HEADS, dataclasses.replace(HEADS, head="linear", nesterov=False), dataclasses.replace(HEADS, lrs=(0.01, 0.2))],
+)
+def test_the_fused_update_used_on_cuda_is_the_flat_update(heads, monkeypatch):
+    """On CUDA the SGD update is torch's fused kernel, one call per head position; forced here on the CPU (where it
+    is slow, so never used), it must update every group's heads as the flat update does."""
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(150, 9, generator=g) + 1.0, torch.randint(0, 4, (150,), generator=g)
+    groups = [[0, 1, 2], [6, 7, 8], [8, 2, 5, 0], list(range(9))]
+    flat = PackedProbe(heads, 9, 4, groups).fit(X, y)
+    monkeypatch.setattr(heads_step, "fused_sgd", lambda device, dtype: True)
+    fused = PackedProbe(heads, 9, 4, groups).fit(X, y)
+    for a, b in zip(flat.probes_, fused.probes_, strict=True):
+        for h in range(len(heads.grid)):
+            for key, value in a.head_state(h).items():
+                torch.testing.assert_close(b.head_state(h)[key], value, atol=1e-6, rtol=0, msg=key)
+    assert (flat.probes_[0].weight_[0] - flat.probes_[0].weight_[-1]).abs().max() > 1e-3  # heads differ
