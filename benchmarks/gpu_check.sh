@@ -9,11 +9,17 @@
 #   extract  benchmarks/extract_throughput.py --device cuda at full size (20,000 CIFAR-format images and     220 s
 #            5,000 500x375 JPEGs through ResNet50 at 224 px, 10,000 images x 5 checkpoints; batch 256), with
 #            FEATCACHE_SYNC_DEBUG=warn: each synchronising CUDA call in featcache's extract() counted by line
-#   probe    benchmarks/probe_heads.py --device cuda: 50,000 x 10,240 float16 resident on the GPU, the 6     120 s
-#            weight decays, 28 epochs, one multi-head pass vs six solo heads
+#   probe    benchmarks/probe_steps.py --device cuda (issue 20): steps/s of the old step, the new one eager    80 s
+#            and in a CUDA graph, at D 256 / C 10 and at the research case (200,000 x 10,240 float16
+#            resident, 1,000 classes, batch 32, 2 heads; target >= 5,000 steps/s), and a sweep's six probes
+#            (5 stores x 2,048, cat1 x 5 + cat5) packed vs one by one, records compared
+#   heads    benchmarks/probe_heads.py --device cuda --rows 20000: 20,000 x 10,240 float16 resident, the 6    40 s
+#            weight decays, 28 epochs, one multi-head pass vs six solo heads (equal accuracies)
+# The tests step also runs the heads' CUDA-graph test (graph = eager, no synchronising call in a step).
 # GPU_CHECK_STEPS=tests,extract runs only those (a rerun after a fix); GPU_CHECK_LIMIT sets the extract step's
 # limit; extra arguments go to extract_throughput.py (e.g. --quick, --cases cifar). With OUT=<dir> the log
-# (gpu_check.log), pytest_cuda.xml, extract_throughput_gpu.json and probe_heads_gpu.json are written there.
+# (gpu_check.log), pytest_cuda.xml, extract_throughput_gpu.json, probe_steps_gpu.json and probe_heads_gpu.json
+# are written there.
 #
 # Installs nothing from a network. It runs this checkout (PYTHONPATH=.; `pip install -e .` would need a build
 # backend from an index) with $PYTHON or python3. On the lent machines that is torch 2.11 with torchvision 0.26,
@@ -41,7 +47,7 @@ if [ -z "$PY" ]; then
 fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT_DIR=${OUT:-}
-STEPS=${GPU_CHECK_STEPS:-doctor,tests,extract,probe}
+STEPS=${GPU_CHECK_STEPS:-doctor,tests,extract,probe,heads}
 
 lacking() {
     "$PY" - <<'EOF'
@@ -93,11 +99,12 @@ step() {  # step NAME LIMIT COMMAND...: run it under `timeout`, say how it ended
 }
 
 run() {
-    local failed=() junit=() out=() probe_out=() per_test=()
+    local failed=() junit=() out=() probe_out=() steps_out=() per_test=()
     if [ -n "$OUT_DIR" ]; then
         junit=(--junitxml "$OUT_DIR/pytest_cuda.xml")
         out=(--out "$OUT_DIR/extract_throughput_gpu.json")
         probe_out=(--out "$OUT_DIR/probe_heads_gpu.json")
+        steps_out=(--out "$OUT_DIR/probe_steps_gpu.json")
     fi
     echo "== gpu_check $(date '+%Y-%m-%d %H:%M:%S %z'), steps: $STEPS"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
@@ -109,15 +116,20 @@ run() {
     if wanted tests; then
         "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 90)  # a hung test fails alone
         step tests 110 "$PY" -m pytest -q -rs -p no:cacheprovider ${per_test[@]+"${per_test[@]}"} \
-            ${junit[@]+"${junit[@]}"} tests/test_cuda.py tests/test_fast_path.py || failed+=(tests)
+            ${junit[@]+"${junit[@]}"} tests/test_cuda.py tests/test_fast_path.py \
+            tests/test_heads.py::test_cuda_graph_steps_equal_eager_steps_and_never_synchronise || failed+=(tests)
     fi
     if wanted extract; then
         step extract "${GPU_CHECK_LIMIT:-220}" env FEATCACHE_SYNC_DEBUG=warn "$PY" benchmarks/extract_throughput.py \
             --device cuda ${out[@]+"${out[@]}"} "$@" || failed+=(extract)
     fi
     if wanted probe; then
-        step probe 120 "$PY" benchmarks/probe_heads.py --device cuda ${probe_out[@]+"${probe_out[@]}"} \
+        step probe 80 "$PY" benchmarks/probe_steps.py --device cuda --repeats 2 ${steps_out[@]+"${steps_out[@]}"} \
             || failed+=(probe)
+    fi
+    if wanted heads; then
+        step heads 40 "$PY" benchmarks/probe_heads.py --device cuda --rows 20000 ${probe_out[@]+"${probe_out[@]}"} \
+            || failed+=(heads)
     fi
     echo
     echo "== gpu_check done after $SECONDS s; failed or stopped: ${failed[*]:-none}"

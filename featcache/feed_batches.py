@@ -26,7 +26,7 @@ from .prefetch import Prefetch
 from .rows import EpochFeatures, Features, check_rows
 
 __all__ = ["BatchBuffer", "Batches", "Feed", "ShuffleSampler", "Shuffled", "as_feed", "batch_bounds", "eval_batches",
-           "from_host", "gather", "host_rows"]  # fmt: skip
+           "from_host", "gather", "host_rows", "same_device"]  # fmt: skip
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x: the buffer's rows, labels)
 
@@ -64,6 +64,14 @@ class BatchBuffer:
         if rows.data_ptr() != x.data_ptr():
             x.copy_(rows)
         return x
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one ("cuda" is the current CUDA device)."""
+    if a.type != b.type:
+        return False
+    current = torch.cuda.current_device() if a.type == "cuda" else None
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
 def batch_bounds(n: int, batch_size: int, drop_single: bool = False) -> list[tuple[int, int]]:
@@ -185,6 +193,19 @@ class Feed(ABC):
             ValueError: epoch e's features do not match the buffer (shape, dtype, rows).
         """
 
+    def tensor_epoch(
+        self, e: int, *, seed: int, device: torch.device, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Epoch e as (X, order) when its features are one (N, ``dim``) tensor on ``device``: batch i is then rows
+        ``order[i * batch_size:(i + 1) * batch_size]`` of X, exactly the rows :meth:`batches` would give, and the heads
+        gather them themselves (no Python iterator per batch, and a step a CUDA graph can hold). None: use
+        :meth:`batches`.
+
+        Raises:
+            ValueError: epoch e's features do not match the feed's rows or ``dim``.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - most feeds hold nothing between epochs
         """Release what the feed holds (idempotent)."""
 
@@ -201,6 +222,19 @@ class Shuffled(Feed):
         return len(self.X)
 
     def batches(self, e: int, y: torch.Tensor, buffer: BatchBuffer, *, seed: int, batch_size: int) -> Batches:
+        X, order = self._epoch(e, seed, buffer.dim)
+        return gather(X, order, batch_bounds(len(order), batch_size, drop_single=True), y, buffer)
+
+    def tensor_epoch(
+        self, e: int, *, seed: int, device: torch.device, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        X = self.X.epoch(e) if isinstance(self.X, EpochFeatures) else self.X
+        if not isinstance(X, torch.Tensor) or not same_device(X.device, torch.device(device)):
+            return None
+        return self._epoch(e, seed, dim)
+
+    def _epoch(self, e: int, seed: int, dim: int) -> tuple[Features, torch.Tensor]:
+        """Epoch e's features and permutation (a pure function of seed and e: :class:`ShuffleSampler`)."""
         n = len(self)
         if self._sampler is None or self._sampler.seed != seed:
             self._sampler = ShuffleSampler(n, seed)
@@ -209,9 +243,9 @@ class Shuffled(Feed):
         X = self.X
         if isinstance(X, EpochFeatures):
             X = X.epoch(e)
-            if check_rows(X, buffer.dim, f"X (epoch {e + 1})") != n:
+            if check_rows(X, dim, f"X (epoch {e + 1})") != n:
                 raise ValueError(f"epoch {e + 1} features have {len(X)} rows, not {n}")
-        return gather(X, order, batch_bounds(n, batch_size, drop_single=True), y, buffer)
+        return X, order
 
 
 def as_feed(X: Feed | Features | EpochFeatures) -> Feed:

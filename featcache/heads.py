@@ -2,17 +2,20 @@
 
 The protocol is the seed's (REFERENCE.md, "The seed's linear-probe protocol"): BatchNorm1d(D, affine) then
 Linear(D, C), SGD with Nesterov momentum, the lr cut at fixed epochs, weight decay on the Linear only.
-A grid of H weight decays is trained as H heads that see the same batches. BatchNorm's
-normalisation depends only on the batch, so it is computed once and shared; each head's affine
-(gamma_h, beta_h) is folded into its Linear, W'_h = W_h * gamma_h and b'_h = b_h + W_h @ beta_h, so all
-heads are one (B, D) x (D, H*C) matrix product. Autograd through the fold gives gamma, beta, W and b the
-gradients of the unfolded head, so head h ends where a solo run with weight decay wd_h ends
-(tests/test_heads.py checks this, and checks a head against torch.nn + torch.optim.SGD + MultiStepLR).
-Scoring takes one product per head (:class:`featcache.linear_head.LinearHead`), the arithmetic a saved head of it
-scores with: one product of all heads rounds some logits otherwise, and a near tie can flip.
+A grid of H weight decays (optionally x learning rates) is trained as H heads that see the same batches.
+BatchNorm's normalisation depends only on the batch, so it is computed once and shared; each head keeps its own
+affine and Linear, and the step computes every head's gradients in closed form (:mod:`featcache.heads_step`), so
+head h ends where a solo run with weight decay wd_h ends (tests/test_heads.py checks this, and checks a head
+against torch.nn + torch.optim.SGD + MultiStepLR). On CUDA the step is captured in a CUDA graph
+(:mod:`featcache.heads_graph`). Scoring takes one product per head (:class:`featcache.linear_head.LinearHead`), the
+arithmetic a saved head of it scores with: one product of all heads rounds some logits otherwise, and a near tie
+can flip.
 
-This module is the arithmetic only: which rows form each batch is the feed's (:mod:`featcache.feed`), and the
-features come from it or are a tensor or a row source; it never builds or runs a backbone.
+:class:`PackedProbe` trains several probes (column groups of one feature matrix: the union of their stores) in
+one pass, each ending where it would alone.
+
+This module is the estimator and the epoch loop: which rows form each batch is the feed's (:mod:`featcache.feed`),
+the arithmetic is :mod:`featcache.heads_step`'s; it never builds or runs a backbone.
 """
 
 from __future__ import annotations
@@ -21,34 +24,39 @@ import bisect
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from featcache.errors import ConfigError, FeatcacheError, unknown_name
-from featcache.feed_batches import BatchBuffer, Feed, as_feed, eval_batches
-from featcache.linear_head import BN_EPS, SGD_EVAL_ROWS, LinearHead, bn_normalise_, count_hits, fold, split_heads
-from featcache.rows import EpochFeatures, Features, RowSource
+from featcache.feed_batches import Feed, as_feed
+from featcache.heads_graph import cuda_capture
+from featcache.heads_step import EVAL_ROWS, HeadTrainer
+from featcache.linear_head import LinearHead, split_heads
+from featcache.rows import EpochFeatures, Features, RowSource, check_labels
 
 # RowSource, Features and EpochFeatures live in featcache.rows; named here too, where they were first defined.
-__all__ = ["HEADS", "EpochFeatures", "Features", "HeadConfig", "MultiHeadProbe", "NonFiniteLossError", "RowSource"]
+__all__ = ["HEADS", "EpochFeatures", "Features", "HeadConfig", "MultiHeadProbe", "NonFiniteLossError", "PackedProbe",
+           "RowSource"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 HEADS = ("bn-linear", "linear")
-_BN_EPS, _BN_MOMENTUM = BN_EPS, 0.1  # torch.nn.BatchNorm1d's defaults
-_EVAL_ROWS = SGD_EVAL_ROWS  # rows per forward when scoring: bounds memory (a saved head scores in the same blocks)
 
 
 class NonFiniteLossError(FeatcacheError):
-    """A head's training loss became NaN or Inf: its features hold NaN/Inf, or its learning rate diverged."""
+    """A head's training loss became NaN or Inf: its features hold NaN/Inf, or its learning rate diverged.
 
-    def __init__(self, heads: list[int], epoch: int):
-        self.heads, self.epoch = heads, epoch
-        super().__init__(f"training loss of head(s) {heads} became non-finite at epoch {epoch}")
+    ``group``: the packed probe's group the heads belong to (None when not packed).
+    """
+
+    def __init__(self, heads: list[int], epoch: int, group: int | None = None):
+        self.heads, self.epoch, self.group = heads, epoch, group
+        where = "" if group is None else f" of packed probe {group}"
+        super().__init__(f"training loss of head(s) {heads}{where} became non-finite at epoch {epoch}")
 
 
 @dataclass(frozen=True)
@@ -103,36 +111,6 @@ class HeadConfig:
         return tuple((lr, wd) for lr in lrs for wd in self.weight_decays)
 
 
-class _SGD:
-    """torch.optim.SGD (dampening 0) over stacked head tensors, with a weight-decay tensor per parameter.
-
-    torch.optim.SGD takes one scalar decay per param group, but here the decay varies along the head axis,
-    so each decay is a tensor broadcast against its parameter ((H, 1, 1) for a (H, C, D) weight) or None.
-    The lr of :meth:`step` is a float (every head alike) or, for a learning-rate grid, one such tensor per
-    parameter.
-    """
-
-    def __init__(self, params: list[torch.Tensor], decays: list, momentum: float, nesterov: bool):
-        self.params, self.decays, self.momentum, self.nesterov = params, decays, momentum, nesterov
-        self.bufs: list[torch.Tensor | None] = [None] * len(params)
-
-    @torch.no_grad()
-    def step(self, grads: tuple[torch.Tensor, ...], lr: float | list[torch.Tensor]) -> None:
-        for i, (p, d, wd) in enumerate(zip(self.params, grads, self.decays, strict=True)):
-            if wd is not None:
-                d = torch.addcmul(d, wd, p)  # d_p = grad + wd * p
-            if self.momentum:
-                if self.bufs[i] is None:
-                    self.bufs[i] = d.clone()  # torch starts the buffer at d_p, not at 0
-                else:
-                    self.bufs[i].mul_(self.momentum).add_(d)
-                d = d.add(self.bufs[i], alpha=self.momentum) if self.nesterov else self.bufs[i]
-            if isinstance(lr, list):
-                p.addcmul_(d, lr[i], value=-1)  # not in place on d: without Nesterov d is the buffer
-            else:
-                p.add_(d, alpha=-lr)
-
-
 class MultiHeadProbe:
     """H = len(config.grid) linear heads fitted together on cached features (estimator style).
 
@@ -142,6 +120,9 @@ class MultiHeadProbe:
         n_classes: number of classes C.
         device: where the heads live and train; features are moved there batch by batch.
         dtype: dtype of the parameters and of the batches (features of any float dtype are cast).
+        graphs: capture the training step in a CUDA graph and replay it: None (on CUDA), True, False, or a capture
+            function (:data:`featcache.heads_graph.Capture`; tests pass a stand-in on the CPU); the same arithmetic
+            either way (:mod:`featcache.heads_graph`).
 
     Attributes (after :meth:`fit`):
         weight_ (H, C, D), bias_ (H, C): each head's Linear.
@@ -155,12 +136,15 @@ class MultiHeadProbe:
         fit_epochs_: epochs trained.
     """
 
-    def __init__(self, config: HeadConfig, n_features: int, n_classes: int, device="cpu", dtype=torch.float):
+    def __init__(
+        self, config: HeadConfig, n_features: int, n_classes: int, device="cpu", dtype=torch.float, graphs=None
+    ):
         self.config = config
         self.n_features = n_features
         self.n_classes = n_classes
         self.device = device
         self.dtype = dtype
+        self.graphs = graphs
 
     @property
     def n_heads(self) -> int:
@@ -195,69 +179,34 @@ class MultiHeadProbe:
             TypeError: features are neither a tensor nor a row source.
             NonFiniteLossError: a head's training loss became NaN or Inf (names the heads and the epoch).
         """
-        cfg, dev, H = self.config, torch.device(self.device), self.n_heads
-        if not isinstance(X, (Feed, EpochFeatures)):
-            self._check_rows(X, "X")
-        feed = as_feed(X)
-        n = len(feed)
-        y = self._check_labels(y, n, "y")
-        if n < 2:
-            raise ValueError(f"X has {n} row(s); a BatchNorm head needs at least 2 training rows")
-        evals = {}
-        for name, (Xe, ye) in (eval_sets or {}).items():
-            evals[name] = (Xe, self._check_labels(ye, self._check_rows(Xe, name), name))
-
         start = time.perf_counter()
-        self._init_state()
-        params = [p for p in (self.weight_, self.bias_, self.gamma_, self.beta_) if p is not None]
-        wd = torch.tensor([wd for _, wd in cfg.grid], device=dev, dtype=self.dtype)
-        # One lr (lrs None or of length 1) stays a float, so that path is exactly the solo trainer's.
-        head_lrs = [lr for lr, _ in cfg.grid] if cfg.lrs is not None and len(cfg.lrs) > 1 else None
-        base_lr = cfg.lrs[0] if cfg.lrs is not None else cfg.lr
-        decays = [wd[:, None, None], wd[:, None], None, None][: len(params)]  # none on gamma, beta
-        sgd = _SGD(params, decays, cfg.momentum, cfg.nesterov)
-        buffer = self._buffer(min(n, cfg.batch_size))
-        sq = torch.empty_like(buffer.x)  # x * x, for the batch variance
-        self.history_: list[dict[str, Any]] = []
-        for epoch in range(cfg.epochs):
-            lr = base_lr * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
-            step_lr: float | list[torch.Tensor] = lr
-            if head_lrs is not None:
-                # Per head, as a float would give it: lr_h * gamma^k rounded once, then cast.
-                factor = cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
-                lr = [h_lr * factor for h_lr in head_lrs]
-                lr_t = torch.tensor(lr, device=dev, dtype=self.dtype)
-                step_lr = [lr_t.view(-1, *[1] * (p.ndim - 1)) for p in params]
-            batches = feed.batches(epoch, y, buffer, seed=cfg.seed, batch_size=cfg.batch_size)
-            loss_sum, seen = torch.zeros(H, device=dev, dtype=torch.float64), 0
-            for p in params:
-                p.requires_grad_(True)
-            for x, yb in batches:
-                logits = self._forward(x, sq)  # (B, H, C)
-                # Row b * H + h of the flattened logits is head h on sample b, hence repeat_interleave.
-                losses = F.cross_entropy(logits.flatten(0, 1), yb.repeat_interleave(H), reduction="none")
-                losses = losses.view(-1, H).mean(0)  # (H,): each head's mean loss
-                # Heads share no parameter, so the sum gives each head exactly its solo gradient.
-                sgd.step(torch.autograd.grad(losses.sum(), params), step_lr)
-                loss_sum += losses.detach().double() * len(yb)
-                seen += len(yb)
-            for p in params:
-                p.requires_grad_(False)
-            bad = torch.nonzero(~torch.isfinite(loss_sum)).flatten().tolist()
-            if bad:  # its accuracy would be chance level: never report it as a result
-                raise NonFiniteLossError(bad, epoch + 1)
-            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": (loss_sum / seen).tolist()}
-            for name, (Xe, ye) in evals.items():
-                acc = self._accuracy(Xe, ye)
-                record[f"{name}_top1"], record[f"{name}_top5"] = acc["top1"], acc["top5"]
-            self.history_.append(record)
-            logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, record)
-            if on_epoch is not None:
-                on_epoch(self, epoch + 1)
-        self.fit_epochs_ = cfg.epochs
-        self.seconds_ = time.perf_counter() - start
-        logger.info("fitted %d head(s), %d epochs, in %.2f s", H, cfg.epochs, self.seconds_)
+
+        def hook(trainer: HeadTrainer, epoch: int) -> None:
+            self._bind(trainer)  # views of the trainer's live parameters: scoring_heads copies them
+            on_epoch(self, epoch)
+
+        trainer, histories = _fit(self, [None], X, y, eval_sets, hook if on_epoch is not None else None)
+        self._adopt(trainer, histories[0], time.perf_counter() - start)
         return self
+
+    def _adopt(self, trainer: HeadTrainer, history: list[dict[str, Any]], seconds: float) -> None:
+        """Take a fitted single-group trainer's parameters and statistics as this probe's."""
+        self._bind(trainer)
+        self.history_, self.fit_epochs_, self.seconds_ = history, self.config.epochs, seconds
+        logger.info("fitted %d head(s), %d epochs, in %.2f s", self.n_heads, self.config.epochs, seconds)
+
+    def _bind(self, trainer: HeadTrainer) -> None:
+        self._trainer = trainer
+        self.weight_, self.bias_, self.gamma_, self.beta_ = trainer.tensors(0)
+        self.running_mean_, self.running_var_ = trainer.running_mean, trainer.running_var
+        self.num_batches_tracked_ = trainer.steps
+
+    def scoring_heads(self, blocks: bool = False) -> list[LinearHead]:
+        """Each head as it scores, in fresh memory (:func:`featcache.linear_head.split_heads`; ``blocks``: with what
+        per-model scores need): a head saved from these scores the same bits. Raises RuntimeError unless fitted."""
+        self._check_fitted()
+        bn = (self.gamma_, self.beta_, self.running_mean_, self.running_var_)
+        return split_heads(self.weight_, self.bias_, *bn, eval_rows=EVAL_ROWS, blocks=blocks)
 
     @torch.no_grad()
     def predict_logits(self, X: Features) -> torch.Tensor:
@@ -271,17 +220,8 @@ class MultiHeadProbe:
             RuntimeError: the probe is not fitted.
         """
         self._check_fitted()
-        n = self._check_rows(X, "X")
-        heads, zeros = self.scoring_heads(), torch.zeros(n, dtype=torch.int64)
-        batches = self._normalised(eval_batches(X, zeros, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS))
-        return torch.cat([torch.stack([hd.logits(x) for hd in heads]) for x, _ in batches], dim=1)
-
-    def scoring_heads(self, blocks: bool = False) -> list[LinearHead]:
-        """Each head as it scores, in fresh memory (:func:`featcache.linear_head.split_heads`; ``blocks``: with what
-        per-model scores need): a head saved from these scores the same bits. Raises RuntimeError unless fitted."""
-        self._check_fitted()
-        bn = (self.gamma_, self.beta_, self.running_mean_, self.running_var_)
-        return split_heads(self.weight_, self.bias_, *bn, eval_rows=_EVAL_ROWS, blocks=blocks)
+        self._check_rows(X, "X")
+        return self._trainer.logits(X)[0]
 
     def evaluate(self, X: Features, y) -> dict[str, list[float]]:
         """Top-1 and top-k (k = min(5, C)) accuracy of every head, in percent.
@@ -294,7 +234,7 @@ class MultiHeadProbe:
             RuntimeError: the probe is not fitted.
         """
         self._check_fitted()
-        return self._accuracy(X, self._check_labels(y, self._check_rows(X, "X"), "y"))
+        return self._trainer.scores(X, self._check_labels(y, self._check_rows(X, "X"), "y"))[0]
 
     def head_state(self, h: int) -> dict[str, torch.Tensor]:
         """Unfolded parameters of head ``h``: a state_dict for ``Sequential(bn=BatchNorm1d, fc=Linear)``.
@@ -319,84 +259,118 @@ class MultiHeadProbe:
             state["bn.num_batches_tracked"] = torch.tensor(self.num_batches_tracked_)
         return state
 
-    def _init_state(self) -> None:
-        H, C, D = self.n_heads, self.n_classes, self.n_features
-        like = {"device": torch.device(self.device), "dtype": self.dtype}
-        # One float32 (C, D) draw on the CPU, repeated over heads: head h starts where a solo run with the
-        # same seed starts, on any device and in any dtype.
-        g = torch.Generator().manual_seed(self.config.seed)
-        w = torch.empty(C, D).normal_(0.0, self.config.init_std, generator=g)
-        self.weight_ = w.to(**like).repeat(H, 1, 1)
-        self.bias_ = torch.zeros(H, C, **like)
-        self.num_batches_tracked_ = 0
-        bn = self.config.head == "bn-linear"
-        self.gamma_ = torch.ones(H, D, **like) if bn else None
-        self.beta_ = torch.zeros(H, D, **like) if bn else None
-        self.running_mean_ = torch.zeros(D, **like) if bn else None
-        self.running_var_ = torch.ones(D, **like) if bn else None
-
-    def _buffer(self, rows: int) -> BatchBuffer:
-        return BatchBuffer(rows, self.n_features, torch.device(self.device), self.dtype)
-
-    def _forward(self, x: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-        """(B, D) features -> (B, H, C) logits in training; also steps the running statistics.
-
-        x is the feed's batch buffer and is normalised in place; ``sq`` a buffer as large for x * x.
-        """
-        self.num_batches_tracked_ += 1
-        if self.gamma_ is not None:
-            # Two passes, not torch.var_mean(x, dim=0): on the CPU that is a scalar per-column loop, about
-            # 10x slower than these vectorised passes (the largest cost of a step), and no more accurate.
-            mean = x.mean(0)
-            x = x.sub_(mean)
-            var = torch.mul(x, x, out=sq[: len(x)]).mean(0)  # biased: what the batch is normalised by
-            with torch.no_grad():
-                m, n = _BN_MOMENTUM, x.shape[0]
-                self.running_mean_.mul_(1 - m).add_(mean, alpha=m)
-                self.running_var_.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)  # unbiased, as torch
-            x = x.mul_(torch.rsqrt(var + _BN_EPS))  # (B, D) xhat, shared by every head
-        w, b = fold(self.weight_, self.bias_, self.gamma_, self.beta_)  # (H, C, D), (H, C)
-        return (x @ w.flatten(0, 1).T + b.flatten()).unflatten(1, b.shape)
-
-    def _normalised(self, batches):
-        """Scoring batches, normalised in place with the running statistics (shared by every head)."""
-        for x, yb in batches:
-            yield (x if self.gamma_ is None else bn_normalise_(x, self.running_mean_, self.running_var_)), yb
-
-    @torch.no_grad()
-    def _accuracy(self, X: Features, y: torch.Tensor) -> dict[str, list[float]]:
-        # One product per head, as a saved head of it scores (featcache.saved_head): one product of every head at
-        # once rounds some logits otherwise, and a near tie can then flip.
-        n, k = len(y), min(5, self.n_classes)
-        heads = self.scoring_heads()
-        hits = torch.zeros(self.n_heads, 2, dtype=torch.int64, device=torch.device(self.device))
-        for x, yb in self._normalised(eval_batches(X, y, self._buffer(min(n, _EVAL_ROWS)), _EVAL_ROWS)):
-            for h, head in enumerate(heads):
-                count_hits(head.logits(x), yb, k, hits[h])
-        top1, topk = (hits.double() * 100 / n).T.tolist()
-        return {"top1": top1, "top5": topk}
-
     def _check_rows(self, X: Any, name: str) -> int:
-        if isinstance(X, torch.Tensor):
-            if X.ndim != 2 or X.shape[1] != self.n_features or not X.is_floating_point():
-                got = f"{X.dtype} {tuple(X.shape)}"
-                raise ValueError(f"{name}: need float features of shape (N, {self.n_features}); got {got}")
-        elif not isinstance(X, RowSource):
-            kind = type(X).__name__
-            raise TypeError(f"{name}: expected a (N, D) tensor or a row source with take(), got {kind}")
-        if len(X) == 0:
-            raise ValueError(f"{name} has no rows")
-        return len(X)
+        return _check_rows(X, self.n_features, name)
 
     def _check_labels(self, y: Any, n: int, name: str) -> torch.Tensor:
-        y = torch.as_tensor(y)
-        if y.shape != (n,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"{name}: expected {n} integer labels, got {y.dtype} {tuple(y.shape)}")
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= self.n_classes:
-            raise ValueError(f"{name}: labels span [{lo}, {hi}], outside [0, {self.n_classes})")
-        return y.to(torch.device(self.device), torch.int64)
+        return check_labels(y, n, self.n_classes, self.device, name)
 
     def _check_fitted(self) -> None:
         if getattr(self, "weight_", None) is None:
             raise RuntimeError("this MultiHeadProbe is not fitted yet; call fit() first")
+
+
+class PackedProbe:
+    """Several probes' heads trained in one pass over features holding all their columns (packed probes).
+
+    Each group is one probe: the columns of the features it reads, in its own order (its stores among the union's).
+    All groups share ``config`` (so the same batches, in the same order) and BatchNorm's statistics, which are per
+    column; so group g ends where ``MultiHeadProbe(config, len(groups[g]), ...)`` fitted alone on ``X[:, groups[g]]``
+    ends (up to float rounding), and :attr:`probes_` holds exactly that.
+
+    Args:
+        config: the heads' hyperparameters, every group's.
+        n_features: columns of the features fed (the union).
+        n_classes, device, dtype, graphs: as :class:`MultiHeadProbe`.
+        groups: each probe's columns of the features, in its order.
+
+    Attributes (after :meth:`fit`):
+        probes_: one fitted :class:`MultiHeadProbe` per group, on the group's columns.
+        seconds_: wall time of the one pass, evaluations included.
+    """
+
+    def __init__(self, config: HeadConfig, n_features: int, n_classes: int, groups: Sequence[Sequence[int]],
+                 device="cpu", dtype=torch.float, graphs=None):  # fmt: skip
+        self.config, self.n_features, self.n_classes = config, n_features, n_classes
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        self.device, self.dtype, self.graphs = device, dtype, graphs
+        for g, cols in enumerate(self.groups):
+            if len(cols) == 0 or cols.min() < 0 or cols.max() >= n_features or len(set(cols.tolist())) < len(cols):
+                raise ValueError(f"group {g}: columns must be distinct, in [0, {n_features}), and at least one")
+
+    def fit(self, X: Feed | Features | EpochFeatures, y, eval_sets: Mapping[str, tuple] | None = None) -> PackedProbe:
+        """Train every group's heads in one pass per epoch; score each evaluation set once per epoch for all.
+
+        Args and Raises: as :meth:`MultiHeadProbe.fit`, the features holding ``n_features`` columns;
+        :class:`NonFiniteLossError` names the group too.
+        Returns:
+            self, with :attr:`probes_` fitted.
+        """
+        start = time.perf_counter()
+        trainer, histories = _fit(self, self.groups, X, y, eval_sets)
+        self.seconds_ = time.perf_counter() - start
+        self.probes_ = []
+        for g, cols in enumerate(self.groups):
+            probe = MultiHeadProbe(self.config, len(cols), self.n_classes, self.device, self.dtype, self.graphs)
+            probe._adopt(trainer.group(g), histories[g], self.seconds_)
+            self.probes_.append(probe)
+        return self
+
+
+def _fit(
+    est, groups: list, X, y, eval_sets: Mapping[str, tuple] | None, on_epoch: Callable | None = None
+) -> tuple[HeadTrainer, list[list[dict]]]:
+    """Fit the heads of ``groups`` on ``est``'s configuration: (the trainer, each group's history);
+    ``on_epoch(trainer, e)`` after epoch e (1-based) is scored."""
+    cfg, dev = est.config, torch.device(est.device)
+    if not isinstance(X, (Feed, EpochFeatures)):
+        _check_rows(X, est.n_features, "X")
+    feed = as_feed(X)
+    n = len(feed)
+    y = check_labels(y, n, est.n_classes, dev, "y")
+    if n < 2:
+        raise ValueError(f"X has {n} row(s); a BatchNorm head needs at least 2 training rows")
+    evals = {}
+    for name, (Xe, ye) in (eval_sets or {}).items():
+        evals[name] = (Xe, check_labels(ye, _check_rows(Xe, est.n_features, name), est.n_classes, dev, name))
+    capture = est.graphs if callable(est.graphs) else None
+    if est.graphs in (None, True) and dev.type == "cuda":
+        capture = cuda_capture
+    trainer = HeadTrainer(cfg, est.n_features, est.n_classes, groups, dev, est.dtype, capture,
+                          rows=min(n, cfg.batch_size))  # fmt: skip
+    head_lrs = [lr for lr, _ in cfg.grid] if cfg.lrs is not None and len(cfg.lrs) > 1 else None
+    base_lr = cfg.lrs[0] if cfg.lrs is not None else cfg.lr
+    histories: list[list[dict[str, Any]]] = [[] for _ in groups]
+    for epoch in range(cfg.epochs):
+        factor = cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), epoch)
+        # Per head, as a float would give it: lr_h * gamma^k rounded once, then cast.
+        lr: float | list[float] = base_lr * factor if head_lrs is None else [h_lr * factor for h_lr in head_lrs]
+        trainer.set_lr([lr] if head_lrs is None else lr)
+        seen = trainer.fit_epoch(feed, epoch, y, first=epoch == 0)
+        losses = [(loss / seen).tolist() for loss in trainer.take_losses()]  # one read of the device per epoch
+        for g, loss in enumerate(losses):
+            bad = [h for h, v in enumerate(loss) if not math.isfinite(v)]
+            if bad:  # its accuracy would be chance level: never report it as a result
+                raise NonFiniteLossError(bad, epoch + 1, group=g if len(groups) > 1 else None)
+        records = [{"epoch": epoch + 1, "lr": lr, "train_loss": loss} for loss in losses]
+        for name, (Xe, ye) in evals.items():
+            for record, acc in zip(records, trainer.scores(Xe, ye), strict=True):
+                record[f"{name}_top1"], record[f"{name}_top5"] = acc["top1"], acc["top5"]
+        for history, record in zip(histories, records, strict=True):
+            history.append(record)
+        logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, records if len(records) > 1 else records[0])
+        if on_epoch is not None:
+            on_epoch(trainer, epoch + 1)
+    trainer.finish()
+    return trainer, histories
+
+
+def _check_rows(X: Any, n_features: int, name: str) -> int:
+    if isinstance(X, torch.Tensor):
+        if X.ndim != 2 or X.shape[1] != n_features or not X.is_floating_point():
+            raise ValueError(f"{name}: need float features of shape (N, {n_features}); got {X.dtype} {tuple(X.shape)}")
+    elif not isinstance(X, RowSource):
+        raise TypeError(f"{name}: expected a (N, D) tensor or a row source with take(), got {type(X).__name__}")
+    if len(X) == 0:
+        raise ValueError(f"{name} has no rows")
+    return len(X)

@@ -527,6 +527,60 @@ BUGS = {
         'return self.results or self.cache / "results.jsonl"',
         ["tests/test_remote.py"],
     ),
+    "61 a packed probe reads its stores' columns in the union's order, not its own": (
+        "featcache/packed.py",
+        "offsets[at[s.path] + 1]) for s in data.stores])\n",
+        "offsets[at[s.path] + 1]) for s in sorted(data.stores, key=lambda s: at[s.path])])\n",
+        ["tests/test_packed.py"],
+    ),
+    "62 a packed group's running statistics taken from the union's first columns": (
+        "featcache/heads_step.py",
+        "            alone.running_mean.copy_(self.running_mean[index])\n",
+        "            alone.running_mean.copy_(self.running_mean[: len(cols)])\n",
+        ["tests/test_packed.py"],
+    ),
+    "63 every packed group of one width scored on the first group's columns": (
+        "featcache/heads_step.py",
+        "            return xhat.index_select(1, self.index[k * self.D : (k + 1) * self.D])\n",
+        "            return xhat.index_select(1, self.index[: self.D])\n",
+        ["tests/test_packed.py"],
+    ),
+    "64 a packed group's heads start from another draw than alone": (
+        "featcache/heads_step.py",
+        "            gen = torch.Generator().manual_seed(self.config.seed)\n",
+        "            gen = torch.Generator().manual_seed(self.config.seed + g)\n",
+        ["tests/test_packed.py"],
+    ),
+    "65 a graphed step trains on the epoch's first batch again and again (its device counter never advances)": (
+        "featcache/heads_step.py",
+        "        self._t.add_(1)\n",
+        "        self._t.add_(0)\n",
+        ["tests/test_heads.py"],
+    ),
+    "66 a graphed epoch's last batches start one batch early": (
+        "featcache/heads_step.py",
+        "            for a, b in bounds[full:]:\n",
+        "            for a, b in bounds[max(full - 1, 0) :]:\n",
+        ["tests/test_heads.py"],
+    ),
+    "67 packed groups' learning rates laid out group-major, not head-major": (
+        "featcache/heads_step.py",
+        "            lr = per_head.repeat(fam.K)\n",
+        "            lr = per_head.repeat_interleave(fam.K)\n",
+        ["tests/test_packed.py"],
+    ),
+    "68 packed groups' weight decays laid out group-major, not head-major": (
+        "featcache/heads_step.py",
+        "wds.repeat(fam.K), rows)",
+        "wds.repeat_interleave(fam.K), rows)",
+        ["tests/test_packed.py"],
+    ),
+    "69 probes of other seeds (other batches) packed together": (
+        "featcache/packed.py",
+        "    return (cfg.heads, cfg.val_fraction,",
+        "    return (dataclasses.replace(cfg.heads, seed=0), cfg.val_fraction,",
+        ["tests/test_packed.py"],
+    ),
 }
 
 

@@ -302,7 +302,9 @@ def test_a_sweep_saves_its_heads_scores_them_and_reports_per_model(paths, tmp_pa
     for seed, name in enumerate(("demo-cat1-d0-m0", "demo-cat2-d0-m0", "demo-cat2-d0-m1")):
         spec = reg.checkpoint(name)
         spec.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model_params": to_algoperf(make_net("resnet10", seed).state_dict()), "global_step": 1}, spec.path)
+        step = SWEEP["rows"][name.split("-")[1]]["steps_per_model"]  # the step the row says (checked on loading)
+        torch.save({"model_params": to_algoperf(make_net("resnet10", seed).state_dict()), "global_step": step},
+                   spec.path)  # fmt: skip
     lines: list[str] = []
     run_sweep(sweep, reg, paths, echo=lines.append)
     assert lines[1].startswith("[extract 1/2] digits-shift: 3 store(s) (missing), 0 view(s)")

@@ -14,12 +14,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import ArrayRows
 from store_factory import make_store
 
 from featcache import feed
 from featcache.concat import ConcatView
 from featcache.feed import Arrays, Epochs, Streamed, StreamShape, block_order, plan_memory, stream_shape
-from featcache.feed_batches import BatchBuffer
+from featcache.feed_batches import BatchBuffer, Shuffled, batch_bounds
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.probe import ProbeConfig, run_probe, view_schedule
 from featcache.store import open_store
@@ -256,3 +257,37 @@ def test_grouped_classes_in_small_buffers_are_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="featcache.feed"):
         _streamed(mixed, _budget(16 * 8 * 4, 2))
     assert caplog.text == ""
+
+
+def test_a_tensor_epoch_is_the_rows_its_batches_give():
+    """Features resident on the heads' device: the heads gather order[a:b] themselves, the rows batches() gives."""
+    X = torch.arange(70 * 3, dtype=torch.float32).view(70, 3)  # row i holds 3i, 3i+1, 3i+2
+    views = Shuffled(TaggedViews(X))
+    y = torch.arange(70)
+    for feed_ in (Shuffled(X), views):
+        for e in (0, 1, 2):
+            got, order = feed_.tensor_epoch(e, seed=4, device=CPU, dim=3)
+            bounds = batch_bounds(70, 32, drop_single=True)
+            served = [(x.clone(), yb.clone()) for x, yb in feed_.batches(e, y, BatchBuffer(32, 3, CPU, torch.float32),
+                                                                       seed=4, batch_size=32)]  # fmt: skip
+            assert len(served) == len(bounds) == 3
+            for (x, yb), (a, b) in zip(served, bounds, strict=True):
+                assert torch.equal(yb, order[a:b]) and torch.equal(x, got[order[a:b]])
+            assert feed_ is not views or got[0, 0] == 1000 * (e % 2)  # epoch e's view
+    assert not torch.equal(Shuffled(X).tensor_epoch(0, seed=4, device=CPU, dim=3)[1], torch.arange(70))
+    assert Shuffled(ArrayRows(X.numpy())).tensor_epoch(0, seed=4, device=CPU, dim=3) is None  # a row source
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        views.tensor_epoch(0, seed=4, device=CPU, dim=4)
+
+
+class TaggedViews:
+    """EpochFeatures: epoch e's view is X + 1000 * (e % 2)."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def epoch(self, e):
+        return self.X + 1000 * (e % 2)

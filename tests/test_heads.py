@@ -8,6 +8,7 @@ from conftest import ArrayRows
 
 from featcache.errors import ConfigError
 from featcache.heads import HeadConfig, MultiHeadProbe
+from featcache.heads_step import HeadTrainer
 
 D, C = 64, 5
 SMALL = {"epochs": 4, "batch_size": 64, "milestones": (2, 3), "lr": 0.05, "seed": 3}
@@ -224,3 +225,116 @@ def test_config_accepts_lists_and_fit_checks_shapes():
         probe.fit(x, y + 5)
     with pytest.raises(RuntimeError, match="fit"):
         probe.predict_logits(x)
+
+
+# --- the step: what a CUDA graph needs, checked on the CPU ----------------------------------------------------
+
+
+class StandInGraph:
+    """A CUDA graph's protocol on the CPU: capture records nothing and returns a replay that runs the step again,
+    reading whatever its static buffers hold then; counts captures and replays."""
+
+    def __init__(self, fail: bool = False):
+        self.captures, self.replays, self.fail = 0, 0, fail
+
+    def __call__(self, fn, pool):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures += 1
+
+        def replay():
+            self.replays += 1
+            fn()
+
+        return replay
+
+
+class TwoViews:
+    """EpochFeatures: view e % 2 at epoch e (another tensor each epoch, as augmented views are)."""
+
+    def __init__(self, a, b):
+        self.views = (a, b)
+
+    def __len__(self):
+        return len(self.views[0])
+
+    def epoch(self, e):
+        return self.views[e % 2]
+
+
+# 600 rows: 18 full batches of 32 and a partial one of 24; 577: 18 and a final single row, left out
+@pytest.mark.parametrize("n", [600, 577])
+@pytest.mark.parametrize("lrs", [None, (0.01, 0.2)])
+def test_graph_replays_equal_eager_steps(n, lrs):
+    x, y = _data(n, 0)
+    x2, _ = _data(n, 8)
+    cfg = HeadConfig(**{**SMALL, "batch_size": 32}, lrs=lrs, weight_decays=(1e-4, 5e-2))
+    eager = MultiHeadProbe(cfg, D, C, graphs=False).fit(TwoViews(x, x2.half()), y, {"test": (x, y)})
+    graph = StandInGraph()
+    graphed = MultiHeadProbe(cfg, D, C, graphs=graph).fit(TwoViews(x, x2.half()), y, {"test": (x, y)})
+    # one capture per epoch (a graph holds its epoch's features only), after 3 eager warm-up steps
+    assert graph.captures == cfg.epochs and graph.replays == cfg.epochs * 18 - 3
+    for h in range(len(cfg.grid)):
+        for key, value in eager.head_state(h).items():
+            assert torch.equal(graphed.head_state(h)[key], value), key
+    steps = cfg.epochs * (19 if n == 600 else 18)
+    assert graphed.history_ == eager.history_ and graphed.num_batches_tracked_ == eager.num_batches_tracked_ == steps
+
+
+def test_a_failed_capture_trains_eagerly_with_a_warning(caplog):
+    x, y = _data(300, 0)
+    cfg = HeadConfig(**SMALL, weight_decays=(1e-4, 5e-2))
+    eager = MultiHeadProbe(cfg, D, C).fit(x, y)
+    failing = MultiHeadProbe(cfg, D, C, graphs=StandInGraph(fail=True)).fit(x, y)
+    assert "CUDA graph capture of the heads' step failed (RuntimeError" in caplog.text
+    assert failing.history_ == eager.history_ and torch.equal(failing.weight_, eager.weight_)
+
+
+def test_the_step_reads_nothing_back_from_the_device(monkeypatch):
+    """A host read (item, tolist, bool, ...) on a GPU waits for it: the reads of a fit must not grow with its steps."""
+    reads = []
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **kw):
+            reads.append(1)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = []
+    for n in (96, 960):  # 3 and 30 steps per epoch
+        x, y = _data(n, 0)
+        reads.clear()
+        MultiHeadProbe(HeadConfig(**{**SMALL, "batch_size": 32}), D, C, graphs=StandInGraph()).fit(x, y)
+        counts.append(len(reads))
+    assert counts[0] == counts[1] and counts[0] < 20 * SMALL["epochs"], counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_steps_equal_eager_steps_and_never_synchronise(monkeypatch):
+    x, y = _data(1000, 0)
+    cfg = HeadConfig(**{**SMALL, "batch_size": 32}, weight_decays=(1e-4, 5e-2))
+    xd, yd = x.cuda().half(), y.cuda()
+    eager = MultiHeadProbe(cfg, D, C, device="cuda", graphs=False).fit(xd, yd)
+    replays = []
+
+    def strict(fn):  # a synchronising call in a step (eager or replayed) raises
+        def run(*a, **kw):
+            replays.append(fn.__name__)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*a, **kw)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        return run
+
+    monkeypatch.setattr(HeadTrainer, "step", strict(HeadTrainer.step))
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", strict(torch.cuda.CUDAGraph.replay))
+    graphed = MultiHeadProbe(cfg, D, C, device="cuda").fit(xd, yd)
+    assert replays.count("replay") == cfg.epochs * 31 - 3  # 31 full batches an epoch, 3 eager warm-up steps
+    cpu = MultiHeadProbe(cfg, D, C).fit(x.half(), y)  # the flat update; CUDA's is torch's fused kernel
+    for h in range(2):
+        for key, value in eager.head_state(h).items():
+            torch.testing.assert_close(graphed.head_state(h)[key], value, atol=1e-6, rtol=0, msg=key)
+            torch.testing.assert_close(value.cpu(), cpu.head_state(h)[key], atol=1e-4, rtol=0, msg=key)

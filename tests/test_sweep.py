@@ -130,7 +130,7 @@ def test_interrupted_then_rerun_logs_each_result_exactly_once(world, tmp_path, m
 
     monkeypatch.setattr(sweep_mod, "run_probe", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(sweep, reg, paths)
+        run_sweep(sweep, reg, paths, pack=False)  # probes one by one (packed: test_a_packed_sweep_interrupted_...)
     assert sum(_keys(paths).values()) == 3
     monkeypatch.setattr(sweep_mod, "run_probe", run_probe)
     lines: list[str] = []
@@ -158,9 +158,75 @@ def test_a_result_logged_meanwhile_is_not_run_again(world, tmp_path, monkeypatch
 
     monkeypatch.setattr(sweep_mod, "run_probe", logged_by_other)
     lines: list[str] = []
-    run_sweep(sweep, reg, paths, echo=lines.append)
+    run_sweep(sweep, reg, paths, echo=lines.append, pack=False)
     assert "[probe 2/6] digits-transfer cat1 d1: already in the results log" in lines
     assert "sweep:digits cat1 d1" not in real and sum(_keys(paths).values()) == 6
+
+
+def test_a_sweep_packs_each_datasets_probes_and_logs_the_records_they_get_alone(world):
+    paths, reg, sweep, first, _ = world
+    records = {r.key: r for r in load_records(paths.results_log) if r.tag.startswith("sweep:digits")}
+    for p in first.plan.probes:
+        packed, alone = records[p.key], run_probe(p.config)
+        assert packed.memory.endswith("packed x6") and not alone.memory.endswith("packed x6")
+        assert [dataclasses.astuple(h) for h in packed.heads] == [dataclasses.astuple(h) for h in alone.heads]
+        assert (packed.selected, packed.research, packed.key) == (alone.selected, alone.research, alone.key)
+
+
+def test_a_packed_sweep_interrupted_keeps_what_was_logged_then_finishes(world, tmp_path, monkeypatch):
+    paths, reg, sweep, first, _ = world
+    paths = dataclasses.replace(paths, results=tmp_path / "results.jsonl")
+    real = sweep_mod.run_packed
+
+    def interrupted(configs):
+        records = real(configs)
+        yield next(records)
+        yield next(records)
+        raise KeyboardInterrupt  # Ctrl-C while the pack's third record is made
+
+    monkeypatch.setattr(sweep_mod, "run_packed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, reg, paths)
+    assert sum(_keys(paths).values()) == 2 and list(claims_dir(paths.results_log).iterdir()) == []
+    monkeypatch.setattr(sweep_mod, "run_packed", real)
+    done = run_sweep(sweep, reg, paths)
+    assert (done.ran, done.skipped) == (4, 2)
+    assert _keys(paths) == Counter(p.key for p in first.plan.probes)  # all six, once each
+
+
+def test_a_packed_sweep_leaves_a_probe_another_sweep_holds_for_later(world, tmp_path, monkeypatch):
+    paths, reg, sweep, first, _ = world
+    paths = dataclasses.replace(paths, results=tmp_path / "results.jsonl")
+    other = first.plan.probes[1]  # cat1 d1, held by "another sweep" until this one's pack is done
+    held, release = threading.Event(), threading.Event()
+
+    def other_sweep():
+        with claim(paths.results_log, other.key, wait=False) as mine:
+            assert mine
+            held.set()
+            release.wait(60)
+            append_record(paths.results_log, first.plan.done[other.key])
+
+    packs = []
+    real = sweep_mod.run_packed
+
+    def packed(configs):
+        packs.append([c.tag for c in configs])
+        yield from real(configs)
+        release.set()
+
+    monkeypatch.setattr(sweep_mod, "run_packed", packed)
+    t = threading.Thread(target=other_sweep)
+    t.start()
+    held.wait(60)
+    lines: list[str] = []
+    result = run_sweep(sweep, reg, paths, echo=lines.append)
+    t.join()
+    assert len(packs) == 1 and len(packs[0]) == 5 and "sweep:digits cat1 d1" not in packs[0] and result.ran == 5
+    assert lines.index("[probe] digits-transfer cat1 d1: waiting for the other sweep to finish it") < lines.index(
+        "[probe 6/6] digits-transfer cat1 d1: already in the results log"
+    )
+    assert _keys(paths) == Counter(p.key for p in first.plan.probes)
 
 
 def test_report_of_the_sweep(world, tmp_path):
@@ -513,7 +579,7 @@ def test_a_probe_claimed_by_another_sweep_is_left_for_later_then_waited_for(worl
     t.start()
     held.wait(60)
     lines: list[str] = []
-    result = run_sweep(sweep, reg, paths, echo=lines.append)
+    result = run_sweep(sweep, reg, paths, echo=lines.append, pack=False)
     t.join()
     assert "sweep:digits cat1 d1" not in ran and len(ran) == 5 and result.ran == 5
     assert any("cat1 d1: another sweep is running it (pid " in line for line in lines)

@@ -8,6 +8,7 @@ import click
 
 from ..choices import HEADS, IN_MEMORY, SOLVERS
 from ..config import Paths, ProbeOptions, load_registry
+from ..errors import ConfigError
 from ._app import command, main
 from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_default, format_option
 
@@ -16,11 +17,14 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
 @click.option(
     "--stores",
     required=True,
+    multiple=True,
     cls=RegistryOption,
     kind="sets",
     names=lambda reg: reg.sets,
     help="Comma-separated store names (under <cache>/<dataset>/), checkpoint set names ({names}), "
-    "or store paths (which need no --dataset). Their features are concatenated in this order.",
+    "or store paths (which need no --dataset). Their features are concatenated in this order. Repeat it to probe "
+    "several feature sets: those that share their batches train in one pass over the union of their stores, each "
+    "with the result it gets alone.",
 )
 @click.option("--dataset", help="Dataset the named stores were extracted on (default: read from store paths).")
 @click.option(
@@ -168,17 +172,26 @@ from ._params import FloatList, IntList, RegistryOption, Size, ViewCount, field_
 def probe(paths: Paths, fmt: str, **options):
     """Fit linear heads on the concatenated features of stores; select on val, report test once.
 
-    Prints the result, then appends it to the results log (<cache>/results.jsonl or --results); with --eval,
-    each evaluation of the selected head after it.
+    Prints each result, then appends it to the results log (<cache>/results.jsonl or --results); with --eval,
+    each evaluation of the selected head after its probe's.
     """
-    from ..evaluate import probe_and_evaluate
+    from ..packed import plan_packs, run_packed
     from ..probe import config_from
-    from ..results import append_record, format_record
+    from ..results import ProbeRecord, append_record, format_record
 
-    cfg = config_from(load_registry(paths), paths, **options)
-    for i, record in enumerate(probe_and_evaluate(cfg)):  # the probe's record, then each evaluation's
-        click.echo(format_record(record, fmt))  # first: a log that cannot be written loses nothing the user saw
-        path = append_record(paths.results_log, record)
-        click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
-        if i == 0 and cfg.save_head is not None:
-            click.echo(f"head saved to {cfg.save_head}", err=fmt != "table")
+    reg, sets = load_registry(paths), options.pop("stores")
+    configs = [config_from(reg, paths, stores=s, **options) for s in sets]  # every set checked before any runs
+    named = {}
+    for given, cfg in zip(sets, configs, strict=True):
+        if named.setdefault(cfg.stores, given) != given or list(sets).count(given) > 1:
+            raise ConfigError(f"--stores {given} names the same stores as --stores {named[cfg.stores]}: "
+                              "give each feature set once")  # fmt: skip
+    if options.get("save_head") is not None and len(configs) > 1:
+        raise ConfigError("--save-head writes one head: give one --stores with it")
+    for pack in plan_packs(configs):
+        for record in run_packed([configs[i] for i in pack]):
+            click.echo(format_record(record, fmt))  # first: a log that cannot be written loses nothing the user saw
+            path = append_record(paths.results_log, record)
+            click.echo(f"result {record.id} appended to {path}", err=fmt != "table")
+            if isinstance(record, ProbeRecord) and options.get("save_head") is not None:
+                click.echo(f"head saved to {options['save_head']}", err=fmt != "table")

@@ -24,8 +24,14 @@ from .results import echo_report
 @out_option
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bars (the one-line steps are still printed).")
+@click.option(
+    "--no-pack",
+    is_flag=True,
+    help="Probe one by one. By default a dataset's probes train in one pass over the union of their stores, each "
+    "getting the result it gets alone.",
+)
 @command
-def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet):
+def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet, no_pack):
     """Run the sweep CONFIG (a YAML path, or a name in sweeps/ of the registries: timecat, digits).
 
     Extracts every missing store once per dataset (all its checkpoints share each decoded batch), then probes
@@ -46,7 +52,7 @@ def sweep(paths: Paths, config, dry_run, datasets, out, no_report, quiet):
         click.echo(f"dry run: {len(plan.extracts)} extraction(s) and {len(plan.pending())} probe(s) would run; "
                    f"{found} of {len(plan.probes)} probe(s) already done")  # fmt: skip
         return
-    run_sweep(chosen, reg, paths, echo=click.echo, progress=NullProgress if quiet else ProgressBar)
+    run_sweep(chosen, reg, paths, echo=click.echo, progress=NullProgress if quiet else ProgressBar, pack=not no_pack)
     if not no_report:
         report = build_report(plan_sweep(full, reg, paths))
         echo_report(report, write_report(report, out or paths.local_cache / "reports"))

@@ -7,6 +7,10 @@
    accuracy is the selected head's at the selected epoch: test never chose it. That head is kept as it is when the
    epoch ends (the result's ``head``, what ``--save-head`` writes). This pass also gives the research-style number
    (best test accuracy over epochs and grid), selected on test and labelled so.
+
+Packed (:meth:`SgdSolver.fit_select_packed`): several probes whose features are column groups of one feature matrix
+(:mod:`featcache.packed`) run both passes together (:class:`featcache.heads.PackedProbe`), each selected as alone;
+their results keep no head (a probe that saves or evaluates its head runs alone: :func:`featcache.packed.pack_key`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ProbeError
-from ..heads import HeadConfig, MultiHeadProbe, NonFiniteLossError
+from ..heads import HeadConfig, MultiHeadProbe, NonFiniteLossError, PackedProbe
 from ..linear_head import LinearHead
 from ..results_record import GridPoint, ResearchNumber, Selection
 from ._base import SolverResult, Splits
@@ -60,6 +64,28 @@ class SgdSolver:
         grid, selected, research = _results(self.heads, select, final, n_classes)
         timings = {"select_s": select.seconds_, "final_s": final.seconds_}
         return SolverResult(grid, selected, research, dataclasses.asdict(self.heads), timings, head=kept[0])
+
+    def fit_select_packed(
+        self, splits: Splits, groups: Sequence[Sequence[int]], n_features: int, n_classes: int, device: torch.device
+    ) -> list[SolverResult]:
+        """Both passes of several probes in one: group g (its columns of the splits' features) is selected as
+        :meth:`fit_select` selects it alone on ``X[:, groups[g]]``.
+
+        Raises:
+            NonFiniteLossError: a head's training loss became non-finite (names the group).
+        """
+        passes = []
+        for train, evaluate in (("fit", "val"), ("train", "test")):
+            X, y = splits.training(train)
+            packed = PackedProbe(self.heads, n_features, n_classes, groups, device=device)
+            passes.append(packed.fit(X, y, eval_sets={evaluate: splits[evaluate]}))
+        select, final = passes
+        out = []
+        for s, f in zip(select.probes_, final.probes_, strict=True):
+            grid, selected, research = _results(self.heads, s, f, n_classes)
+            timings = {"select_s": select.seconds_, "final_s": final.seconds_}
+            out.append(SolverResult(grid, selected, research, dataclasses.asdict(self.heads), timings))
+        return out
 
     def _fit(self, splits: Splits, train: str, evaluate: str, n_features, n_classes, device, on_epoch=None):
         probe = MultiHeadProbe(self.heads, n_features, n_classes, device=device)
