@@ -296,3 +296,33 @@ def test_report_summary_gives_the_gpu_time_apart():
     assert report.summary().endswith(
         "writer busy 0.2s; GPU busy with the models 1.5s (CUDA events; the host times above overlap it)"
     )
+
+
+def test_report_breaks_the_call_down_into_its_steps(paths, registry, ckpt):
+    """Each step of a call, in order, timed; together no longer than the call; what is fixed named at the end."""
+    write_cifar10(paths.data / "cifar", n_train_per_batch=4, n_test=4)
+    report = extract(_config(paths, registry, [ckpt[0]], splits=("train",), batch_size=8))
+    steps = ["datasets listed", "checkpoints read, hashed, built", "stores opened", "models moved to the device"]
+    steps += ["first batch", "first forward", "batches after the first", "last chunks written", "stores completed"]
+    assert list(report.phases) == steps
+    assert all(s >= 0 for s in report.phases.values())
+    assert sum(report.phases.values()) <= report.seconds + 1e-3
+    lines = report.breakdown()
+    assert [line.split()[0] for line in lines[:-1]] == [s.split()[0] for s in steps]
+    fixed = sum(report.phases.values()) - report.phases["batches after the first"]
+    assert re.fullmatch(rf"\s*fixed cost\s+{fixed:.2f} s of \d+\.\d\d s \(all but the steady batches\)", lines[-1])
+
+
+def test_cli_verbose_prints_the_breakdown(paths, ckpt):
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    write_cifar10(paths.data / "cifar", n_train_per_batch=2, n_test=2)
+    args = ["--data-dir", str(paths.data), "--cache-dir", str(paths.cache), "extract", "--ckpt", str(ckpt[0].path),
+            "--arch", "resnet10", "--dataset", "cifar10", "--transform", "32px", "--split", "test", "--device", "cpu",
+            "--workers", "0", "--quiet", "--verbose"]  # fmt: skip
+    out = CliRunner().invoke(main, args).output
+    assert "where the time went" in out, out
+    for step in ("torch and the extractor imported", "checkpoints read, hashed, built", "first forward", "fixed cost"):
+        assert step in out, out
