@@ -185,9 +185,16 @@ def batches(
         return
     if backend == "device" and isinstance(dataset, FileDataset):
 
-        def produce_files() -> Iterator[Batch]:
+        def decoded() -> Iterator[tuple[Files, dict[int, torch.Tensor]]]:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # this thread's own current device
             for files in read_batches(dataset, index_batches, workers, maker, views):
-                images = _decode(files, dataset, device)
+                yield files, _decode(files, dataset, device)
+
+        def produce_files() -> Iterator[Batch]:
+            # on CUDA the decoder runs on a thread of its own: decode_jpeg waits for nvJPEG (without the GIL), while
+            # this thread queues the previous batch's resize and normalisation on the same stream
+            for files, images in prefetch(decoded(), depth=2 if threaded else 0, join=False, name="featcache-decode"):
                 for k, img in images.items():  # a decoder that gave another size than the header's: the views follow
                     if tuple(img.shape[-2:]) != tuple(files.sizes[k]):
                         files.sizes[k] = tuple(img.shape[-2:])

@@ -65,8 +65,8 @@ def eval_crop(height: int, width: int, resize: int, crop: int, mode: str) -> Cro
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(resize * long / short)
     out_h, out_w = (new_long, resize) if width <= height else (resize, new_long)
-    return Crop(0, 0, height, width, out_h, out_w, int(round((out_h - crop) / 2.0)), int(round((out_w - crop) / 2.0)),
-                False, mode)  # fmt: skip
+    row, col = int(round((out_h - crop) / 2.0)), int(round((out_w - crop) / 2.0))
+    return Crop(0, 0, height, width, out_h, out_w, row, col, False, mode)
 
 
 def _kernel(bicubic: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

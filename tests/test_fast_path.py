@@ -326,3 +326,20 @@ def test_cli_verbose_prints_the_breakdown(paths, ckpt):
     assert "where the time went" in out, out
     for step in ("torch and the extractor imported", "checkpoints read, hashed, built", "first forward", "fixed cost"):
         assert step in out, out
+
+
+def test_compile_auto_counts_forward_passes(paths, registry, ckpt, monkeypatch):
+    """--compile auto weighs the compile against the forward passes it would speed up: every split's rows, the
+    train split's once more per view, times the checkpoints."""
+    from featcache import extract as extract_module
+
+    write_cifar10(paths.data / "cifar", n_train_per_batch=6, n_test=8)  # 30 train, 8 test
+    spec2, _ = save_checkpoint(paths, "net1", seed=1)
+    cfg = _config(paths, registry, [ckpt[0], spec2], views=3)
+    data = {s: extract_module._split_data(build_dataset(cfg.dataset, s), s, None)[1] for s in ("train", "test")}
+    assert extract_module._forward_passes(cfg, data) == (30 * (1 + 3) + 8) * 2
+    monkeypatch.setattr(extract_module, "COMPILE_MIN_PASSES", 256)
+    monkeypatch.setattr(extract_module, "resolve_device", lambda name: torch.device("cuda"))  # planned, not run
+    monkeypatch.setattr(extract_module, "resolve_precision", lambda name, device: "bf16")
+    assert extract_module.plan_extract(dataclasses.replace(cfg, compile="auto"), passes=256).compiled
+    assert not extract_module.plan_extract(dataclasses.replace(cfg, compile="auto"), passes=255).compiled

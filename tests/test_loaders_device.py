@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from data_factory import jpeg_bytes, smooth_images
+from data_factory import jpeg_bytes, smooth_images, write_truncated_jpeg
 from PIL import Image
 
 from featcache import loaders, readers
@@ -57,6 +57,21 @@ def test_device_backend_on_the_cpu_is_the_research_pipeline_pixel_for_pixel(regi
     for v in views:
         assert torch.equal(torch.cat([b.views[v] for b in dev]), torch.cat([b.views[v] for b in pil])), v
     assert all(b.bad == [] for b in dev)
+
+
+def test_an_undecodable_file_mid_batch_leaves_its_neighbours_in_their_rows(registry, photos):
+    """A truncated file between good ones: its row is a zero image, listed as bad; every other row is the research
+    pipeline's, in its own place."""
+    write_truncated_jpeg(photos / "val" / "class01" / "img_000004x.jpg", size=(60, 45))
+    dev, ds = _all(registry, "device", 2, [1], batch_size=6)
+    pil, _ = _all(registry, "pil", 0, [1], batch_size=6)
+    row = [p.name for p in ds.paths].index("img_000004x.jpg")
+    assert 0 < row % 6 < 5  # inside a batch, good files on both sides
+    assert [e.row for b in dev for e in b.bad] == [e.row for b in pil for e in b.bad] == [row]
+    x = torch.cat([b.x for b in dev])
+    assert torch.equal(x, torch.cat([b.x for b in pil]))
+    assert (x[row] == x[row][:, :1, :1]).all()  # a zero image, normalised: one value per channel
+    assert torch.equal(torch.cat([b.views[1] for b in dev]), torch.cat([b.views[1] for b in pil]))
 
 
 def test_reader_threads_hand_back_the_batches_in_order(registry, photos, monkeypatch):
