@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14, one command on a lent H100/H200 (bare, no network; commands run in the repo root):
+# The GPU check of issues 14 and 20, one command on a lent H100/H200 (bare, no network; commands run in the repo root):
 #
 #   device run: `bash benchmarks/gpu_check.sh`, carry [".whl"], timeout_s 540; logs and JSON come back from $OUT
 #
 # Steps, each under its own `timeout`, in all under 8 minutes (the limits below add up to 480 s):
-#   doctor   featcache doctor: versions, CUDA, bf16, GPU JPEG decoding                                    30 s
-#   tests    pytest tests/test_cuda.py (the CUDA-only tests) and tests/test_fast_path.py                 110 s
-#   extract  benchmarks/extract_throughput.py --device cuda at full size (20,000 CIFAR-format images and     220 s
-#            5,000 500x375 JPEGs through ResNet50 at 224 px, 10,000 images x 5 checkpoints; batch 256), with
-#            FEATCACHE_SYNC_DEBUG=warn: each synchronising CUDA call in featcache's extract() counted by line
-#   probe    benchmarks/probe_steps.py --device cuda (issue 20): steps/s of the old step, the new one eager    80 s
-#            and in a CUDA graph, at D 256 / C 10 and at the research case (200,000 x 10,240 float16
-#            resident, 1,000 classes, batch 32, 2 heads; target >= 5,000 steps/s), and a sweep's six probes
+#   doctor   featcache doctor: versions, CUDA, bf16, GPU JPEG decoding                                    20 s
+#   --- extraction (issue 20: JPEG at decoder speed, fixed cost, several checkpoints, compile, the table's cost)
+#   tests    pytest tests/test_cuda.py (the CUDA-only tests), tests/test_fast_path.py and the heads'        80 s
+#            CUDA-graph test (graph = eager, no synchronising call in a step)
+#   extract  benchmarks/extract_throughput.py --device cuda at full size: 20,000 CIFAR-format images,       180 s
+#            16,000 distinct JPEG photos (300-640 px, 4:2:0 and 4:4:4, written first into
+#            $FEATCACHE_BENCH_DATA, about 15 s on 16 cores) and the whole `featcache extract --verbose`
+#            command with its fixed-cost breakdown, 10,000 images x 5 checkpoints; ResNet50 at 224 px,
+#            batch 256; with FEATCACHE_SYNC_DEBUG=warn: each synchronising CUDA call in featcache's
+#            extract() counted by line. Targets: cifar c*/a >= 5, c*/b >= 0.9; jpeg c*/a >= 5, the
+#            command's cli/a >= 3 and fixed cost <= 5 s; 5 checkpoints <= 1.1x five forward passes
+#   cost     benchmarks/timecat_cost.py --device cuda: the forward pass eager and compiled (the compile        80 s
+#            timed: where --compile auto's threshold comes from), extract()'s steady rate, probe steps/s
+#            at the table's 16 shapes; the whole Time-Cat table projected (target <= 4 h), next to the
+#            research code's cost
+#   --- probe (issue 20: packed probes, a step without launch overhead)
+#   probe    benchmarks/probe_steps.py --device cuda: steps/s of the old step, the new one eager and in a      80 s
+#            CUDA graph, at D 256 / C 10 and at the research case (200,000 x 10,240 float16 resident,
+#            1,000 classes, batch 32, 2 heads; target >= 5,000 steps/s), and a sweep's six probes
 #            (5 stores x 2,048, cat1 x 5 + cat5) packed vs one by one, records compared
 #   heads    benchmarks/probe_heads.py --device cuda --rows 20000: 20,000 x 10,240 float16 resident, the 6    40 s
 #            weight decays, 28 epochs, one multi-head pass vs six solo heads (equal accuracies)
-# The tests step also runs the heads' CUDA-graph test (graph = eager, no synchronising call in a step).
 # GPU_CHECK_STEPS=tests,extract runs only those (a rerun after a fix); GPU_CHECK_LIMIT sets the extract step's
 # limit; extra arguments go to extract_throughput.py (e.g. --quick, --cases cifar). With OUT=<dir> the log
-# (gpu_check.log), pytest_cuda.xml, extract_throughput_gpu.json, probe_steps_gpu.json and probe_heads_gpu.json
-# are written there.
+# (gpu_check.log), pytest_cuda.xml, extract_throughput_gpu.json, timecat_cost_gpu.json, probe_steps_gpu.json and
+# probe_heads_gpu.json are written there.
 #
 # Installs nothing from a network. It runs this checkout (PYTHONPATH=.; `pip install -e .` would need a build
 # backend from an index) with $PYTHON or python3. On the lent machines that is torch 2.11 with torchvision 0.26,
@@ -47,7 +57,8 @@ if [ -z "$PY" ]; then
 fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT_DIR=${OUT:-}
-STEPS=${GPU_CHECK_STEPS:-doctor,tests,extract,probe,heads}
+STEPS=${GPU_CHECK_STEPS:-doctor,tests,extract,cost,probe,heads}
+export FEATCACHE_BENCH_DATA=${FEATCACHE_BENCH_DATA:-/tmp/featcache-bench}  # the JPEG photos, written once
 
 lacking() {
     "$PY" - <<'EOF'
@@ -99,30 +110,37 @@ step() {  # step NAME LIMIT COMMAND...: run it under `timeout`, say how it ended
 }
 
 run() {
-    local failed=() junit=() out=() probe_out=() steps_out=() per_test=()
+    local failed=() junit=() out=() cost_out=() steps_out=() probe_out=() per_test=()
     if [ -n "$OUT_DIR" ]; then
         junit=(--junitxml "$OUT_DIR/pytest_cuda.xml")
         out=(--out "$OUT_DIR/extract_throughput_gpu.json")
-        probe_out=(--out "$OUT_DIR/probe_heads_gpu.json")
+        cost_out=(--out "$OUT_DIR/timecat_cost_gpu.json")
         steps_out=(--out "$OUT_DIR/probe_steps_gpu.json")
+        probe_out=(--out "$OUT_DIR/probe_heads_gpu.json")
     fi
     echo "== gpu_check $(date '+%Y-%m-%d %H:%M:%S %z'), steps: $STEPS"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-    "$PY" -c 'import sys, torch, torchvision as tv; print("python", sys.version.split()[0], "torch", torch.__version__,
-"torchvision", tv.__version__, "(the project pins torch 2.14.1, torchvision 0.29.1)")'
+    "$PY" -c 'import sys, torch, torchvision as tv, PIL; print("python", sys.version.split()[0], "torch", torch.__version__,
+"torchvision", tv.__version__, "Pillow", PIL.__version__, "(the project pins torch 2.14.1, torchvision 0.29.1)")'
     if wanted doctor; then
-        step doctor 30 "$PY" -m featcache.cli doctor || failed+=(doctor)
+        step doctor 20 "$PY" -m featcache.cli doctor || failed+=(doctor)
     fi
+    # --- extraction ------------------------------------------------------------------------------------------
     if wanted tests; then
-        "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 90)  # a hung test fails alone
-        step tests 110 "$PY" -m pytest -q -rs -p no:cacheprovider ${per_test[@]+"${per_test[@]}"} \
+        "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)  # a hung test fails alone
+        step tests 80 "$PY" -m pytest -q -rs -p no:cacheprovider ${per_test[@]+"${per_test[@]}"} \
             ${junit[@]+"${junit[@]}"} tests/test_cuda.py tests/test_fast_path.py \
             tests/test_heads.py::test_cuda_graph_steps_equal_eager_steps_and_never_synchronise || failed+=(tests)
     fi
     if wanted extract; then
-        step extract "${GPU_CHECK_LIMIT:-220}" env FEATCACHE_SYNC_DEBUG=warn "$PY" benchmarks/extract_throughput.py \
+        step extract "${GPU_CHECK_LIMIT:-180}" env FEATCACHE_SYNC_DEBUG=warn "$PY" benchmarks/extract_throughput.py \
             --device cuda ${out[@]+"${out[@]}"} "$@" || failed+=(extract)
     fi
+    if wanted cost; then
+        step cost 80 "$PY" benchmarks/timecat_cost.py --device cuda --images 4096 --probe-steps 100 \
+            ${cost_out[@]+"${cost_out[@]}"} || failed+=(cost)
+    fi
+    # --- probe -----------------------------------------------------------------------------------------------
     if wanted probe; then
         step probe 80 "$PY" benchmarks/probe_steps.py --device cuda --repeats 2 ${steps_out[@]+"${steps_out[@]}"} \
             || failed+=(probe)

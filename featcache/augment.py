@@ -12,8 +12,9 @@ Two ways to apply a view, from the same parameters:
 - :meth:`ViewMaker.pil`: the research pipeline on a PIL image (``F.resized_crop`` then ``F.hflip``), in the
   DataLoader workers of the ``pil`` backend: pixel for pixel what the research code computes for those
   parameters.
-- :meth:`ViewMaker.on_device`: uint8 tensors on the device (``device`` backend), crops of one size resized in
-  one call by :func:`featcache.transforms.resize_uint8`, within its documented distance of Pillow.
+- :meth:`ViewMaker.on_device`: uint8 tensors on the device (``device`` backend), every crop of every image resized
+  in one call by :func:`featcache.resample.resample`: Pillow's pixels for those parameters (bit for bit in
+  float64, see there).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from torchvision.transforms.v2 import functional as F
 
 from .config import AugmentSpec
 from .errors import ConfigError
-from .transforms import INTERPOLATIONS, resize_uint8
+from .resample import Crop, resample
+from .transforms import INTERPOLATIONS
 
 __all__ = ["CropParams", "ViewMaker"]
 
@@ -86,26 +88,19 @@ class ViewMaker:
         return F.pil_to_tensor(F.hflip(out) if p.flip else out)
 
     def on_device(
-        self, images: Sequence[torch.Tensor], ids: Sequence[str], views: Sequence[int], native: bool | None = None
+        self, images: Sequence[torch.Tensor], ids: Sequence[str], views: Sequence[int], exact: bool | None = None
     ) -> dict[int, torch.Tensor]:
         """Views of uint8 ``(3, H, W)`` images (any device, any sizes): ``{view: uint8 (B, 3, size, size)}``.
 
-        Crops of one size (over all images and views) are resized in one call; each result is the same as
-        resizing that crop alone.
+        All in one :func:`featcache.resample.resample` call; each result is the same as resizing that crop alone.
         """
-        size = (self.spec.size, self.spec.size)
-        out = {k: [None] * len(images) for k in views}
-        groups: dict[tuple[int, int], list[tuple[int, int, torch.Tensor, bool]]] = {}
-        for b, (img, sample_id) in enumerate(zip(images, ids, strict=True)):
-            for k in views:
-                p = self.params(sample_id, k, int(img.shape[-2]), int(img.shape[-1]))
-                crop = img[:, p.top : p.top + p.height, p.left : p.left + p.width]
-                groups.setdefault((p.height, p.width), []).append((k, b, crop, p.flip))
-        for members in groups.values():
-            resized = resize_uint8(torch.stack([c for _, _, c, _ in members]), size, self.mode, native)
-            for (k, b, _, flip), r in zip(members, resized, strict=True):
-                out[k][b] = r.flip(-1) if flip else r
-        return {k: torch.stack(v) for k, v in out.items()}
+        size, mode = self.spec.size, self.spec.interpolation
+        crops = []
+        for img, sample_id in zip(images, ids, strict=True):
+            params = [self.params(sample_id, k, int(img.shape[-2]), int(img.shape[-1])) for k in views]
+            crops.append([Crop(p.top, p.left, p.height, p.width, size, size, 0, 0, p.flip, mode) for p in params])
+        made = resample(images, crops, size, exact)
+        return {k: made[:, j] for j, k in enumerate(views)}
 
 
 def _random_resized_crop(

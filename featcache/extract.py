@@ -10,7 +10,9 @@ plans the run; :mod:`featcache.extract_stores` opens, repairs and completes the 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import logging
 import platform
 import time
@@ -26,7 +28,7 @@ from . import __version__, distributed
 from .augment import ViewMaker
 from .config import AugmentSpec, CheckpointSpec, TransformSpec
 from .datasets import ImageDataset, build_dataset, stratified_rows
-from .devices import resolve_device, resolve_precision
+from .devices import resolve_device, resolve_precision, start_device
 from .errors import ConfigError
 from .extract_config import ExtractConfig, config_from
 from .extract_stores import write_stores
@@ -45,6 +47,7 @@ from .store import (
 )
 
 __all__ = [
+    "COMPILE_MIN_PASSES",
     "ExtractConfig",
     "config_from",
     "ExtractPlan",
@@ -57,7 +60,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COMPILE_MIN_ROWS = 500_000  # below this the ~15 s compile costs more than the faster forward saves
+LOAD_THREADS = 4  # checkpoints read, hashed and built at once
+
+# --compile auto compiles from this many forward passes (images x (1 + views on train) x checkpoints): on one H200
+# (REFERENCE.md) ResNet50 in bf16 ran 15,423 images/s eager and 23,623 compiled after a 14 s compile, 22.5 us saved
+# an image, so the compile repays itself from about 620,000 passes (benchmarks/gpu_check.sh measures it again)
+COMPILE_MIN_PASSES = 600_000
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,16 @@ class ExtractPlan:
         ]
 
 
-def plan_extract(cfg: ExtractConfig, rows_total: int | None = None, *, check_layers: bool = False) -> ExtractPlan:
+def plan_extract(cfg: ExtractConfig, passes: int | None = None, *, check_layers: bool = False) -> ExtractPlan:
     """Resolve device, precision, backend, compile, preprocessing and store names, before any work.
 
     With ``check_layers`` (``--dry-run``) each architecture is built, without its weights, to check ``--layers``
     and ``--pool`` at the crop size, as the extraction does when it loads the checkpoints.
+
+    Args:
+        cfg: the extraction.
+        passes: the forward passes it will run (:func:`extract` counts them), for ``--compile auto``.
+        check_layers: build each architecture to check the layers (``--dry-run``).
 
     Raises:
         ConfigError: unknown architecture, checkpoints whose preprocessing differs, --views without a training
@@ -146,8 +159,7 @@ def plan_extract(cfg: ExtractConfig, rows_total: int | None = None, *, check_lay
                               "leaves out; add it")  # fmt: skip
     # auto: the research pipeline's PIL transforms on the CPU (pixel for pixel), batched on the GPU
     backend = cfg.backend if cfg.backend != "auto" else ("device" if device.type == "cuda" else "pil")
-    rows_total = rows_total or 0
-    big = device.type == "cuda" and rows_total >= COMPILE_MIN_ROWS
+    big = device.type == "cuda" and (passes or 0) >= COMPILE_MIN_PASSES
     compiled = cfg.compile == "on" or (cfg.compile == "auto" and big)
     stores = []
     for c in cfg.checkpoints:
@@ -205,6 +217,24 @@ def _split_data(dataset: ImageDataset, split: str, limit: int | None) -> tuple[I
     return dataset, SplitData(split, dataset.ids, dataset.targets, dataset.fingerprint(), dataset.classes)
 
 
+def _load_backbones(cfg: ExtractConfig, plan: ExtractPlan) -> dict[str, LoadedBackbone]:
+    """Every checkpoint read, hashed and built, several at once (file reads and hashing release the GIL); the
+    first error in the order of ``--ckpt`` is raised."""
+    load = functools.partial(load_backbone, trust=cfg.trust_checkpoint, layers=tuple(cfg.layers), pool=cfg.pool,
+                             ignore_extra_keys=cfg.ignore_extra_keys, input_size=plan.transform.crop)  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(min(LOAD_THREADS, len(cfg.checkpoints)) or 1) as pool:
+        futures = [pool.submit(load, c, ema_source=c.ema_source) for c in cfg.checkpoints]
+        return {c.name: f.result() for c, f in zip(cfg.checkpoints, futures, strict=True)}
+
+
+def _forward_passes(cfg: ExtractConfig, data: dict[str, SplitData]) -> int:
+    """Images the backbones will run on (each split's rows, the train split's once more per view) times the
+    checkpoints: what a compile must repay (:data:`COMPILE_MIN_PASSES`)."""
+    train = cfg.dataset.train_split
+    rows = sum(len(d.ids) * (1 + (cfg.views if split == train else 0)) for split, d in data.items())
+    return rows * len(cfg.checkpoints)
+
+
 def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> ExtractReport:
     """Extract the features of every checkpoint in ``cfg`` on every split; resume what was started.
 
@@ -217,24 +247,26 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
         StoreError, StoreLockedError, StoreMismatchError: the store cannot be written.
     """
     t_start = time.perf_counter()
+    report = ExtractReport()
     splits = cfg.splits or cfg.dataset.splits
     # Validate data and checkpoints before creating any store: bad input leaves nothing behind.
-    built = {s: _split_data(build_dataset(cfg.dataset, s), s, cfg.limit) for s in splits}
+    with report.phase("datasets listed"):
+        built = {s: _split_data(build_dataset(cfg.dataset, s), s, cfg.limit) for s in splits}
     datasets = {s: ds for s, (ds, _) in built.items()}
     data = {s: d for s, (_, d) in built.items()}
-    plan = plan_extract(cfg, rows_total=sum(len(d.ids) for d in data.values()))
-    layers = tuple(cfg.layers)
-    backbones = {}
-    for c in cfg.checkpoints:
-        backbones[c.name] = load_backbone(c, trust=cfg.trust_checkpoint, layers=layers, pool=cfg.pool,
-                                          ignore_extra_keys=cfg.ignore_extra_keys, ema_source=c.ema_source,
-                                          input_size=plan.transform.crop)  # fmt: skip
+    plan = plan_extract(cfg, passes=_forward_passes(cfg, data))
+    starting = start_device(plan.device, plan.precision)  # CUDA, cuBLAS, cuDNN: while the checkpoints load
+    with report.phase("checkpoints read, hashed, built"):
+        backbones = _load_backbones(cfg, plan)
     maker = ViewMaker(plan.augment, cfg.views_seed) if plan.augment is not None else None
     dims = [backbones[sp.checkpoint.name].feature_dims[sp.output] if sp.output is not None
             else backbones[sp.checkpoint.name].feature_dim for sp in plan.stores]  # fmt: skip
     provs = [
         _provenance(cfg, plan, sp, backbones[sp.checkpoint.name], d) for sp, d in zip(plan.stores, dims, strict=True)
     ]
+    if starting is not None:
+        with report.phase("device started (rest of)"):
+            starting.join()
     with distributed.group(plan.device) as world:
         shard = cfg.shard or (world.shard if world else None)
         if world is not None and cfg.shard is not None:
@@ -242,7 +274,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFactory = NullProgress) -> Ext
         if world is not None and world.rank != 0:
             progress = NullProgress  # one progress bar, rank 0's, for the whole group
         models = {name: bb.module for name, bb in backbones.items()}
-        report = write_stores(cfg, plan, splits, datasets, data, models, provs, dims, maker, progress, shard, world)
+        write_stores(cfg, plan, splits, datasets, data, models, provs, dims, maker, progress, shard, world, report)
         if world is not None:  # the report counts the group's images, not this rank's share
             report.images, report.view_images = world.total(report.images, report.view_images, device=plan.device)
     report.seconds = time.perf_counter() - t_start

@@ -34,15 +34,16 @@ log = logging.getLogger(__name__)
 
 
 def write_stores(cfg, plan, splits, datasets, data, models, provs: list[Provenance], dims: list[int], maker,
-                 progress, shard, world) -> ExtractReport:  # fmt: skip
+                 progress, shard, world, report: ExtractReport | None = None) -> ExtractReport:  # fmt: skip
     """Write every store of ``plan`` (``provs`` and ``dims`` in its order): this shard's missing chunks of each
-    split, then completion (rank 0 under torchrun, after a barrier).
+    split, then completion (rank 0 under torchrun, after a barrier). Counts and times go to ``report`` (a new one
+    by default), which is returned.
 
     Raises:
         ConfigError: stores of one call hold views of different crops and no ``--views`` says which to make.
         StoreError, StoreLockedError, StoreMismatchError: a store cannot be written.
     """
-    report = ExtractReport()
+    report = report if report is not None else ExtractReport()
     chunk_rows = cfg.chunk_rows or chunk_rows_for(max(dims), cfg.dtype)  # of all stores: the same with any skipped
     status = {sp.path: "already complete" for sp in plan.stores}
     views_held = {sp.path: 0 for sp in plan.stores}
@@ -50,14 +51,16 @@ def write_stores(cfg, plan, splits, datasets, data, models, provs: list[Provenan
                                                                            provs[k], dims[k], chunk_rows)]  # fmt: skip
     stores: list[StoreWriter] = []
     try:
-        for k in active:
-            stores.append(StoreWriter(plan.stores[k].path, provs[k], overwrite=cfg.overwrite, shard=shard))
+        with report.phase("stores opened"):
+            for k in active:
+                stores.append(StoreWriter(plan.stores[k].path, provs[k], overwrite=cfg.overwrite, shard=shard))
         if stores:
-            models = {name: prepare_model(m, plan.device, plan.compiled) for name, m in models.items()}
+            with report.phase("models moved to the device"):
+                models = {name: prepare_model(m, plan.device, plan.compiled) for name, m in models.items()}
         for split in splits if stores else ():
             want_views = cfg.views if split in plan.view_splits else 0
             targets, writers, counts = [], [], []
-            with contextlib.ExitStack() as held:  # metadata changes under each store's own lock
+            with contextlib.ExitStack() as held, report.phase("stores opened"):  # metadata under each store's lock
                 for s in stores:
                     held.enter_context(s.exclusive())
                 for k, s in zip(active, stores, strict=True):
@@ -84,7 +87,8 @@ def write_stores(cfg, plan, splits, datasets, data, models, provs: list[Provenan
             if world is not None:
                 world.barrier()  # every rank's chunks are written: rank 0 can complete the split
             if world is None or world.rank == 0:
-                _complete(stores, writers, counts, status, shard)
+                with report.phase("stores completed"):
+                    _complete(stores, writers, counts, status, shard)
                 if cfg.repair:  # every chunk was checked, the failing ones redone: the old verdict no longer holds
                     for s in stores:
                         s.forget_verdict()

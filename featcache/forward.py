@@ -10,8 +10,6 @@ opens the stores and completes them.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections import deque
 from contextlib import contextmanager, nullcontext
@@ -19,10 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .chunk_writer import MAX_THREADS, ChunkWriter
 from .devices import PRECISIONS
 from .errors import BadImagesError
 from .loaders import Batch, batches
-from .store import ArrayWriter, SplitWriter
+from .store import ArrayWriter
 
 __all__ = ["ChunkWriter", "ComputeStream", "ExtractReport", "SplitRun", "Target", "forward", "prepare_model"]
 
@@ -41,6 +40,27 @@ class ExtractReport:
     model_s: float = 0.0  # host time in the forward step (on CUDA: queueing it and waiting for the GPU to keep up)
     write_s: float = 0.0
     gpu_s: float | None = None  # CUDA only: the GPU's own time for the forward passes and feature copies
+    # wall seconds of the call's steps, in order (see :meth:`breakdown`); steps that overlap others are timed where
+    # the call waits for them
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Add the body's wall time to ``phases[name]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def breakdown(self) -> list[str]:
+        """Where a call's time went, one line a step, and what is fixed: every step but the steady batches."""
+        width = max((len(n) for n in self.phases), default=0)
+        lines = [f"  {name:<{width}} {s:7.2f} s" for name, s in self.phases.items()]
+        steady = self.phases.get("batches after the first", 0.0)
+        total = sum(self.phases.values())
+        lines.append(f"  {'fixed cost':<{width}} {total - steady:7.2f} s of {total:.2f} s (all but the steady batches)")
+        return lines
 
     def summary(self) -> str:
         """One line: images, stores, rate and where the host's time went (on CUDA also the GPU's)."""
@@ -55,59 +75,6 @@ class ExtractReport:
         if self.gpu_s is not None:
             line += f"; GPU busy with the models {self.gpu_s:.1f}s (CUDA events; the host times above overlap it)"
         return line
-
-
-class ChunkWriter:
-    """A thread that writes finished chunks while the device computes the next ones."""
-
-    def __init__(self, depth: int = 3):
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.busy_s = 0.0
-        self.thread = threading.Thread(target=self._run, name="featcache-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (job := self.q.get()) is not None:
-            try:
-                if self.error is None:
-                    t0 = time.perf_counter()
-                    writer, i, feats, event, skipped = job
-                    if event is not None:
-                        event.synchronize()  # a blocking event: the thread sleeps instead of spinning
-                    block = feats.numpy()
-                    start = writer.bounds(i)[0]
-                    block[[r - start for r in skipped]] = 0  # undecodable images: zero rows, listed as skipped
-                    writer.write_chunk(i, block, skipped)
-                    self.busy_s += time.perf_counter() - t0
-            except BaseException as e:
-                self.error = e
-            finally:
-                self.q.task_done()
-        self.q.task_done()
-
-    def submit(self, writer: SplitWriter, i: int, buf: torch.Tensor, skipped: list[int]) -> None:
-        self.check()
-        event = None
-        if buf.device.type == "cuda":
-            host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
-            host.copy_(buf, non_blocking=True)  # queued on buf's device's current stream
-            event = torch.cuda.Event(blocking=True)
-            # that stream, not the current device's: with cuda:N != current device the event would be
-            # recorded elsewhere, complete at once, and the writer would read the buffer before the copy lands
-            event.record(torch.cuda.current_stream(buf.device))
-            buf = host
-        self.q.put((writer, i, buf, event, skipped))
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.q.join()
-        self.thread.join()
-        self.check()
 
 
 def prepare_model(module: torch.nn.Module, device: torch.device, compiled: bool) -> torch.nn.Module:
@@ -149,7 +116,8 @@ class SplitRun:
         self.skipped: dict[tuple[int, int], list[int]] = {}
 
     def execute(self, report: ExtractReport, bar, scale: int = 1) -> None:
-        writer, bad = ChunkWriter(), []
+        stores = len({id(t.array.store) for t in self.todo})
+        writer, bad = ChunkWriter(threads=min(MAX_THREADS, stores)), []
         gpu = ComputeStream(self.device) if self.device.type == "cuda" else None
         try:
             it = batches(
@@ -163,11 +131,14 @@ class SplitRun:
                 maker=self.maker,
                 views=self.views,
             )
+            first, steady = True, time.perf_counter()
             while True:
                 t0 = time.perf_counter()
                 batch = next(it, None)
                 t1 = time.perf_counter()
                 report.data_s += t1 - t0
+                if first:  # readers or worker processes starting, the first files read and decoded
+                    report.phases["first batch"] = report.phases.get("first batch", 0.0) + t1 - t0
                 if batch is None:
                     break
                 if self.cfg.on_bad_image == "error" and (batch.bad or bad):
@@ -177,7 +148,11 @@ class SplitRun:
                     continue
                 with gpu.run(batch) if gpu is not None else nullcontext():
                     self._forward_all(batch, writer)
-                report.model_s += time.perf_counter() - t1
+                t2 = time.perf_counter()
+                report.model_s += t2 - t1
+                if first:  # kernels loaded, cuDNN's choices, a compile
+                    report.phases["first forward"] = report.phases.get("first forward", 0.0) + t2 - t1
+                    first, steady = False, t2
                 report.images += len(batch.x)
                 report.view_images += len(batch.x) * len(batch.views)
                 bar.update(len(batch.x) * scale)
@@ -186,14 +161,15 @@ class SplitRun:
                 gpu.drain()
                 report.model_s += time.perf_counter() - t0
                 report.gpu_s = (report.gpu_s or 0.0) + gpu.busy_s
-            writer.close()
+            t0 = time.perf_counter()
+            report.phases["batches after the first"] = report.phases.get("batches after the first", 0.0) + t0 - steady
+            with report.phase("last chunks written"):
+                writer.close()
             if bad:
                 raise BadImagesError(sorted(bad, key=lambda e: e.row)) if len(bad) > 1 else bad[0]
         finally:
             bar.close()
-            if writer.thread.is_alive():  # failed mid-split: finish the queued chunks while the lock is ours
-                writer.q.put(None)
-                writer.thread.join()
+            writer.stop()  # failed mid-split: finish the queued chunks while the lock is ours
             report.write_s += writer.busy_s
 
     def _forward_all(self, batch, writer: ChunkWriter) -> None:

@@ -1,27 +1,30 @@
 """Batches of preprocessed images, in dataset order, for the extractor.
 
-Two backends, recorded in every store because their pixels differ slightly:
+Two backends, recorded in every store because their pixels can differ:
 
 * ``pil``: the research pipeline. PIL decodes, resizes and crops each image in DataLoader worker
   processes; the uint8 crops are normalised on the device.
-* ``device``: uint8 data goes to the device and is resized, cropped and normalised there, batched.
-  Array-backed sets (CIFAR, digits) are sliced straight from memory, no per-image work at all.
-  JPEG files are decoded by ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA); files
-  it cannot take (PNG, CMYK JPEG, truncated or corrupt files) fall back to PIL, per file.
-  nvJPEG's pixels are not libjpeg-turbo's (Pillow's) for chroma-subsampled files. Measured on an H200
-  (torch 2.11, torchvision 0.26, 2026-11-26): 4:4:4 and greyscale JPEGs decode bit-identically; 4:2:0
-  JPEGs differ by a mean of 1.1 uint8 levels at 500x375 and up to 4.3 at 33x47 (the chroma upsampling
-  filters differ), and after the resize and crop to 224 px by less than 2 levels. tests/test_cuda.py holds
-  decoding to these bounds; the store records the backend, so such features are never mixed unnoticed.
+* ``device``: uint8 data goes to the device and is resized, cropped and normalised there, a whole batch at once
+  (:mod:`featcache.resample`: Pillow's arithmetic as two matrix products, Pillow's pixels bit for bit in float64,
+  for images of any sizes, the evaluation crop and every augmented view in one call). Array-backed sets (CIFAR,
+  digits) are sliced straight from memory. Image files are read by threads of this process
+  (:mod:`featcache.readers`: no worker processes, no copy between processes) and JPEGs are decoded by
+  ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA); files it cannot take (PNG, CMYK JPEG, truncated
+  or corrupt files) are decoded by PIL in the reader threads. nvJPEG's pixels are not libjpeg-turbo's (Pillow's)
+  for chroma-subsampled files. Measured on an H200 (torch 2.11, torchvision 0.26, 2026-11-26): 4:4:4 and
+  greyscale JPEGs decode bit-identically; 4:2:0 JPEGs differ by a mean of 1.1 uint8 levels at 500x375 and up to
+  4.3 at 33x47 (the chroma upsampling filters differ). tests/test_cuda.py holds decoding to these bounds; the
+  store records the backend, so such features are never mixed unnoticed.
 
 A batch never spans two store chunks, so the same rows always form the same batches and a
 resumed extraction reproduces an uninterrupted one bit for bit (on the CPU).
 
-Overlap: on CUDA a background thread prepares batch i+1 (copy, decode, resize) while the device runs
+Overlap: on CUDA a background thread prepares batch i+1 (decode, resize) while the device runs
 batch i; the forward passes run on a stream of their own (see ``Batch.ready``), so the device work of the
-two threads is not serialised. On the CPU there is no such thread: the forward pass already keeps every
-core busy, so a second thread only competes with it (two OpenMP teams on the same cores); batches are
-prepared in the loop instead, and image files are still decoded ahead by the DataLoader's worker processes.
+two threads is not serialised, and the reader threads read the files of the batches after it. On the CPU there is
+no such thread: the forward pass already keeps every core busy, so a second thread only competes with it (two
+OpenMP teams on the same cores); batches are prepared in the loop instead, and image files are still decoded ahead
+by the DataLoader's worker processes (``pil``) or read ahead by the reader threads (``device``).
 """
 
 from __future__ import annotations
@@ -36,20 +39,19 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import ViewMaker
+from .augment import CropParams, ViewMaker
 from .config import TransformSpec
 from .datasets import ArrayDataset, FileDataset, ImageDataset, to_rgb
 from .errors import BadImageError
 from .prefetch import prefetch
+from .readers import Files, jpeg_header, read_batches
+from .resample import Crop, eval_crop, resample
 from .transforms import BatchPreprocess, pil_resize_crop
 from .workers import worker_init
 
 __all__ = ["Batch", "batches", "prefetch", "BACKENDS", "jpeg_components"]
 
 BACKENDS = ("pil", "device")
-RESIZE_GROUP = 64  # images resized in one call on the device backend
-# On CUDA, batches in flight ahead of the forward passes (prefetch depth: the batch being prepared counts). A failed
-# extraction does not join the producer (join=False): it may be inside a DataLoader, and the batch is moot.
 # Errors of the device itself, not of a file: a per-file retry and PIL cannot help, and they would hide it.
 # (getattr: torch.AcceleratorError is missing from older releases than the one pinned.)
 _DEVICE_ERRORS = tuple(getattr(torch, n) for n in ("OutOfMemoryError", "AcceleratorError") if hasattr(torch, n))
@@ -93,26 +95,10 @@ class Batch:
 
 
 def jpeg_components(data: bytes) -> int | None:
-    """Colour components of a JPEG (1 grey, 3 YCbCr, 4 CMYK/YCCK), or None if not a complete JPEG.
-
-    Reads only marker headers, up to the start of the scan (SOS). A file without the end-of-image marker near
-    its end counts as incomplete: GPU decoders may silently return a half-grey image for a truncated file. A
-    file with a frame header but no scan counts as incomplete too: nvJPEG's batched decode crashed the process
-    on such a header-only file (H200, torchvision 0.26), where the CPU decoder raises.
-    """
-    if data[:2] != b"\xff\xd8" or data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0:
-        return None
-    i, components = 2, None
-    while i + 3 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xDA:  # SOS: the entropy-coded scan follows; the headers were complete
-            return components
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 < len(data):  # SOFn
-            components = data[i + 9]
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
+    """Colour components of a JPEG (1 grey, 3 YCbCr, 4 CMYK/YCCK), or None if not a complete JPEG
+    (:func:`featcache.readers.jpeg_header`)."""
+    header = jpeg_header(data)
+    return None if header is None else header[0]
 
 
 def _split(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -120,15 +106,15 @@ def _split(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]
 
 
 class _Items(Dataset):
-    """What a DataLoader worker does for one row: PIL crops (``pil``) or encoded bytes (``device``).
+    """What a DataLoader worker does for one row of the ``pil`` backend: PIL crops, the evaluation crop then the
+    asked-for views, stacked: uint8 ``(1 + len(views), 3, s, s)``.
 
-    PIL crops are the evaluation crop then the asked-for views, stacked: uint8 ``(1 + len(views), 3, s, s)``.
-    Workers hand back numpy arrays and bytes, never tensors: a tensor crosses to the main process through a
-    shared-memory segment of its own, which capped a batch of 256 small items at about 2,000 items/s (measured
-    on the 2-core CPU: numpy/bytes 18,000-28,000; on an H200 node JPEG extraction stalled there, at 3,100/s).
+    Workers hand back numpy arrays, never tensors: a tensor crosses to the main process through a shared-memory
+    segment of its own, which capped a batch of 256 small items at about 2,000 items/s (measured on the 2-core
+    CPU: numpy/bytes 18,000-28,000; on an H200 node JPEG extraction stalled there, at 3,100/s).
     """
 
-    def __init__(self, dataset: ImageDataset, crop: Callable | None, maker: ViewMaker | None, views: Sequence[int]):
+    def __init__(self, dataset: ImageDataset, crop: Callable, maker: ViewMaker | None, views: Sequence[int]):
         self.dataset, self.crop, self.maker, self.views = dataset, crop, maker, list(views)
 
     def __len__(self) -> int:
@@ -136,21 +122,15 @@ class _Items(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            if self.crop is not None:
-                img = self.dataset.load(i)
-                crops = [self.crop(img)]
-                if self.views:
-                    sample_id = self.dataset.ids[i]
-                    crops += [self.maker.pil(img, self.maker.params(sample_id, k, img.height, img.width))
-                              for k in self.views]  # fmt: skip
-                # C order: pil_to_tensor gives an HWC view, and a batch's memory layout must not depend on which
-                # of its rows are zero images (oneDNN picks other kernels for channels-last input)
-                return i, np.stack([np.ascontiguousarray(c.numpy()) for c in crops]), ""
-            data = self.dataset.read_bytes(i)
-            if jpeg_components(data) in (1, 3):
-                return i, data, "jpeg"
-            # not a plain JPEG: PIL decodes it here, full size; the device resizes it
-            return i, np.ascontiguousarray(np.array(self.dataset.load(i)).transpose(2, 0, 1)), "pil"
+            img = self.dataset.load(i)
+            crops = [self.crop(img)]
+            if self.views:
+                sample_id = self.dataset.ids[i]
+                crops += [self.maker.pil(img, self.maker.params(sample_id, k, img.height, img.width))
+                          for k in self.views]  # fmt: skip
+            # C order: pil_to_tensor gives an HWC view, and a batch's memory layout must not depend on which
+            # of its rows are zero images (oneDNN picks other kernels for channels-last input)
+            return i, np.stack([np.ascontiguousarray(c.numpy()) for c in crops]), None
         except BadImageError as e:  # sent as plain data: see BadImageError
             return i, None, (e.path, e.reason)
 
@@ -175,6 +155,7 @@ def batches(
 
     With ``maker``, each batch also carries augmented views ``views`` of its images (``Batch.views``).
     Undecodable images come back as zero images listed in ``Batch.bad``; the caller decides to fail or skip.
+    ``workers``: DataLoader processes decoding and cropping files (``pil``), threads reading them (``device``).
 
     On CUDA each batch is prepared in a background thread on that thread's current stream (the legacy default
     stream) and carries ``Batch.ready``, an event recorded after its last operation: a consumer on another
@@ -192,23 +173,46 @@ def batches(
 
         def produce() -> Iterator[Batch]:
             for rows in index_batches:
-                x = torch.from_numpy(images[rows[0] : rows[-1] + 1]).permute(0, 3, 1, 2)
+                a, b = rows[0], rows[-1] + 1
+                x = torch.from_numpy(images[a:b]).permute(0, 3, 1, 2)
                 x = (x.pin_memory() if pin else x.contiguous()).to(device, non_blocking=pin)
-                made = maker.on_device(list(x), dataset.ids[rows[0] : rows[-1] + 1], views) if views else {}
-                yield Batch(rows[0], pre(x, cropped=False), views={k: pre(v, cropped=True) for k, v in made.items()})
+                h, w = images.shape[1:3]
+                params = {k: [maker.params(dataset.ids[r], v, h, w) for v in views] for k, r in enumerate(rows)}
+                crops = _resized(x, dict.fromkeys(range(len(rows)), (h, w)), params, len(rows), pre, maker, device)
+                yield Batch(a, pre.normalize(crops[0]), views=_views(crops, views, pre))
 
         yield from prefetch(_on_device(produce(), device), depth=4 if threaded else 0, join=False)
         return
-    crop = pil_resize_crop(spec) if backend == "pil" else None
-    if backend == "device" and not isinstance(dataset, FileDataset):
-        crop = pil_resize_crop(spec)  # no encoded bytes to hand to a device decoder
+    if backend == "device" and isinstance(dataset, FileDataset):
+
+        def decoded() -> Iterator[tuple[Files, dict[int, torch.Tensor]]]:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # this thread's own current device
+            for files in read_batches(dataset, index_batches, workers, maker, views):
+                yield files, _decode(files, dataset, device)
+
+        def produce_files() -> Iterator[Batch]:
+            # on CUDA the decoder runs on a thread of its own: decode_jpeg waits for nvJPEG (without the GIL), while
+            # this thread queues the previous batch's resize and normalisation on the same stream
+            for files, images in prefetch(decoded(), depth=2 if threaded else 0, join=False, name="featcache-decode"):
+                for k, img in images.items():  # a decoder that gave another size than the header's: the views follow
+                    if tuple(img.shape[-2:]) != tuple(files.sizes[k]):
+                        files.sizes[k] = tuple(img.shape[-2:])
+                        files.views[k] = [maker.params(dataset.ids[files.start + k], v, *files.sizes[k]) for v in views]
+                views_of = {k: files.views.get(k, []) for k in images}
+                crops = _resized(images, files.sizes, views_of, files.n, pre, maker, device)
+                yield Batch(files.start, pre.normalize(crops[0]), files.bad, views=_views(crops, views, pre))
+
+        yield from prefetch(_on_device(produce_files(), device), depth=3 if threaded else 0, join=False)
+        return
+    # pil, or a dataset with no encoded files to hand to a device decoder: PIL crops in worker processes
     if isinstance(dataset, ArrayDataset) and device.type == "cpu":
         # images already in memory, cheap PIL resizes: worker processes would only compete with the forward pass
         # for the cores (extract_throughput on the 2-core CPU, 5 checkpoints at 32 px: 1.12x five forward passes
         # with 2 workers, 0.95-0.99x without)
         workers = 0
     loader = DataLoader(
-        _Items(dataset, crop, maker, views),
+        _Items(dataset, pil_resize_crop(spec), maker, views),
         batch_sampler=index_batches,
         num_workers=workers,
         collate_fn=_collate,
@@ -216,24 +220,18 @@ def batches(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    zero = torch.zeros(3, spec.crop, spec.crop, dtype=torch.uint8)
     zeros = np.zeros((1 + len(views), 3, spec.crop, spec.crop), dtype=np.uint8)
 
-    def produce_files() -> Iterator[Batch]:
-        blank = None  # zero image on the device, made once (in the producer thread, on its stream)
+    def produce_crops() -> Iterator[Batch]:
         for items in loader:
             bad = [BadImageError(*why, row=i) for i, x, why in items if x is None]
-            if crop is not None:  # (B, 1 + views, 3, s, s) -> the evaluation view and each augmented one
-                x = torch.from_numpy(np.ascontiguousarray(np.stack([zeros if t is None else t for _, t, _ in items])))
-                x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
-                made = {k: pre(x[:, 1 + n], cropped=True) for n, k in enumerate(views)}
-                yield Batch(items[0][0], pre(x[:, 0], cropped=True), bad, views=made)
-            else:
-                blank = _to_device(zero, device) if blank is None else blank
-                x, made = _decode_on_device(dataset, items, pre, device, blank, bad, maker, views)
-                yield Batch(items[0][0], x, bad, views=made)
+            # (B, 1 + views, 3, s, s) -> the evaluation view and each augmented one
+            x = torch.from_numpy(np.ascontiguousarray(np.stack([zeros if t is None else t for _, t, _ in items])))
+            x = (x.pin_memory() if pin else x).to(device, non_blocking=pin)
+            made = {k: pre(x[:, 1 + n], cropped=True) for n, k in enumerate(views)}
+            yield Batch(items[0][0], pre(x[:, 0], cropped=True), bad, views=made)
 
-    yield from prefetch(_on_device(produce_files(), device), depth=3 if threaded else 0, join=False)
+    yield from prefetch(_on_device(produce_crops(), device), depth=3 if threaded else 0, join=False)
 
 
 def _on_device(produced: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
@@ -256,61 +254,37 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def _decode_on_device(
-    dataset: FileDataset,
-    items: list,
-    pre: BatchPreprocess,
-    device: torch.device,
-    blank: torch.Tensor,
-    bad: list,
-    maker: ViewMaker | None = None,
-    views: Sequence[int] = (),
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Decode a batch's JPEGs together on the device, fall back per file, resize and crop, stack; and make the
-    asked-for augmented views of the decoded images (a bad file's views are ``blank`` too).
+def _decode(files: Files, dataset: FileDataset, device: torch.device) -> dict[int, torch.Tensor]:
+    """The batch's images, uint8 ``(3, H, W)`` on the device, by position; undecodable ones added to ``files.bad``.
 
-    One undecodable file fails a batched ``decode_jpeg`` call; then each file is decoded alone on the device
-    and only those that still fail go to PIL, so a file's pixels never depend on its batch neighbours.
-    Files PIL cannot read either are ``blank`` (a uint8 ``(3, crop, crop)`` zero image on the device),
-    listed in ``bad``. Out-of-memory and accelerator errors are raised, not taken for a bad file.
+    The JPEGs are decoded together on the device. One undecodable file fails a batched ``decode_jpeg`` call; then
+    each file is decoded alone on the device and only those that still fail go to PIL, so a file's pixels never
+    depend on its batch neighbours. Out-of-memory and accelerator errors are raised, not taken for a bad file.
     """
     images: dict[int, torch.Tensor] = {}
-    jpegs = [(k, torch.frombuffer(bytearray(t), dtype=torch.uint8)) for k, (_, t, kind) in enumerate(items)
-             if kind == "jpeg"]  # fmt: skip
-    if jpegs:
+    keys = list(files.jpegs)
+    if keys:
         try:
-            images.update(zip((k for k, _ in jpegs), _decode_jpegs([t for _, t in jpegs], device), strict=True))
+            images.update(zip(keys, _decode_jpegs([files.jpegs[k] for k in keys], device), strict=True))
         except _DEVICE_ERRORS:
             raise
         except RuntimeError:
-            for k, t in jpegs:
+            for k in keys:
                 try:
-                    images[k] = _decode_jpegs([t], device)[0]
+                    images[k] = _decode_jpegs([files.jpegs[k]], device)[0]
                 except _DEVICE_ERRORS:
                     raise
                 except RuntimeError:
+                    row = files.start + k
                     try:
-                        with Image.open(io.BytesIO(items[k][1])) as im:
+                        with Image.open(io.BytesIO(files.jpegs[k].numpy().tobytes())) as im:
                             im.load()
                             images[k] = _to_device(torch.from_numpy(np.array(to_rgb(im))).permute(2, 0, 1), device)
                     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                        row = items[k][0]
-                        bad.append(BadImageError(str(dataset.paths[row]), f"{type(e).__name__}: {e}", row=row))
-    for k, (_, t, kind) in enumerate(items):
-        if kind == "pil":
-            images[k] = _to_device(torch.from_numpy(t), device)
-    crops = _resize_crop_by_size(images, pre)
-    x = pre(torch.stack([crops.get(k, blank) for k in range(len(items))]), cropped=True)
-    if not views:
-        return x, {}
-    good = sorted(images)
-    made = maker.on_device([images[k] for k in good], [dataset.ids[items[k][0]] for k in good], views)
-    out = {}
-    for v, stack in made.items():
-        full = blank.expand(len(items), -1, -1, -1).clone()
-        full[good] = stack
-        out[v] = pre(full, cropped=True)
-    return x, out
+                        files.bad.append(BadImageError(str(dataset.paths[row]), f"{type(e).__name__}: {e}", row=row))
+    for k, pixels in files.pixels.items():
+        images[k] = _to_device(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1), device)
+    return images
 
 
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -320,18 +294,48 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
     return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-def _resize_crop_by_size(images: dict[int, torch.Tensor], pre: BatchPreprocess) -> dict[int, torch.Tensor]:
-    """Resize and crop uint8 ``(3, H, W)`` images, those of one size together (a few kernel calls, not one per image).
+def _resized(
+    images: torch.Tensor | dict[int, torch.Tensor],
+    sizes: dict[int, tuple[int, int]],
+    params: dict[int, list[CropParams]],
+    n: int,
+    pre: BatchPreprocess,
+    maker: ViewMaker | None,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """The evaluation crop and the views of a batch's images, uint8 ``(n, 3, s, s)`` each, in that order; the
+    positions missing from ``images`` (undecodable files) are zero images.
 
-    Each image's result is the same as resizing it alone. Groups are cut at ``RESIZE_GROUP`` images to bound
-    the float copies the CUDA resize makes.
+    ``images``: a ``(n, 3, H, W)`` batch, or the decoded images by position; ``params``: each position's views.
     """
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for k, img in images.items():
-        by_size.setdefault(tuple(img.shape), []).append(k)
-    crops: dict[int, torch.Tensor] = {}
-    for keys in by_size.values():
-        for g in range(0, len(keys), RESIZE_GROUP):
-            part = keys[g : g + RESIZE_GROUP]
-            crops.update(zip(part, pre.resize_crop(torch.stack([images[k] for k in part])), strict=True))
-    return crops
+    spec = pre.spec
+    good = list(range(n)) if isinstance(images, torch.Tensor) else sorted(images)
+    n_views = max((len(v) for v in params.values()), default=0)
+    batch = images if isinstance(images, torch.Tensor) else [images[k] for k in good]
+    crops = [[eval_crop(*sizes[k], spec.resize, spec.crop, spec.interpolation)] for k in good]
+    sets = []  # (output size, crops of each image)
+    if n_views:
+        size, mode = maker.spec.size, maker.spec.interpolation
+        view_crops = [[Crop(p.top, p.left, p.height, p.width, size, size, 0, 0, p.flip, mode) for p in params[k]]
+                      for k in good]  # fmt: skip
+        if size == spec.crop:  # one call for the evaluation crop and the views
+            crops = [c + v for c, v in zip(crops, view_crops, strict=True)]
+        else:
+            sets.append((size, view_crops))
+    sets.insert(0, (spec.crop, crops))
+    out = []
+    for size, crop_sets in sets:
+        made = resample(batch, crop_sets, size) if good else None
+        if len(good) < n:  # undecodable files: zero images in their rows
+            full = torch.zeros(n, len(crop_sets[0]) if good else 1 + n_views, 3, size, size, dtype=torch.uint8,
+                               device=device)  # fmt: skip
+            if good:
+                full.index_copy_(0, _to_device(torch.tensor(good), device), made)
+            made = full
+        out += [c.contiguous() for c in made.unbind(1)]  # one layout, whichever rows are zero images
+    return out
+
+
+def _views(crops: list[torch.Tensor], views: Sequence[int], pre: BatchPreprocess) -> dict[int, torch.Tensor]:
+    """Each asked-for view of a batch (``crops[1:]``), normalised: ``{view: float32 (n, 3, s, s)}``."""
+    return {k: pre.normalize(c) for k, c in zip(views, crops[1:], strict=True)}

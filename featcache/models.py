@@ -32,6 +32,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from .backbones import regnet, swav
 from .checkpoints import check_step, clean_state_dict, file_sha256, load_checkpoint, load_state_dict, match_state_dict
 from .config import CheckpointSpec, TransformSpec
+from .empty_init import build_empty, fill_left_out
 from .errors import ConfigError, unknown_name
 from .layers import DEFAULT_POOL, POOLS, LayerFeatures
 from .transforms import INTERPOLATIONS
@@ -385,7 +386,9 @@ def load_backbone(
     """
     if spec.arch is None:
         raise ConfigError(f"checkpoint '{spec.name}' ({spec.path}) has no architecture; pass --arch")
-    net = build_features(spec.arch, layers=layers, pool=pool, input_size=input_size)
+    # built empty where it can be: the checkpoint's tensors become its weights (no random init, no copy)
+    net = None if layers else build_empty(lambda: build_features(spec.arch), ConfigError)
+    empty, net = net is not None, net or build_features(spec.arch, layers=layers, pool=pool, input_size=input_size)
     raw, step = load_checkpoint(spec.path, trust=trust, ema=spec.ema, ema_source=ema_source)
     check_step(spec.path, step, spec.steps, spec.steps_source)  # a checkpoint of another length: not what the row says
     sd = clean_state_dict(raw)
@@ -394,11 +397,14 @@ def load_backbone(
         sd, expected, classifier=net.classifier, where=f"checkpoint {spec.path}", arch=spec.arch,
         ignore_extra_keys=ignore_extra_keys,
     )  # fmt: skip
-    weights = OrderedDict(fit.state_dict)
+    # in the network's own dtypes, as a copy into its tensors would convert them
+    weights = OrderedDict((k, v.to(expected[k].dtype)) for k, v in fit.state_dict.items())
     # Versioned modules (MNASNet) read their layout version from the metadata, which cleaning drops; the
     # file fits this network's keys and shapes, so it has this network's layout.
     weights._metadata = getattr(expected, "_metadata", None)
-    net.backbone.load_state_dict(weights, strict=False)  # strict but for num_batches_tracked
+    net.backbone.load_state_dict(weights, strict=False, assign=empty)  # strict but for num_batches_tracked
+    if empty:
+        fill_left_out(net.backbone)
     net.module.requires_grad_(False)
     sha = file_sha256(spec.path)
     log.info("loaded %s (%s, %s, %d-d) from %s sha256=%s", spec.name, spec.arch, ",".join(net.layers),

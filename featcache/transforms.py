@@ -7,11 +7,12 @@ Three forms of the same Resize(shorter side) -> CenterCrop -> to float [0, 1] ->
   :class:`BatchPreprocess` then normalizes whole batches on the device.
 - :class:`BatchPreprocess`: the whole pipeline on a uint8 ``(B, 3, H, W)`` batch, on any device, no per-image loop.
 
-How close the batched path is to PIL: on CPU torchvision's native uint8 antialiased kernels are Pillow's
-algorithm (Keys cubic a=-0.5, separable passes, uint8 rounding between them), so the result is bit-exact or
-at most 2 uint8 levels off at a few pixels. Elsewhere (CUDA has no uint8 kernel) :func:`resize_like_pil`
-runs the two passes in float32 and rounds/clamps after each, as Pillow does; this stays within 2 levels of
-Pillow, about 0.01-0.1 levels on average. Resizing in float without that intermediate rounding is 12-40x
+How close the batched path is to PIL: by default it resizes with :mod:`featcache.resample`, Pillow's own
+arithmetic as matrix products: bit for bit Pillow's pixels in float64 (the CPU, and GPUs with full-rate float64),
+at most one level off at few pixels in float32. The two older forms stay available through ``native_resize``:
+torchvision's uint8 antialiased kernel (CPU only; Pillow's algorithm, at most 2 uint8 levels off at a few pixels)
+and :func:`resize_like_pil`'s two float32 passes rounded and clamped after each, as Pillow does (within 2 levels
+of Pillow, about 0.01-0.1 levels on average). Resizing in float without that intermediate rounding is 12-40x
 further off on average.
 """
 
@@ -29,6 +30,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .config import TransformSpec
 from .errors import ConfigError, unknown_name
+from .resample import eval_crop, resample
 
 __all__ = [
     "INTERPOLATIONS",
@@ -178,7 +180,8 @@ class BatchPreprocess(nn.Module):
 
     Args:
         spec: the preset.
-        native_resize: see :func:`resize_like_pil`; ``None`` picks torchvision's uint8 kernel on CPU.
+        native_resize: ``None`` (default): :func:`featcache.resample.resample`, Pillow's pixels; ``True``:
+            torchvision's uint8 kernel (CPU); ``False``: two float32 passes (:func:`resize_like_pil`).
     """
 
     def __init__(self, spec: TransformSpec, native_resize: bool | None = None):
@@ -192,8 +195,12 @@ class BatchPreprocess(nn.Module):
 
     def resize_crop(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` -> uint8 ``(B, 3, crop, crop)``: Resize(shorter side) then CenterCrop."""
-        x = resize_like_pil(x, self.spec.resize, self.interpolation, self.native_resize)
-        return F.center_crop(x, [self.spec.crop, self.spec.crop])
+        s = self.spec
+        if self.native_resize is None:
+            crop = eval_crop(x.shape[-2], x.shape[-1], s.resize, s.crop, s.interpolation)
+            return resample(x, [[crop]] * len(x), s.crop)[:, 0]
+        x = resize_like_pil(x, s.resize, self.interpolation, self.native_resize)
+        return F.center_crop(x, [s.crop, s.crop])
 
     def normalize(self, x: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
         """uint8 -> float32 in [0, 1] -> (x - mean) / std.

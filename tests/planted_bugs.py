@@ -35,7 +35,7 @@ BUGS = {
         ["tests/test_probe.py"],
     ),
     "4 skipped row zeroed at its absolute row index": (
-        "featcache/forward.py",
+        "featcache/chunk_writer.py",
         "block[[r - start for r in skipped]] = 0",
         "block[skipped] = 0",
         ["tests/test_extract.py"],
@@ -580,6 +580,60 @@ BUGS = {
         "    return (cfg.heads, cfg.val_fraction,",
         "    return (dataclasses.replace(cfg.heads, seed=0), cfg.val_fraction,",
         ["tests/test_packed.py"],
+    ),
+    "71 a center crop's offset floored, not rounded as torchvision rounds it": (
+        "featcache/resample.py",
+        "    row, col = int(round((out_h - crop) / 2.0)), int(round((out_w - crop) / 2.0))\n",
+        "    row, col = (out_h - crop) // 2, (out_w - crop) // 2\n",
+        ["tests/test_resample.py"],
+    ),
+    "72 Pillow 13's vertical-first pass order ignored": (
+        "featcache/resample.py",
+        "    return shrink > 0 and shrink > (crop.width - crop.out_w) * 2\n",
+        "    return False\n",
+        ["tests/test_resample.py"],
+    ),
+    "73 a view's flip reverses its rows, not its columns": (
+        "featcache/resample.py",
+        "        if axis == horizontal:  # a flip reverses the columns\n",
+        "        if axis == vertical:  # a flip reverses the columns\n",
+        ["tests/test_resample.py"],
+    ),
+    "74 file batches handed back newest first": (
+        "featcache/readers.py",
+        "            yield pending.popleft().result()\n",
+        "            yield pending.pop().result()\n",
+        ["tests/test_loaders_device.py"],
+    ),
+    "75 a JPEG header's height and width swapped": (
+        "featcache/readers.py",
+        "            frame = (data[i + 9], height, width)\n",
+        "            frame = (data[i + 9], width, height)\n",
+        ["tests/test_loaders_device.py"],
+    ),
+    "76 a batch's decoded images put in its first rows when some files are undecodable": (
+        "featcache/loaders.py",
+        "                full.index_copy_(0, _to_device(torch.tensor(good), device), made)\n",
+        "                full.index_copy_(0, _to_device(torch.arange(len(good)), device), made)\n",
+        ["tests/test_loaders_device.py"],
+    ),
+    "77 every store's chunks written by one thread": (
+        "featcache/chunk_writer.py",
+        "        k = self._route.setdefault(store, len(self._route) % len(self.queues))\n",
+        "        k = self._route.setdefault(store, 0)\n",
+        ["tests/test_chunk_writer.py"],
+    ),
+    "78 --compile auto counts images, not forward passes of every checkpoint": (
+        "featcache/extract.py",
+        "    return rows * len(cfg.checkpoints)\n",
+        "    return rows\n",
+        ["tests/test_fast_path.py"],
+    ),
+    "79 the table's projected extraction counts no augmented views": (
+        "benchmarks/timecat_cost.py",
+        '        passes = (d["train"] * (1 + d["views"]) + d["test"]) * len(work["checkpoints"])\n',
+        '        passes = (d["train"] + d["test"]) * len(work["checkpoints"])\n',
+        ["tests/test_timecat_cost.py"],
     ),
 }
 

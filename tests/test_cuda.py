@@ -1,9 +1,10 @@
 """The CUDA paths, on a GPU; every test here is skipped without one (benchmarks/gpu_check.sh runs them).
 
-What the CPU tests cannot show: bf16 features on the GPU, nvJPEG's pixels against Pillow's, the per-file
-fallback with decoding on the device, the stream handoff between the producer thread and the forward passes
-(no synchronising call in featcache's own code, checked with ``torch.cuda.set_sync_debug_mode``), the padded
-last batch of a compiled model in channels_last, host features for heads on the GPU, a second GPU.
+What the CPU tests cannot show: bf16 features on the GPU, nvJPEG's pixels against Pillow's, the batched resize on
+the GPU against Pillow's (exact where float64 runs at full rate), the per-file fallback with decoding on the
+device, the stream handoff between the producer thread and the forward passes (no synchronising call in
+featcache's own code, checked with ``torch.cuda.set_sync_debug_mode``), the padded last batch of a compiled model
+in channels_last, host features for heads on the GPU, a second GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from featcache.extract import ExtractConfig, extract
 from featcache.forward import forward as _forward
 from featcache.heads import HeadConfig, MultiHeadProbe
 from featcache.loaders import batches
+from featcache.resample import Crop, eval_crop, full_fp64, resample
 from featcache.store import open_store, store_path
 from featcache.transforms import BatchPreprocess, pil_reference
 
@@ -160,6 +162,52 @@ def test_mixed_batch_falls_back_per_file_on_the_device(paths, registry, mixed):
         if path.suffix == ".jpg" and path.name not in BAD and "cmyk" not in path.name:
             one = loaders._decode_jpegs([torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)], CUDA)
             assert torch.equal(gpu.x[row], pre(one[0][None], cropped=False)[0]), path.name
+
+
+def test_batched_resize_on_the_gpu_is_pillows(registry):
+    """resample on the GPU: Pillow's pixels bit for bit on GPUs with full-rate float64 (H100/H200: what the CPU
+    computes, which tests/test_resample.py holds to Pillow), else within one level; crops, flips, both orders."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8) for h, w in rng.integers(40, 300, (12, 2))]
+    crops = []
+    for a in arrays:
+        h, w = a.shape[:2]
+        top, left = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        view = Crop(top, left, h - top, w - left, 64, 64, 0, 0, bool(rng.integers(0, 2)), "bilinear")
+        crops.append([eval_crop(h, w, 73, 64, "bicubic"), view])
+    images = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arrays]
+    want = resample(images, crops, 64, exact=True)
+    got = resample([t.to(CUDA) for t in images], crops, 64).cpu()
+    if full_fp64(CUDA):
+        assert torch.equal(got, want)
+    else:
+        assert (got.int() - want.int()).abs().max() <= 1
+
+
+def test_444_jpegs_on_the_gpu_are_the_research_pipeline(paths, registry):
+    """4:4:4 JPEGs of varied sizes: nvJPEG decodes them as libjpeg-turbo does and the batched resize is Pillow's,
+    so on a GPU with full-rate float64 the device backend's crops and views are the PIL pipeline's (the fused
+    normalisation differs from ToDtype + Normalize by float rounding, far below a level)."""
+    d = paths.data / "full" / "val" / "x"
+    d.mkdir(parents=True)
+    for k in range(10):
+        (d / f"{k}.jpg").write_bytes(jpeg_bytes(_image(40 + k, 200 + 37 * k, 330 - 21 * k, noise=10.0), subsampling=0))
+    ds_spec = registry.dataset("imagefolder:full")
+    ds, spec = build_dataset(ds_spec, "val"), registry.transform(ds_spec, "224px")
+    from featcache.augment import ViewMaker
+
+    maker = ViewMaker(spec.augment, 3)
+
+    def run(device, backend):
+        return list(batches(ds, spec, [(0, len(ds))], batch_size=4, device=device, backend=backend, workers=2,
+                            maker=maker, views=[0, 1]))  # fmt: skip
+
+    gpu, cpu = run(CUDA, "device"), run(CPU, "pil")
+    bound = 0.01 if full_fp64(CUDA) else 1.01
+    assert _levels(torch.cat([b.x for b in gpu]), torch.cat([b.x for b in cpu]), spec.std).max() < bound
+    for v in (0, 1):
+        levels = _levels(torch.cat([b.views[v] for b in gpu]), torch.cat([b.views[v] for b in cpu]), spec.std)
+        assert levels.max() < bound, v
 
 
 # --- streams: no synchronising call in featcache's code -----------------------------------------------

@@ -296,3 +296,50 @@ def test_report_summary_gives_the_gpu_time_apart():
     assert report.summary().endswith(
         "writer busy 0.2s; GPU busy with the models 1.5s (CUDA events; the host times above overlap it)"
     )
+
+
+def test_report_breaks_the_call_down_into_its_steps(paths, registry, ckpt):
+    """Each step of a call, in order, timed; together no longer than the call; what is fixed named at the end."""
+    write_cifar10(paths.data / "cifar", n_train_per_batch=4, n_test=4)
+    report = extract(_config(paths, registry, [ckpt[0]], splits=("train",), batch_size=8))
+    steps = ["datasets listed", "checkpoints read, hashed, built", "stores opened", "models moved to the device"]
+    steps += ["first batch", "first forward", "batches after the first", "last chunks written", "stores completed"]
+    assert list(report.phases) == steps
+    assert all(s >= 0 for s in report.phases.values())
+    assert sum(report.phases.values()) <= report.seconds + 1e-3
+    lines = report.breakdown()
+    assert [line.split()[0] for line in lines[:-1]] == [s.split()[0] for s in steps]
+    fixed = sum(report.phases.values()) - report.phases["batches after the first"]
+    assert re.fullmatch(rf"\s*fixed cost\s+{fixed:.2f} s of \d+\.\d\d s \(all but the steady batches\)", lines[-1])
+
+
+def test_cli_verbose_prints_the_breakdown(paths, ckpt):
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    write_cifar10(paths.data / "cifar", n_train_per_batch=2, n_test=2)
+    args = ["--data-dir", str(paths.data), "--cache-dir", str(paths.cache), "extract", "--ckpt", str(ckpt[0].path),
+            "--arch", "resnet10", "--dataset", "cifar10", "--transform", "32px", "--split", "test", "--device", "cpu",
+            "--workers", "0", "--quiet", "--verbose"]  # fmt: skip
+    out = CliRunner().invoke(main, args).output
+    assert "where the time went" in out, out
+    for step in ("torch and the extractor imported", "checkpoints read, hashed, built", "first forward", "fixed cost"):
+        assert step in out, out
+
+
+def test_compile_auto_counts_forward_passes(paths, registry, ckpt, monkeypatch):
+    """--compile auto weighs the compile against the forward passes it would speed up: every split's rows, the
+    train split's once more per view, times the checkpoints."""
+    from featcache import extract as extract_module
+
+    write_cifar10(paths.data / "cifar", n_train_per_batch=6, n_test=8)  # 30 train, 8 test
+    spec2, _ = save_checkpoint(paths, "net1", seed=1)
+    cfg = _config(paths, registry, [ckpt[0], spec2], views=3)
+    data = {s: extract_module._split_data(build_dataset(cfg.dataset, s), s, None)[1] for s in ("train", "test")}
+    assert extract_module._forward_passes(cfg, data) == (30 * (1 + 3) + 8) * 2
+    monkeypatch.setattr(extract_module, "COMPILE_MIN_PASSES", 256)
+    monkeypatch.setattr(extract_module, "resolve_device", lambda name: torch.device("cuda"))  # planned, not run
+    monkeypatch.setattr(extract_module, "resolve_precision", lambda name, device: "bf16")
+    assert extract_module.plan_extract(dataclasses.replace(cfg, compile="auto"), passes=256).compiled
+    assert not extract_module.plan_extract(dataclasses.replace(cfg, compile="auto"), passes=255).compiled

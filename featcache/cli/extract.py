@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import click
 
@@ -118,7 +120,8 @@ def _transform_names(reg) -> list[str]:
 @_defaulted(
     "--workers",
     type=field_range(ExtractOptions, "workers"),
-    help="DataLoader processes decoding image files (0: decode in the main process).",
+    help="pil: DataLoader processes decoding and resizing image files; device: threads reading them (decoding is "
+    "on the device). 0: in the main process.",
 )
 @click.option(
     "--limit",
@@ -155,8 +158,8 @@ def _transform_names(reg) -> list[str]:
     "--compile",
     "compile",
     type=click.Choice(COMPILE),
-    help="torch.compile the backbones. auto: only on CUDA with >= 500k images, where the ~15 s compile "
-    "repays itself (ImageNet/iNat train yes, CIFAR no).",
+    help="torch.compile the backbones. auto: only on CUDA from 600,000 forward passes (images x (1 + views) x "
+    "checkpoints), where the ~15 s compile repays itself (measured on an H200).",
 )
 @_defaulted(
     "--preprocess",
@@ -181,15 +184,25 @@ def _transform_names(reg) -> list[str]:
     help="Rows per store chunk (default: about 16 MiB of features, e.g. 4096 rows of 2048 float16).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--verbose",
+    "breakdown",
+    is_flag=True,
+    help="Also print where the call's time went: start-up and imports, datasets, checkpoints, device, stores, "
+    "the first batch and forward pass, the steady batches, completion; and its fixed cost.",
+)
 @command
-def extract(paths: Paths, quiet: bool, dry_run: bool, **options):
+def extract(paths: Paths, quiet: bool, dry_run: bool, breakdown: bool, **options):
     """Run checkpoints once over a dataset and write their penultimate features to stores.
 
     Several checkpoints in one call share each decoded batch. A complete store is left alone; an
     interrupted one is resumed where it stopped; --views K adds augmented views of the train split.
     """
+    started = time.perf_counter()
     from ..extract import config_from, plan_extract
     from ..extract import extract as run_extract
+
+    imported = time.perf_counter()
 
     cfg = config_from(load_registry(paths), paths, **options)
     if dry_run:
@@ -203,6 +216,9 @@ def extract(paths: Paths, quiet: bool, dry_run: bool, **options):
     report = run_extract(cfg, NullProgress if quiet else ProgressBar)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
+    before = {"python and featcache started": _since_process_start(started), "torch and the extractor imported":
+              imported - started, "options read": time.perf_counter() - imported - report.seconds}  # fmt: skip
+    report.phases = {**{k: v for k, v in before.items() if v is not None}, **report.phases}
     rows = [
         {
             "store": s["name"],
@@ -217,3 +233,17 @@ def extract(paths: Paths, quiet: bool, dry_run: bool, **options):
     ]
     click.echo(render(rows))
     click.echo(report.summary())
+    if breakdown:
+        click.echo("where the time went (wall seconds; CUDA, cuBLAS and cuDNN start while the checkpoints load):")
+        click.echo("\n".join(report.breakdown()))
+
+
+def _since_process_start(now: float) -> float | None:
+    """Seconds from this process's start to ``now`` (a perf_counter value): Python, click, the command line. Linux
+    only (``/proc``); None elsewhere."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK") - (time.perf_counter() - now))
