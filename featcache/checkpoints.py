@@ -1,10 +1,10 @@
 """Checkpoint files to state dicts, and state dicts to the keys of a backbone: one path for every family.
 
-:func:`load_state_dict` reads a file (torch or safetensors) and finds the weights inside it;
-:func:`clean_state_dict` removes the wrapper prefixes and renames every training framework adds;
-:func:`match_state_dict` fits what is left to a backbone's own keys: it finds a uniform prefix
-(``model.``, ``backbone.``, ...), drops the removed classifier, and tells extra keys (an SSL projector)
-from keys of another architecture.
+:func:`load_state_dict` reads a file (torch or safetensors) and finds the weights inside it; then
+(:mod:`featcache.checkpoint_keys`, re-exported here) :func:`clean_state_dict` removes the wrapper prefixes and
+renames every training framework adds, and :func:`match_state_dict` fits what is left to a backbone's own keys: it
+finds a uniform prefix (``model.``, ``backbone.``, ...), drops the removed classifier, and tells extra keys (an SSL
+projector) from keys of another architecture.
 """
 
 from __future__ import annotations
@@ -16,21 +16,21 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoint_keys import KeyMatch, clean_state_dict, listing, match_state_dict
 from .errors import CheckpointError, StoreMismatchError
 
 if TYPE_CHECKING:
     from .store import CheckpointRef
 
 __all__ = [
-    "KeyMatch",
+    "KeyMatch",  # with clean_state_dict and match_state_dict, from featcache.checkpoint_keys
     "file_sha256",
     "file_changed",
     "check_store_checkpoint",
@@ -68,22 +68,6 @@ _EMA_HINTS = {
     None: "drop --ema (or 'ema: true' from its registry entry)",
 }
 
-# Key prefixes added by wrappers; stripped repeatedly because AlgoPerf saves both
-# `_orig_mod.module.` and `module._orig_mod.` orders. Longer prefixes come first.
-_PREFIXES = (
-    "module.model0.",  # the research code's multi-model wrapper, under DDP
-    "module.",  # DistributedDataParallel / DataParallel
-    "_orig_mod.",  # torch.compile's OptimizedModule
-)
-# AlgoPerf's ResNet names the shortcut's layers; torchvision's is an nn.Sequential.
-_RENAMES = (
-    ("downsample.conv.", "downsample.0."),
-    ("downsample.bn.", "downsample.1."),
-)
-# BatchNorm's num_batches_tracked only drives momentum=None updates in training; eval features
-# ignore it, and older checkpoints predate it.
-_OPTIONAL_SUFFIX = "num_batches_tracked"
-_SHOW = 10  # keys listed in an error before "... (N in all)"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -134,12 +118,6 @@ def check_store_checkpoint(store_path: str | os.PathLike, ref: CheckpointRef) ->
             f"store {store_path} was extracted from an older {ref.path} (sha256 {ref.sha256[:12]}, the file's is now "
             f"{now[:12]}); extract it again (featcache extract ... --overwrite) or put the old file back"
         )
-
-
-def _listing(keys: Collection[str]) -> str:
-    keys = list(keys)
-    more = f" ... ({len(keys)} in all)" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
 
 
 def _unsafe_global(message: str) -> str:
@@ -283,7 +261,7 @@ def _weights(obj: object, path: Path, ema: bool, ema_source: str | None) -> dict
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
     top = obj if isinstance(obj, dict) else {}
     if ema and not any(k in top for k in _EMA_KEYS):
-        what = f"top-level keys: {_listing(sorted(map(str, top)))}" if top else "a whole pickled network"
+        what = f"top-level keys: {listing(sorted(map(str, top)))}" if top else "a whole pickled network"
         raise CheckpointError(
             f"checkpoint {path} has no EMA weights (no {' or '.join(map(repr, _EMA_KEYS))}; {what}); "
             f"{_EMA_HINTS.get(ema_source, _EMA_HINTS[None])}"
@@ -302,130 +280,6 @@ def _weights(obj: object, path: Path, ema: bool, ema_source: str | None) -> dict
     if (sd := _as_state_dict(obj)) is not None:
         return sd
     raise CheckpointError(
-        f"no state dict found in checkpoint {path}: top-level keys {_listing(sorted(map(str, top)))}; "
+        f"no state dict found in checkpoint {path}: top-level keys {listing(sorted(map(str, top)))}; "
         f"expected one of {list(_CONTAINER_KEYS)} or a plain state dict"
     )
-
-
-def clean_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strip wrapper prefixes until none applies, then rename AlgoPerf's downsample layers.
-
-    Args:
-        sd: a state dict as saved.
-
-    Returns:
-        A new dict with torchvision key names (``module._orig_mod.layer1.0.downsample.conv.weight``
-        becomes ``layer1.0.downsample.0.weight``).
-
-    Raises:
-        CheckpointError: two keys clean to the same name.
-    """
-    out: dict[str, Tensor] = {}
-    for raw, value in sd.items():
-        key = raw
-        while prefix := next((p for p in _PREFIXES if key.startswith(p)), None):
-            key = key[len(prefix) :]
-        for old, new in _RENAMES:
-            key = key.replace(old, new)
-        if key in out:
-            raise CheckpointError(f"state dict keys collide after cleaning: '{raw}' and another give '{key}'")
-        out[key] = value
-    return out
-
-
-@dataclass(frozen=True)
-class KeyMatch:
-    """A state dict fitted to a backbone, and what was done to fit it."""
-
-    state_dict: dict[str, Tensor]  # the backbone's keys only, ready for load_state_dict
-    stripped_prefix: str  # the uniform prefix removed from the backbone's keys ("" when none)
-    ignored_keys: tuple[str, ...]  # extra non-backbone keys left out (ignore_extra_keys)
-
-
-def _prefixes(keys: Collection[str], need: Collection[str]) -> list[str]:
-    """Candidate prefixes: whatever precedes one required key of the backbone in the file's keys."""
-    anchor = min(need, key=lambda k: (k.count("."), k)) if need else ""
-    found = {k[: len(k) - len(anchor)] for k in keys if anchor and k.endswith(anchor)}
-    return sorted({""} | {p for p in found if p.endswith(".")}, key=lambda p: (len(p), p))
-
-
-def match_state_dict(
-    sd: Mapping[str, Tensor],
-    expected: Mapping[str, Tensor],
-    *,
-    classifier: Collection[str],
-    where: str,
-    arch: str,
-    ignore_extra_keys: bool = False,
-) -> KeyMatch:
-    """Fit a cleaned state dict to a backbone's keys; refuse anything but an exact fit.
-
-    The backbone's keys are looked for under every prefix that makes them fit (``""`` first, then
-    ``model.``, ``backbone.``, ``model.backbone.`` and so on). Under the prefix that leaves none missing,
-    keys of the removed classifier (``classifier``, e.g. ``fc.``) are dropped; other keys are *extra*
-    when they lie outside the prefix or under a top-level name the backbone has no weights in
-    (``projector.*``, an SSL ``head.*``), and *foreign* when they lie inside the backbone's own modules
-    (``layer1.1.*`` for a one-block-per-stage net), which means another architecture.
-
-    Args:
-        sd: the state dict, after :func:`clean_state_dict`.
-        expected: the backbone's own ``state_dict()``.
-        classifier: module paths of the removed classifier, each ending in ``.`` (e.g. ``"fc."``).
-        where: how to name the file in errors (``"checkpoint /path/x.pth"``).
-        arch: the architecture, for errors.
-        ignore_extra_keys: leave extra keys out (and record them) instead of refusing the file.
-
-    Returns:
-        A :class:`KeyMatch`.
-
-    Raises:
-        CheckpointError: the file holds keys of another architecture, lacks most of the backbone's keys or
-            has other shapes (``--arch`` is probably wrong); lacks a few keys (an incomplete file); holds
-            extra keys and ``ignore_extra_keys`` is False (``--ignore-extra-keys``); or the backbone fits
-            under several prefixes (several networks in one file).
-    """
-    need = [k for k in expected if not k.endswith(_OPTIONAL_SUFFIX)]
-    scored = []
-    for prefix in _prefixes(sd, need):
-        inside = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-        scored.append((sum(k not in inside for k in need), prefix, inside))
-    fits = [p for n, p, _ in scored if n == 0]
-    if len(fits) > 1 and "" not in fits:
-        raise CheckpointError(
-            f"{where} holds several networks that fit {arch}, under {', '.join(map(repr, fits))}; "
-            "save the one you want as its own state dict"
-        )
-    _, prefix, inside = min(scored, key=lambda s: (s[0], len(s[1])))
-
-    own_names = {k.split(".", 1)[0] for k in expected}
-    kept = {k: v for k, v in inside.items() if not k.startswith(tuple(classifier))}
-    missing = [k for k in need if k not in kept]
-    foreign = [k for k in kept if k not in expected and k.split(".", 1)[0] in own_names]
-    fix = f"it is probably for another architecture than '{arch}'; fix --arch or the registry entry"
-    after = f" (after stripping '{prefix}')" if prefix else ""
-    # Another architecture: keys inside the backbone's own modules it lacks, or most of its keys absent.
-    if foreign or 2 * len(missing) > len(need):
-        found = (("missing", missing), ("unexpected", foreign))
-        parts = [f"{what} keys: {_listing(keys)}" for what, keys in found if keys]
-        raise CheckpointError(f"{where} does not match {arch}{after}: {'; '.join(parts)}; {fix}")
-    shapes = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in kept.items() if k in expected}
-    wrong = [f"{k} {got} vs {want}" for k, (got, want) in shapes.items() if got != want]
-    if wrong:
-        raise CheckpointError(f"{where} has shapes (file vs {arch}) that differ: {_listing(wrong)}; {fix}")
-    if missing:
-        raise CheckpointError(
-            f"{where} lacks {len(missing)} of the {len(need)} weights of {arch}{after}, missing keys: "
-            f"{_listing(missing)}; the file is incomplete or from a modified network: save it again, or fix --arch"
-        )
-
-    extra = [prefix + k for k in kept if k not in expected] + [k for k in sd if not k.startswith(prefix)]
-    if extra and not ignore_extra_keys:
-        raise CheckpointError(
-            f"{where} has keys that are not part of {arch}: {_listing(sorted(extra))}; "
-            "pass --ignore-extra-keys to load the backbone without them"
-        )
-    if prefix:
-        log.info("%s: backbone keys found under the prefix '%s'", where, prefix)
-    if extra:
-        log.info("%s: ignoring %d extra keys: %s", where, len(extra), _listing(sorted(extra)))
-    return KeyMatch({k: v for k, v in kept.items() if k in expected}, prefix, tuple(sorted(extra)))

@@ -24,28 +24,26 @@ Library code: progress goes to the ``echo`` callable, never to stdout.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import extract_config, probe_config
 from .config import CheckpointSpec, DatasetSpec, Paths, Registry
 from .config.sweep import SweepConfig, SweepDataset, SweepExtract, SweepProbe, SweepRow, find_sweep, load_sweep
-from .errors import ConfigError, StoreError
-from .evaluate import probe_and_evaluate
+from .errors import ConfigError
 from .extract import ExtractConfig, extract
 from .models import resolve_preprocessing
-from .packed import plan_packs, run_packed
-from .probe import ProbeConfig, probe_key_for, run_probe
+from .probe import ProbeConfig, probe_key_for
 from .progress import NullProgress, ProgressFactory
-from .results import EvaluationRecord, ProbeRecord, append_record, claim, holder, load_evaluations, load_records
+from .results import EvaluationRecord, ProbeRecord, load_evaluations, load_records
 from .store import store_path
 from .sweep_check import Wanted, check_plan, store_state
 from .sweep_heads import eval_extracts, with_heads
+from .sweep_probes import Prober, research_text
 
 __all__ = [
     "SweepRow",
@@ -127,16 +125,11 @@ class SweepPlan:
                 "status": "to run: " + ", ".join(sorted(set(e.reasons)))} for e in self.extracts]  # fmt: skip
         for p in self.probes:
             rec = self.record(p)
-            status = f"done: top-1 {rec.selected.test_top1:.2f}{_research(rec)} ({rec.id})" if rec else "to run"
+            status = f"done: top-1 {rec.selected.test_top1:.2f}{research_text(rec)} ({rec.id})" if rec else "to run"
             status = status if p.key else "to run, after extract"
             out.append({"step": "probe", "dataset": p.dataset, "row": p.row, "draw": f"d{p.draw}",
                         "stores": ",".join(p.stores), "status": status})  # fmt: skip
         return out
-
-
-def _research(record: ProbeRecord) -> str:
-    """``, research 91.20``: the record's research number (best test, selected on test), when it has one."""
-    return f", research {record.research.test_top1:.2f}" if record.research is not None else ""
 
 
 def _names(names: list[str]) -> str:
@@ -294,107 +287,6 @@ class SweepResult:
         )
 
 
-def _logged(paths: Paths) -> set[str]:
-    return {r.key for r in load_records(paths.results_log)}
-
-
-@dataclass
-class _Prober:
-    """Runs a dataset's pending probes, each under its claim, numbering them as they are taken up; packed
-    (:func:`featcache.packed.run_packed`: the probes that share their batches trained in one pass) unless ``pack``
-    is False."""
-
-    paths: Paths
-    echo: Callable[[str], None]
-    total: int
-    pack: bool = True
-    taken: int = 0
-    ran: int = 0
-
-    def run(self, jobs: list[ProbeJob]) -> None:
-        """Every job; those another sweep holds are waited for after the others."""
-        if self.pack:
-            held = [p for pack in plan_packs([j.config for j in jobs]) for p in self._pack([jobs[i] for i in pack])]
-        else:
-            held = [p for p in jobs if not self._one(p, wait=False)]
-        for p in held:
-            self.echo(f"[probe] {p.dataset} {p.row} d{p.draw}: waiting for the other sweep to finish it")
-            self._one(p, wait=True)
-
-    def _one(self, p: ProbeJob, wait: bool) -> bool:
-        """Run ``p`` unless it is logged; False (at once) when another sweep holds it and not ``wait``."""
-        with claim(self.paths.results_log, _key(p), wait=wait) as mine:
-            head = self._take(p, mine)
-            if head is not None:
-                self._log(p, head, _alone(p.config))
-        return mine
-
-    def _pack(self, jobs: list[ProbeJob]) -> list[ProbeJob]:
-        """Run the jobs this sweep can claim in one pass; returns those another sweep holds."""
-        held, todo = [], []
-        with contextlib.ExitStack() as claims:  # every claim held until the pack's records are logged
-            for p in jobs:
-                mine = claims.enter_context(claim(self.paths.results_log, _key(p), wait=False))
-                head = self._take(p, mine)
-                if not mine:
-                    held.append(p)
-                elif head is not None:
-                    todo.append((p, head))
-            if len(todo) > 1:  # a pack: probes that keep no head, one record each
-                for (p, head), record in zip(todo, run_packed([p.config for p, _ in todo]), strict=True):
-                    self._log(p, head, iter([record]))
-            else:
-                for p, head in todo:
-                    self._log(p, head, _alone(p.config))
-        return held
-
-    def _take(self, p: ProbeJob, mine: bool) -> str | None:
-        """The progress line's head for a claimed probe still to run; None when not ``mine`` or already logged
-        (both said)."""
-        if not mine:
-            who = holder(self.paths.results_log, p.key) or "another process"
-            self.echo(f"[probe] {p.dataset} {p.row} d{p.draw}: another sweep is running it ({who}); later")
-            return None
-        self.taken += 1
-        head = f"[probe {self.taken}/{self.total}] {p.dataset} {p.row} d{p.draw}"
-        if p.key in _logged(self.paths):  # read under the claim: logged by its last holder, or meanwhile
-            self.echo(f"{head}: already in the results log")
-            return None
-        return head
-
-    def _log(self, p: ProbeJob, head: str, records: Iterator[ProbeRecord | EvaluationRecord]) -> None:
-        """Log the probe's record, then each evaluation of its head that follows it in ``records``."""
-        record = next(records)
-        if record.key != p.key:  # the predicted key must be the logged one, or reruns would probe again
-            log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
-        self.echo(
-            f"{head} ({len(p.stores)} model(s), {record.feature_dim} features): test top-1 "
-            f"{record.selected.test_top1:.2f} (val {record.selected.val_top1:.2f}){_research(record)} in "
-            f"{record.timings.get('total_s', 0):.1f}s, result {record.id}"
-        )
-        append_record(self.paths.results_log, record)  # after the echo: a failed append loses nothing seen
-        self.ran += 1
-        for ev in records:
-            blocks = " ".join(f"{b.top1:.2f}" for b in ev.per_model)
-            self.echo(f"{head}: head on {ev.dataset} '{ev.split}': top-1 {ev.top1:.2f}"
-                      + (f", per model {blocks}" if blocks else "") + f", result {ev.id}")  # fmt: skip
-            append_record(self.paths.results_log, ev)
-
-
-def _alone(cfg: ProbeConfig) -> Iterator[ProbeRecord | EvaluationRecord]:
-    """A probe run alone: its record, then with evaluations each of them."""
-    return probe_and_evaluate(cfg) if cfg.evaluate else iter([run_probe(cfg)])
-
-
-def _key(p: ProbeJob) -> str:
-    if p.key is None:  # extraction reported success, yet a store is not ready: never probe a partial store
-        raise StoreError(
-            f"stores {', '.join(p.stores)} of {p.dataset} are not complete after extraction; "
-            "run `featcache ls` and `featcache verify` on them"
-        )
-    return p.key
-
-
 def run_sweep(
     sweep: SweepConfig,
     reg: Registry,
@@ -431,7 +323,7 @@ def run_sweep(
         f"sweep {sweep.name}: {len(sweep.datasets)} dataset(s) x {len(plan.rows)} row(s); {n_ex} extraction(s), "
         f"{n_pr} of {len(plan.probes)} probe(s) to run"
     )
-    prober = _Prober(paths, echo, n_pr, pack)
+    prober = Prober(paths, echo, n_pr, pack)
     extracted = i_ex = 0
 
     def run_extract(job: ExtractJob) -> None:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 from store_factory import make_store
 
-from featcache import checkpoints, extract_config, probe_config
+from featcache import checkpoints, extract_config, probe_config, sweep_probes
 from featcache import sweep as sweep_mod
 from featcache.checkpoints import file_changed, file_sha256
 from featcache.cli import main
@@ -106,7 +106,7 @@ def test_rerun_runs_nothing_and_says_so(world, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished sweep must not extract or probe")
 
-    monkeypatch.setattr(sweep_mod, "run_probe", boom)
+    monkeypatch.setattr(sweep_probes, "run_probe", boom)
     monkeypatch.setattr(sweep_mod, "extract", boom)
     lines: list[str] = []
     again = run_sweep(sweep, reg, paths, echo=lines.append)
@@ -128,11 +128,11 @@ def test_interrupted_then_rerun_logs_each_result_exactly_once(world, tmp_path, m
         calls.append(cfg.tag)
         return run_probe(cfg)
 
-    monkeypatch.setattr(sweep_mod, "run_probe", interrupted)
+    monkeypatch.setattr(sweep_probes, "run_probe", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, reg, paths, pack=False)  # probes one by one (packed: test_a_packed_sweep_interrupted_...)
     assert sum(_keys(paths).values()) == 3
-    monkeypatch.setattr(sweep_mod, "run_probe", run_probe)
+    monkeypatch.setattr(sweep_probes, "run_probe", run_probe)
     lines: list[str] = []
     done = run_sweep(sweep, reg, paths, echo=lines.append)
     assert (done.extracted, done.ran, done.skipped) == (0, 3, 3)
@@ -156,7 +156,7 @@ def test_a_result_logged_meanwhile_is_not_run_again(world, tmp_path, monkeypatch
             append_record(shared, first.plan.done[first.plan.probes[1].key])
         return record
 
-    monkeypatch.setattr(sweep_mod, "run_probe", logged_by_other)
+    monkeypatch.setattr(sweep_probes, "run_probe", logged_by_other)
     lines: list[str] = []
     run_sweep(sweep, reg, paths, echo=lines.append, pack=False)
     assert "[probe 2/6] digits-transfer cat1 d1: already in the results log" in lines
@@ -176,7 +176,7 @@ def test_a_sweep_packs_each_datasets_probes_and_logs_the_records_they_get_alone(
 def test_a_packed_sweep_interrupted_keeps_what_was_logged_then_finishes(world, tmp_path, monkeypatch):
     paths, reg, sweep, first, _ = world
     paths = dataclasses.replace(paths, results=tmp_path / "results.jsonl")
-    real = sweep_mod.run_packed
+    real = sweep_probes.run_packed
 
     def interrupted(configs):
         records = real(configs)
@@ -184,11 +184,11 @@ def test_a_packed_sweep_interrupted_keeps_what_was_logged_then_finishes(world, t
         yield next(records)
         raise KeyboardInterrupt  # Ctrl-C while the pack's third record is made
 
-    monkeypatch.setattr(sweep_mod, "run_packed", interrupted)
+    monkeypatch.setattr(sweep_probes, "run_packed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, reg, paths)
     assert sum(_keys(paths).values()) == 2 and list(claims_dir(paths.results_log).iterdir()) == []
-    monkeypatch.setattr(sweep_mod, "run_packed", real)
+    monkeypatch.setattr(sweep_probes, "run_packed", real)
     done = run_sweep(sweep, reg, paths)
     assert (done.ran, done.skipped) == (4, 2)
     assert _keys(paths) == Counter(p.key for p in first.plan.probes)  # all six, once each
@@ -208,14 +208,14 @@ def test_a_packed_sweep_leaves_a_probe_another_sweep_holds_for_later(world, tmp_
             append_record(paths.results_log, first.plan.done[other.key])
 
     packs = []
-    real = sweep_mod.run_packed
+    real = sweep_probes.run_packed
 
     def packed(configs):
         packs.append([c.tag for c in configs])
         yield from real(configs)
         release.set()
 
-    monkeypatch.setattr(sweep_mod, "run_packed", packed)
+    monkeypatch.setattr(sweep_probes, "run_packed", packed)
     t = threading.Thread(target=other_sweep)
     t.start()
     held.wait(60)
@@ -395,7 +395,7 @@ def test_replanning_with_one_setting_changed_leaves_every_probe_pending(world, c
         return
     assert plan.extracts[0].reasons == ("stale",) * 14 and all(p.key is None for p in plan.probes)
     monkeypatch.setattr(sweep_mod, "extract", _boom)
-    monkeypatch.setattr(sweep_mod, "run_probe", _boom)
+    monkeypatch.setattr(sweep_probes, "run_probe", _boom)
     with pytest.raises(
         StoreMismatchError, match=f"store .*demo-cat1-d0-m0.zarr was extracted with {refusal}.*13 more store"
     ):
@@ -454,7 +454,7 @@ def test_a_changed_checkpoint_file_is_noticed(world, tmp_path, monkeypatch, capl
         assert [p.key is None for p in plan.probes] == [False, False, True, False, False, False]  # cat2 d0
         assert plan.extracts[0].reasons == ("stale",)
         monkeypatch.setattr(sweep_mod, "extract", _boom)
-        monkeypatch.setattr(sweep_mod, "run_probe", _boom)
+        monkeypatch.setattr(sweep_probes, "run_probe", _boom)
         older = (
             r"demo-cat2-d0-m1.zarr was extracted from an older .*cat2-d0-m1.pth.tar \(sha256 [0-9a-f]{12}, the file's"
         )
@@ -522,7 +522,7 @@ def test_two_sweeps_on_one_log_run_each_probe_once(world, tmp_path):
     go = tmp_path / "go"
     runner = (
         "import sys, time, pathlib\n"
-        "import featcache.sweep as s\n"
+        "import featcache.sweep_probes as s\n"
         "real = s.run_probe\n"
         "s.run_probe = lambda cfg: (time.sleep(0.5), real(cfg))[1]  # both sweeps are mid-probe together\n"
         "pathlib.Path(sys.argv[1] + '.ready').touch()\n"
@@ -574,7 +574,7 @@ def test_a_probe_claimed_by_another_sweep_is_left_for_later_then_waited_for(worl
             release.set()
         return record
 
-    monkeypatch.setattr(sweep_mod, "run_probe", probe)
+    monkeypatch.setattr(sweep_probes, "run_probe", probe)
     t = threading.Thread(target=other_sweep)
     t.start()
     held.wait(60)
