@@ -263,7 +263,9 @@ def main(argv=None) -> int:
     print(f"{'table':<14} {'':>13} {sum(r['extract_h'] for r in rows):>10.2f} {sum(r['probe_h'] for r in rows):>9.2f} "
           f"{total:>12.2f} {research:>11,.0f}")  # fmt: skip
     verdict = "ok" if total <= TARGET_H else "MISSED"
-    where = "" if device.type == "cuda" else " (CPU rates: not the GPU target)"
+    given = a.probe_steps_per_s is not None and a.extract_images_per_s is not None
+    where = (" (rates given, not measured)" if given
+             else "" if device.type == "cuda" else " (CPU rates: not the GPU target)")  # fmt: skip
     print(f"target: the whole table <= {TARGET_H:.0f} h: {total:.2f} h {verdict}{where}; research / featcache "
           f"{research / total:,.0f}x")  # fmt: skip
     if a.out:
