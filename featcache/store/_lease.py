@@ -25,6 +25,7 @@ import uuid
 
 from ..errors import StoreLockedError
 from ..locations import RemotePath
+from ._held import Held
 
 __all__ = ["RemoteLease", "describe_lease"]
 
@@ -46,7 +47,7 @@ def _conditional(path: RemotePath, etag: str) -> dict:
     return {"IfMatch": etag} if etag and path.protocol in ("s3", "s3a") else {}
 
 
-class RemoteLease:
+class RemoteLease(Held):
     """Exclusive writer lease at ``path`` on object storage: :class:`~featcache.store.StoreLock`'s interface.
 
     Args:
@@ -168,21 +169,6 @@ class RemoteLease:
                     return
             except OSError as e:  # a failed beat: the next one tries again; check() guards the commits
                 log.warning("lease %s: heartbeat failed (%s)", self.path, e)
-
-    def release(self) -> None:
-        """Drop the lease if this object still holds it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self.held():
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> RemoteLease:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def describe_lease(path: RemotePath, stale_after: float = 120.0) -> dict | None:

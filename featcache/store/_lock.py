@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import StoreLockedError
 from ..locations import RemotePath
+from ._held import Held
 from ._lease import RemoteLease, describe_lease
 
 __all__ = ["StoreLock", "describe_lock", "lock_for"]
@@ -49,7 +50,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class StoreLock:
+class StoreLock(Held):
     """Exclusive writer lock at ``path``; use as a context manager.
 
     Args:
@@ -214,21 +215,6 @@ class StoreLock:
             except FileNotFoundError:
                 log.warning("lock %s vanished while held", self.path)
                 return
-
-    def release(self) -> None:
-        """Drop the lock if this object still holds it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self.held():
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> StoreLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def lock_for(path: Path | RemotePath, what: str) -> StoreLock | RemoteLease:
