@@ -5,8 +5,8 @@ Two feature sets, each fitted on its train split and scored on its test split by
 (a) synthetic, with known structure: Gaussian classes with equal priors and isotropic noise around random means,
     then per-feature offsets and scales (so standardising matters). The Bayes-optimal classifier is the nearest
     true mean in the unscaled space; its test accuracy is printed as the ceiling.
-(b) the demo's real digits features: ``featcache demo``'s first checkpoint (a resnet10 pretrained on digits 0-4
-    by :func:`featcache.demo.pretrain`) extracted by :func:`featcache.extract.extract` on digits 5-9 into a
+(b) the demo's real digits features: ``featcache demo``'s first checkpoint (a resnet10 pretrained on digits-mix
+    by :func:`featcache.demo.pretrain`) extracted by :func:`featcache.extract.extract` on digits-plain into a
     temporary cache, and read back from the store (float16, 512-d).
 
 On each, over the same L2 strengths lambda (default: featcache's grid, 1 to 1e-6, two per decade):
@@ -129,7 +129,7 @@ def synthetic(rows: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndar
 
 
 def digits_features(tmp: Path) -> tuple[np.ndarray, ...]:
-    """The demo's first checkpoint, pretrained on digits 0-4, extracted on digits 5-9 with featcache's extract."""
+    """The demo's first checkpoint, pretrained on digits-mix, extracted on digits-plain with featcache's extract."""
     # Imported here: the synthetic case needs neither zarr nor torchvision (a bare GPU machine may lack them).
     from featcache.concat import ConcatView
     from featcache.config import Paths, load_registry
