@@ -22,11 +22,11 @@ from .concat import ConcatView
 from .devices import resolve_device
 from .errors import ConfigError
 from .evaluate_config import EvalTarget, EvaluateConfig, Resolved, config_from, resolve_target
-from .probe import ProbeConfig, fit_probe
+from .probe import ProbeConfig, ProbeOutcome, fit_probe
 from .results import BlockScore, EvaluationRecord, ProbeRecord, StoreUsed
 from .saved_head import SavedHead, read_head
 
-__all__ = ["EvaluateConfig", "config_from", "evaluate_head", "probe_and_evaluate", "run_evaluate"]
+__all__ = ["EvaluateConfig", "config_from", "evaluate_head", "outcome_records", "probe_and_evaluate", "run_evaluate"]
 
 
 class _FiniteRows:
@@ -119,7 +119,16 @@ def probe_and_evaluate(cfg: ProbeConfig) -> Iterator[ProbeRecord | EvaluationRec
     Raises:
         See :func:`featcache.probe.run_probe` and :func:`evaluate_head`.
     """
-    outcome = fit_probe(cfg)
+    yield from outcome_records(cfg, fit_probe(cfg))
+
+
+def outcome_records(cfg: ProbeConfig, outcome: ProbeOutcome) -> Iterator[ProbeRecord | EvaluationRecord]:
+    """A solved probe's record, then one evaluation record per ``cfg.evaluate`` target of its head, each as soon as
+    it is made (a probe alone: :func:`probe_and_evaluate`; packed: :func:`featcache.packed.run_packed`).
+
+    Raises:
+        See :func:`evaluate_head`.
+    """
     yield outcome.record
     if not cfg.evaluate:
         return

@@ -298,16 +298,29 @@ class PackedProbe:
             if len(cols) == 0 or cols.min() < 0 or cols.max() >= n_features or len(set(cols.tolist())) < len(cols):
                 raise ValueError(f"group {g}: columns must be distinct, in [0, {n_features}), and at least one")
 
-    def fit(self, X: Feed | Features | EpochFeatures, y, eval_sets: Mapping[str, tuple] | None = None) -> PackedProbe:
+    def fit(
+        self,
+        X: Feed | Features | EpochFeatures,
+        y,
+        eval_sets: Mapping[str, tuple] | None = None,
+        on_epoch: Callable[[PackedProbe, int], None] | None = None,
+    ) -> PackedProbe:
         """Train every group's heads in one pass per epoch; score each evaluation set once per epoch for all.
 
         Args and Raises: as :meth:`MultiHeadProbe.fit`, the features holding ``n_features`` columns;
-        :class:`NonFiniteLossError` names the group too.
+        :class:`NonFiniteLossError` names the group too. ``on_epoch(self, e)`` runs after epoch e (1-based) is
+        scored, while :meth:`scoring_heads` gives each group's heads as they scored it.
         Returns:
             self, with :attr:`probes_` fitted.
         """
         start = time.perf_counter()
-        trainer, histories = _fit(self, self.groups, X, y, eval_sets)
+
+        def hook(trainer: HeadTrainer, epoch: int) -> None:
+            self._trainer = trainer
+            on_epoch(self, epoch)
+
+        trainer, histories = _fit(self, self.groups, X, y, eval_sets, hook if on_epoch is not None else None)
+        self._trainer = None  # the packed trainer is not kept: probes_ hold copies of each group
         self.seconds_ = time.perf_counter() - start
         self.probes_ = []
         for g, cols in enumerate(self.groups):
@@ -315,6 +328,13 @@ class PackedProbe:
             probe._adopt(trainer.group(g), histories[g], self.seconds_)
             self.probes_.append(probe)
         return self
+
+    def scoring_heads(self, g: int, blocks: bool = False) -> list[LinearHead]:
+        """Group g's heads as they score now, in fresh memory (as :meth:`MultiHeadProbe.scoring_heads`): only
+        from an ``on_epoch`` hook of :meth:`fit`; after it, :attr:`probes_` hold each group's last heads."""
+        if getattr(self, "_trainer", None) is None:
+            raise RuntimeError("PackedProbe.scoring_heads is for an on_epoch hook of fit(); after it, use probes_")
+        return self._trainer.scoring_heads(g, blocks=blocks)
 
 
 def _fit(

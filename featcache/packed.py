@@ -5,13 +5,17 @@ one, each probe loads its stores and makes its own passes over the rows. Packed 
 their stores is loaded once and every probe's heads train on the same batches in one pass
 (:class:`featcache.heads.PackedProbe`), each reading its own columns in its own order. BatchNorm's statistics are
 per column, so each probe is normalised, trained, selected and recorded as it is alone: the same splits, views,
-batches and arithmetic (``tests/test_packed.py`` compares packed and separate records).
+batches and arithmetic (``tests/test_packed.py`` compares packed and separate records). Each probe keeps its
+selected head as it scored test, as alone: a probe that saves (``save_head``) or evaluates (``evaluate``) its head
+packs too, and its head is written and scored after its record is yielded, as :func:`fit_probe` and
+:func:`featcache.evaluate.probe_and_evaluate` do alone.
 
 Probes pack when they share what fixes the batches (:func:`pack_key`): the SGD solver with the same heads (grid,
 schedule, batch size, seed), val fraction, splits, views and memory options, on one device. Opened, they must also
 have the same usable rows, their union must concatenate (the same samples, preprocessing and crops), and it must
 be held in memory, resident or loaded per epoch (an epoch streamed from the stores is ordered by the stores' chunks,
-so the union's order would not be each probe's). Probes that do not pack run alone, as :func:`run_probe` runs them.
+so the union's order would not be each probe's). Probes that do not pack run alone, as
+:func:`featcache.evaluate.probe_and_evaluate` runs them.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import numpy as np
 from .concat import ConcatView
 from .devices import resolve_device
 from .errors import StoreMismatchError
-from .evaluate import probe_and_evaluate
+from .evaluate import outcome_records, probe_and_evaluate
 from .feed import plan_memory
 from .heads import NonFiniteLossError
-from .probe import ProbeConfig, ProbeRun, _record, run_probe
+from .probe import ProbeConfig, ProbeRun, outcome_of
 from .probe_splits import ProbeData, ProbeSplits, open_probe
 from .results import EvaluationRecord, ProbeRecord
 from .solvers import SgdSolver
@@ -43,9 +47,9 @@ log = logging.getLogger(__name__)
 
 def pack_key(cfg: ProbeConfig) -> tuple | None:
     """What probes packed together must share (equal keys: they may pack); None: this probe runs alone (L-BFGS and
-    k-NN have no heads to pack; a probe that saves or evaluates its head keeps it, which a pack does not)."""
-    if cfg.solver is not None or cfg.save_head is not None or cfg.evaluate:
-        return None  # a saved or evaluated head is kept by the probe alone (featcache.solvers.sgd)
+    k-NN have no heads to pack). Where a probe saves its head and what it scores it on fix no batch: not shared."""
+    if cfg.solver is not None:
+        return None
     return (cfg.heads, cfg.val_fraction, cfg.device, cfg.allow_transform_mix, cfg.train_split, cfg.test_split,
             cfg.views, cfg.max_memory, cfg.in_memory, cfg.dataset, cfg.allow_same_split)  # fmt: skip
 
@@ -62,7 +66,8 @@ def plan_packs(configs: Sequence[ProbeConfig]) -> list[list[int]]:
 
 def run_packed(configs: Sequence[ProbeConfig]) -> Iterator[ProbeRecord | EvaluationRecord]:
     """Run probes of one pack (see :func:`plan_packs`) in one pass; yield each one's record, in order (not yet
-    appended to a log).
+    appended to a log), each followed by the evaluations of its head (``evaluate``); a probe's head is written to
+    its ``save_head`` before its record is yielded.
 
     When they cannot train together (rows, union or memory: see the module docstring), or a head's loss becomes
     non-finite, they run one by one instead, each record yielded when its probe ends, so the probes before a failing
@@ -70,14 +75,15 @@ def run_packed(configs: Sequence[ProbeConfig]) -> Iterator[ProbeRecord | Evaluat
 
     Raises:
         ValueError: the configurations do not share one :func:`pack_key`.
-        StoreError, StoreMismatchError, ConfigError, ProbeError: as :func:`featcache.probe.run_probe` raises them.
+        StoreError, StoreMismatchError, ConfigError, ProbeError: as :func:`featcache.evaluate.probe_and_evaluate`
+            raises them.
     """
     configs = list(configs)
     keys = {pack_key(c) for c in configs}
     if len(configs) > 1 and (None in keys or len(keys) > 1):
         raise ValueError("run_packed: the probes do not share one pack_key; group them with plan_packs")
     if len(configs) < 2:  # alone: with --eval, its evaluations follow its record
-        yield from (r for c in configs for r in (probe_and_evaluate(c) if c.evaluate else [run_probe(c)]))
+        yield from (r for c in configs for r in probe_and_evaluate(c))
         return
     t0 = time.perf_counter()
     configs = _share_stores(configs)
@@ -85,7 +91,7 @@ def run_packed(configs: Sequence[ProbeConfig]) -> Iterator[ProbeRecord | Evaluat
     union, why = _union(configs[0], datas)
     if union is None:
         log.info("%d probes run one by one, not packed: %s", len(configs), why)
-        yield from (run_probe(c) for c in configs)
+        yield from (r for c in configs for r in probe_and_evaluate(c))
         return
     device = resolve_device(configs[0].device)
     splits = ProbeSplits(union, configs[0], device)
@@ -96,14 +102,14 @@ def run_packed(configs: Sequence[ProbeConfig]) -> Iterator[ProbeRecord | Evaluat
                                                                 device)  # fmt: skip
     except NonFiniteLossError as e:  # alone, each good probe keeps its result and the bad one names itself
         log.info("packed probe %s: %s; the %d probes run one by one", e.group, e, len(configs))
-        yield from (run_probe(c) for c in configs)
+        yield from (r for c in configs for r in probe_and_evaluate(c))
         return
     memory = f"{splits.memory}, packed x{len(configs)}"
     log.info("%d probes packed on %d store(s), %d features: %s", len(configs), len(union.stores), union.train.dim,
              memory)  # fmt: skip
     for cfg, data, result in zip(configs, datas, results, strict=True):
         timings = {"load_s": t_load - t0, **result.timings, "total_s": time.perf_counter() - t0}
-        yield _record(ProbeRun(cfg, data, "sgd", result, timings, str(device), memory))
+        yield from outcome_records(cfg, outcome_of(ProbeRun(cfg, data, "sgd", result, timings, str(device), memory)))
 
 
 def _share_stores(configs: list[ProbeConfig]) -> list[ProbeConfig]:

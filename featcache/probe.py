@@ -43,6 +43,7 @@ __all__ = [
     "ProbeOutcome",
     "config_from",
     "fit_probe",
+    "outcome_of",
     "run_probe",
     "probe_key_for",
     "resolve_stores",
@@ -89,7 +90,18 @@ def fit_probe(cfg: ProbeConfig) -> ProbeOutcome:
     solver = solver_for(cfg.heads if cfg.solver is None else cfg.solver)
     result = solver.fit_select(splits, data.train.dim, data.n_classes, device)
     timings = {"load_s": t_load - t0, **result.timings, "total_s": time.perf_counter() - t0}
-    record = _record(ProbeRun(cfg, data, solver.name, result, timings, str(device), splits.memory))
+    return outcome_of(ProbeRun(cfg, data, solver.name, result, timings, str(device), splits.memory))
+
+
+def outcome_of(run: ProbeRun) -> ProbeOutcome:
+    """A solved probe's record and selected head (written to ``save_head`` when its configuration gives one): what
+    :func:`fit_probe` returns, for a probe solved alone or packed (:mod:`featcache.packed`).
+
+    Raises:
+        ConfigError: the head cannot be written.
+    """
+    cfg, data, result = run.config, run.data, run.result
+    record = _record(run)
     head = None
     if result.head is not None:
         layout = [FeatureBlock.of(s.name, s.provenance, d) for s, d in zip(data.stores, data.train.dims, strict=True)]

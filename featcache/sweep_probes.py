@@ -79,9 +79,14 @@ class Prober:
                     held.append(p)
                 elif head is not None:
                     todo.append((p, head))
-            if len(todo) > 1:  # a pack: probes that keep no head, one record each
-                for (p, head), record in zip(todo, run_packed([p.config for p, _ in todo]), strict=True):
-                    self._log(p, head, iter([record]))
+            if len(todo) > 1:  # a pack: each probe's record, then the evaluations of its head
+                jobs_left, line = iter(todo), ""
+                for record in run_packed([p.config for p, _ in todo]):
+                    if isinstance(record, ProbeRecord):
+                        job, line = next(jobs_left)
+                        self._log_record(job, line, record)
+                    else:
+                        self._log_evaluation(line, record)
             else:
                 for p, head in todo:
                     self._log(p, head, _alone(p.config))
@@ -103,7 +108,12 @@ class Prober:
 
     def _log(self, p: ProbeJob, head: str, records: Iterator[ProbeRecord | EvaluationRecord]) -> None:
         """Log the probe's record, then each evaluation of its head that follows it in ``records``."""
-        record = next(records)
+        self._log_record(p, head, next(records))
+        for ev in records:
+            self._log_evaluation(head, ev)
+
+    def _log_record(self, p: ProbeJob, head: str, record: ProbeRecord) -> None:
+        """Print, then log, the probe's record."""
         if record.key != p.key:  # the predicted key must be the logged one, or reruns would probe again
             log.warning("%s: record key %s differs from the predicted %s", head, record.key, p.key)
         self.echo(
@@ -113,11 +123,13 @@ class Prober:
         )
         append_record(self.paths.results_log, record)  # after the echo: a failed append loses nothing seen
         self.ran += 1
-        for ev in records:
-            blocks = " ".join(f"{b.top1:.2f}" for b in ev.per_model)
-            self.echo(f"{head}: head on {ev.dataset} '{ev.split}': top-1 {ev.top1:.2f}"
-                      + (f", per model {blocks}" if blocks else "") + f", result {ev.id}")  # fmt: skip
-            append_record(self.paths.results_log, ev)
+
+    def _log_evaluation(self, head: str, ev: EvaluationRecord) -> None:
+        """Print, then log, an evaluation of the probe's head (the progress line ``head`` names the probe)."""
+        blocks = " ".join(f"{b.top1:.2f}" for b in ev.per_model)
+        self.echo(f"{head}: head on {ev.dataset} '{ev.split}': top-1 {ev.top1:.2f}"
+                  + (f", per model {blocks}" if blocks else "") + f", result {ev.id}")  # fmt: skip
+        append_record(self.paths.results_log, ev)
 
 
 def _alone(cfg: ProbeConfig) -> Iterator[ProbeRecord | EvaluationRecord]:

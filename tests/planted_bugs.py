@@ -635,6 +635,18 @@ BUGS = {
         '        passes = (d["train"] + d["test"]) * len(work["checkpoints"])\n',
         ["tests/test_timecat_cost.py"],
     ),
+    "140 a packed probe's saved head kept at the last epoch, not at its selected one": (
+        "featcache/solvers/sgd.py",
+        "                if e == epoch:\n",
+        "                if epoch == self.heads.epochs:\n",
+        ["tests/test_packed.py"],
+    ),
+    "141 a packed probe's saved head the first grid point, not its selected one": (
+        "featcache/solvers/sgd.py",
+        "                    kept[g] = packed.scoring_heads(g, blocks=True)[h]\n",
+        "                    kept[g] = packed.scoring_heads(g, blocks=True)[0]\n",
+        ["tests/test_packed.py"],
+    ),
 }
 
 

@@ -309,6 +309,13 @@ def test_a_sweep_saves_its_heads_scores_them_and_reports_per_model(paths, tmp_pa
     run_sweep(sweep, reg, paths, echo=lines.append)
     assert lines[1].startswith("[extract 1/2] digits-shift: 3 store(s) (missing), 0 view(s)")
     probes = {r.tag.split()[1]: r for r in load_records(paths.results_log)}
+    assert [r.memory for r in probes.values()] == ["resident, packed x2"] * 2  # heads saved and scored, packed
+    logged = [json.loads(line) for line in paths.results_log.read_text().splitlines()]
+    assert [d.get("head_id", d["id"]) for d in logged] == [probes["cat1"].id] * 2 + [probes["cat2"].id] * 3
+    said = [line.split(" (")[0].split(": top-1")[0] for line in lines if line.startswith("[probe")]
+    first, second = "[probe 1/2] digits-transfer cat1 d0", "[probe 2/2] digits-transfer cat2 d0"
+    assert said == [first, f"{first}: head on digits-shift 'test'", second, f"{second}: head on digits-shift 'test'",
+                    f"{second}: head on digits-transfer 'test'"]  # fmt: skip
     evals = load_evaluations(paths.results_log)
     heads = paths.cache / "heads" / "heads" / "digits-transfer"
     assert sorted(p.name for p in heads.iterdir()) == ["cat1-d0.safetensors", "cat2-d0.safetensors"]

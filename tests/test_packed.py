@@ -9,6 +9,7 @@ that gave a probe another probe's columns, statistics or batches would give it a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import numpy as np
@@ -21,12 +22,14 @@ from featcache import heads_step
 from featcache import sweep as sweep_mod
 from featcache.cli import main
 from featcache.errors import ProbeError
+from featcache.evaluate_config import EvalTarget
 from featcache.heads import HeadConfig, MultiHeadProbe, PackedProbe
 from featcache.heads_step import HeadTrainer
 from featcache.packed import pack_key, plan_packs, run_packed
-from featcache.probe import ProbeConfig, run_probe
+from featcache.probe import ProbeConfig, fit_probe, run_probe
 from featcache.probe_config import config_from, solver_config
 from featcache.results import load_records
+from featcache.saved_head import read_head
 
 HEADS = HeadConfig(epochs=4, batch_size=32, milestones=(2,), lr=0.05, weight_decays=(1e-4, 3e-2, 0.3), seed=5)
 DIMS = (6, 4, 5)
@@ -200,3 +203,38 @@ def test_the_fused_update_used_on_cuda_is_the_flat_update(heads, monkeypatch):
             for key, value in a.head_state(h).items():
                 torch.testing.assert_close(b.head_state(h)[key], value, atol=1e-6, rtol=0, msg=key)
     assert (flat.probes_[0].weight_[0] - flat.probes_[0].weight_[-1]).abs().max() > 1e-3  # heads differ
+
+
+def test_packed_probes_save_and_evaluate_the_heads_they_get_alone(stores, tmp_path):
+    """A probe that saves and evaluates its head packs too: each saved head scores its record's test number bit for
+    bit with `featcache evaluate` (the head of its own group, selected head and epoch), and is the head it saves
+    alone; each record is followed by its head's evaluations (per model: each store's block alone)."""
+    configs = [
+        dataclasses.replace(c, save_head=tmp_path / "heads" / f"p{k}.safetensors",
+                            evaluate=(EvalTarget("synthetic", c.stores, "test", per_model=True),))
+        for k, c in enumerate(_configs(stores, DRAWS, views=0))
+    ]  # fmt: skip
+    assert len(plan_packs(configs)) == 1
+    out = list(run_packed(configs))
+    assert [type(r).__name__ for r in out] == ["ProbeRecord", "EvaluationRecord"] * 5
+    records, evals = out[::2], out[1::2]
+    assert [r.memory for r in records] == ["resident, packed x5"] * 5
+    assert [e.head_id for e in evals] == [r.id for r in records]
+    roots = ["--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "eval.jsonl")]
+    for cfg, record, ev in zip(configs, records, evals, strict=True):
+        assert (ev.top1, ev.top5) == (record.selected.test_top1, record.selected.test_top5)  # ==, not approx
+        assert [b.store for b in ev.per_model] == [s.name for s in record.stores]
+        args = ["evaluate", "--head", str(cfg.save_head), "--stores", ",".join(map(str, cfg.stores)), "--split",
+                "test", "--device", "cpu", "--format", "json"]  # fmt: skip
+        r = CliRunner().invoke(main, [*roots, *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.output[: r.output.rindex("}") + 1])
+        assert (doc["top1"], doc["head_id"]) == (record.selected.test_top1, record.id)
+        alone = fit_probe(dataclasses.replace(cfg, save_head=None))
+        assert _numbers(alone.record) == _numbers(record)
+        packed = read_head(cfg.save_head)
+        for key in ("weight", "bias", "mean", "scale"):
+            torch.testing.assert_close(getattr(packed.head, key), getattr(alone.head.head, key), atol=1e-5, rtol=0)
+        torch.testing.assert_close(packed.block_bias, alone.head.block_bias, atol=1e-5, rtol=0)
+    # the probes' heads differ, so a head kept from another group, grid point or epoch would be seen
+    assert len({r.selected.test_top1 for r in records}) >= 4

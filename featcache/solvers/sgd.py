@@ -9,8 +9,8 @@
    (best test accuracy over epochs and grid), selected on test and labelled so.
 
 Packed (:meth:`SgdSolver.fit_select_packed`): several probes whose features are column groups of one feature matrix
-(:mod:`featcache.packed`) run both passes together (:class:`featcache.heads.PackedProbe`), each selected as alone;
-their results keep no head (a probe that saves or evaluates its head runs alone: :func:`featcache.packed.pack_key`).
+(:mod:`featcache.packed`) run both passes together (:class:`featcache.heads.PackedProbe`), each selected as alone
+and keeping its selected head as alone (so a packed probe saves and evaluates its head as a probe alone does).
 """
 
 from __future__ import annotations
@@ -69,22 +69,31 @@ class SgdSolver:
         self, splits: Splits, groups: Sequence[Sequence[int]], n_features: int, n_classes: int, device: torch.device
     ) -> list[SolverResult]:
         """Both passes of several probes in one: group g (its columns of the splits' features) is selected as
-        :meth:`fit_select` selects it alone on ``X[:, groups[g]]``.
+        :meth:`fit_select` selects it alone on ``X[:, groups[g]]``, and keeps its selected head as that does.
 
         Raises:
             NonFiniteLossError: a head's training loss became non-finite (names the group).
         """
-        passes = []
-        for train, evaluate in (("fit", "val"), ("train", "test")):
-            X, y = splits.training(train)
-            packed = PackedProbe(self.heads, n_features, n_classes, groups, device=device)
-            passes.append(packed.fit(X, y, eval_sets={evaluate: splits[evaluate]}))
-        select, final = passes
+        X, y = splits.training("fit")
+        select = PackedProbe(self.heads, n_features, n_classes, groups, device=device)
+        select.fit(X, y, eval_sets={"val": splits["val"]})
+        at = [_select(p.history_, "val_top1") for p in select.probes_]  # each group's (head, epoch)
+        kept: list[LinearHead | None] = [None] * len(groups)
+
+        def keep(packed: PackedProbe, epoch: int) -> None:
+            # each group's selected head as it scored test at its selected epoch, as fit_select keeps it alone
+            for g, (h, e) in enumerate(at):
+                if e == epoch:
+                    kept[g] = packed.scoring_heads(g, blocks=True)[h]
+
+        X, y = splits.training("train")
+        final = PackedProbe(self.heads, n_features, n_classes, groups, device=device)
+        final.fit(X, y, eval_sets={"test": splits["test"]}, on_epoch=keep)
         out = []
-        for s, f in zip(select.probes_, final.probes_, strict=True):
+        for s, f, head in zip(select.probes_, final.probes_, kept, strict=True):
             grid, selected, research = _results(self.heads, s, f, n_classes)
             timings = {"select_s": select.seconds_, "final_s": final.seconds_}
-            out.append(SolverResult(grid, selected, research, dataclasses.asdict(self.heads), timings))
+            out.append(SolverResult(grid, selected, research, dataclasses.asdict(self.heads), timings, head=head))
         return out
 
     def _fit(self, splits: Splits, train: str, evaluate: str, n_features, n_classes, device, on_epoch=None):
