@@ -111,6 +111,7 @@ class SweepPlan:
     probes: tuple[ProbeJob, ...]
     done: dict[str, ProbeRecord]  # key -> the newest record with it
     evaluations: tuple[EvaluationRecord, ...] = ()  # of saved heads, oldest first (the report's per-model column)
+    checkpoints: tuple[CheckpointSpec, ...] = ()  # every checkpoint of the rows, with the steps its row says
 
     def pending(self) -> list[ProbeJob]:
         return [p for p in self.probes if p.key is None or p.key not in self.done]
@@ -259,7 +260,8 @@ def plan_sweep(sweep: SweepConfig, reg: Registry, paths: Paths) -> SweepPlan:
     transform = functools.partial(_transform, reg)
     extracts += [ExtractJob(*job) for job in eval_extracts(sweep, reg, paths, draws, transform)]
     evaluations = tuple(load_evaluations(paths.results_log))
-    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done, evaluations)
+    checkpoints = tuple({c.path: c for draw in draws.values() for cs in draw for c in cs}.values())
+    return SweepPlan(sweep, rows, tuple(extracts), tuple(probes), done, evaluations, checkpoints)
 
 
 # --- running it ----------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ stores), preprocessing and views seed, from the checkpoint file as it is now
 (size and mtime as recorded, else the same sha256). A store extracted otherwise is *stale*: its probes stay
 pending, and running the sweep refuses it (extraction never overwrites a store) with one line saying what differs
 and what to do. :func:`check_plan` raises, before any work, what running a plan would fail on: stale stores,
-checkpoint files missing or recording another training step than their row's, datasets missing on disk,
+checkpoint files missing or recording another training step than their row's (those of stores already extracted
+too, when the files are here), datasets missing on disk,
 extraction options this machine cannot honour.
 """
 
@@ -121,13 +122,24 @@ def _missing(sweep: SweepConfig, specs: list[CheckpointSpec]) -> CheckpointError
     )
 
 
+def _step_or_none(path: Path) -> int | None:
+    """The step a checkpoint whose stores exist records; None when it cannot be read without ``--trust-checkpoint``
+    (its stores were made with it: the file is not read again)."""
+    try:
+        return checkpoint_step(path)
+    except CheckpointError as e:
+        log.debug("%s: training step not read (%s)", path, e)
+        return None
+
+
 def check_plan(plan: SweepPlan) -> None:
     """Raise what running ``plan`` would fail on, before anything runs (``featcache sweep --dry-run`` too).
 
     Raises:
         StoreMismatchError: a store was extracted otherwise than the sweep asks (the first one named, and how many).
         CheckpointError: checkpoint files to extract from are missing (naming what makes them, when the sweep says),
-            unreadable, or record another training step than their row's ``steps_per_model``.
+            unreadable, or record another training step than their row's ``steps_per_model`` (any checkpoint file of
+            the rows that is here: the report's steps per model come from the rows).
         ConfigError, DatasetError: a dataset to extract is missing or malformed on disk, or an extraction or probe
             option this machine cannot honour (``device: cuda`` without one, ...).
     """
@@ -142,6 +154,9 @@ def check_plan(plan: SweepPlan) -> None:
     for c in specs.values():  # the step the file records (read without its tensors), as extraction checks it
         if c.steps is not None:
             check_step(c.path, checkpoint_step(c.path), c.steps, c.steps_source)
+    for c in plan.checkpoints:  # extracted before: the table's steps per model must still be what the file says
+        if c.steps is not None and c.path not in specs and c.path.is_file():
+            check_step(c.path, _step_or_none(c.path), c.steps, c.steps_source)
     for e in plan.extracts:
         for split in e.config.splits or e.config.dataset.splits:
             build_dataset(e.config.dataset, split)

@@ -514,6 +514,26 @@ def _small_config(sweep, tmp_path) -> Path:
     return config
 
 
+def test_a_row_whose_steps_its_extracted_checkpoints_do_not_record_is_refused(world, tmp_path):
+    """The stores exist, so nothing is extracted; the files still say how long each model trained, and the table's
+    steps per model come from the rows: a row that says otherwise is refused before anything runs."""
+    paths, reg, sweep, first, _ = world
+    config = _small_config(sweep, tmp_path)
+    doc = yaml.safe_load(config.read_text())
+    doc["rows"]["cat2"]["steps_per_model"] = 33  # the files record 32
+    config.write_text(yaml.safe_dump(doc))
+    roots = ["--cache-dir", str(paths.cache), "--checkpoint-dir", str(paths.checkpoints), "--results",
+             str(tmp_path / "results.jsonl")]  # fmt: skip
+    for extra in (["--dry-run"], []):
+        r = CliRunner().invoke(main, [*roots, "sweep", str(config), "--no-report", *extra])
+        assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+        assert re.search(r"^Error: checkpoint .*cat2-d0-m0.pth.tar records training step 32 \(global_step\) but "
+                         r".*small.yaml: rows.cat2.steps_per_model says 33 steps per model", r.output)  # fmt: skip
+    assert not (tmp_path / "results.jsonl").exists()
+    r = CliRunner().invoke(main, [*roots, "sweep", str(_small_config(sweep, tmp_path)), "--dry-run"])
+    assert r.exit_code == 0 and "0 extraction(s)" in r.output, r.output
+
+
 def test_two_sweeps_on_one_log_run_each_probe_once(world, tmp_path):
     """Two real `featcache sweep` processes, started together on a fresh log, every probe slowed down."""
     paths, reg, sweep, first, _ = world
