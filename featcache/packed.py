@@ -20,6 +20,7 @@ so the union's order would not be each probe's). Probes that do not pack run alo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -51,7 +52,8 @@ def pack_key(cfg: ProbeConfig) -> tuple | None:
     if cfg.solver is not None:
         return None
     return (cfg.heads, cfg.val_fraction, cfg.device, cfg.allow_transform_mix, cfg.train_split, cfg.test_split,
-            cfg.views, cfg.max_memory, cfg.in_memory, cfg.dataset, cfg.allow_same_split)  # fmt: skip
+            cfg.views, cfg.max_memory, cfg.in_memory, cfg.dataset, cfg.allow_same_split,
+            cfg.train_fraction)  # fmt: skip
 
 
 def plan_packs(configs: Sequence[ProbeConfig]) -> list[list[int]]:
@@ -147,6 +149,9 @@ def _union(cfg: ProbeConfig, datas: list[ProbeData]) -> tuple[ProbeData | None, 
             train.view(d0.views.count - 1)  # every store of the union holds the same crops
     except StoreMismatchError as e:
         return None, str(e)
+    if d0.train_subset is not None:  # a low-shot subset (--train-fraction): train on its rows, as each probe does
+        train = copy.copy(train)  # views taken from it keep the cut (ConcatView.view)
+        train.valid_rows = np.intersect1d(train.valid_rows, d0.train.valid_rows)
     if not (
         np.array_equal(train.valid_rows, d0.train.valid_rows) and np.array_equal(test.valid_rows, d0.test.valid_rows)
     ):
@@ -157,7 +162,7 @@ def _union(cfg: ProbeConfig, datas: list[ProbeData]) -> tuple[ProbeData | None, 
         == "streamed"
     ):
         return None, "their union would be streamed from the stores (a larger --max-memory holds it)"
-    return ProbeData(stores, train, test, d0.n_classes, d0.fit_rows, d0.val_rows, d0.views, []), ""
+    return ProbeData(stores, train, test, d0.n_classes, d0.fit_rows, d0.val_rows, d0.views, [], d0.train_subset), ""
 
 
 def _columns(union: ProbeData, data: ProbeData) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from featcache.errors import ProbeError
 from featcache.evaluate_config import EvalTarget
 from featcache.heads import HeadConfig, MultiHeadProbe, PackedProbe
 from featcache.heads_step import HeadTrainer
+from featcache.lowshot import TrainFraction
 from featcache.packed import pack_key, plan_packs, run_packed
 from featcache.probe import ProbeConfig, fit_probe, run_probe
 from featcache.probe_config import config_from, solver_config
@@ -238,3 +240,19 @@ def test_packed_probes_save_and_evaluate_the_heads_they_get_alone(stores, tmp_pa
         torch.testing.assert_close(packed.block_bias, alone.head.block_bias, atol=1e-5, rtol=0)
     # the probes' heads differ, so a head kept from another group, grid point or epoch would be seen
     assert len({r.selected.test_top1 for r in records}) >= 4
+
+
+def test_low_shot_probes_pack_on_their_subset_and_get_their_records_alone(stores, caplog):
+    """--train-fraction: the pack trains on the subset's rows (of every view), as each probe does alone; another
+    fraction is another pack."""
+    configs = _configs(stores, DRAWS[:4], views=1, train_fraction=TrainFraction(Decimal(40)))
+    configs.append(dataclasses.replace(configs[0], train_fraction=TrainFraction(Decimal(60))))
+    assert plan_packs(configs) == [[0, 1, 2, 3], [4]]
+    with caplog.at_level(logging.INFO, logger="featcache.packed"):
+        packed = list(run_packed(configs[:4]))
+    assert "not packed" not in caplog.text
+    assert [r.memory for r in packed] == ["resident, packed x4"] * 4
+    for cfg, p in zip(configs[:4], packed, strict=True):
+        alone = run_probe(cfg)
+        assert _numbers(p) == _numbers(alone) and p.train_subset == alone.train_subset
+        assert p.rows["train"] == 120  # 40% of 300: not the whole split
