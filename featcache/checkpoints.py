@@ -69,7 +69,6 @@ _EMA_HINTS = {
 }
 
 
-
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in blocks (:func:`hashlib.file_digest`), so a large checkpoint is not held in
     memory."""
