@@ -539,6 +539,12 @@ BUGS = {
         "        for key in _files(src.path):\n",
         ["tests/test_sync.py"],
     ),
+    "132 a remote log that is a whole bucket keeps its claims next to the bucket (another bucket)": (
+        "featcache/results_claims.py",
+        "    if isinstance(path, RemotePath) and len(path.parts) == 1:\n",
+        "    if isinstance(path, RemotePath) and len(path.parts) == 0:\n",
+        ["tests/test_remote_logs.py"],
+    ),
     "61 a packed probe reads its stores' columns in the union's order, not its own": (
         "featcache/packed.py",
         "offsets[at[s.path] + 1]) for s in data.stores])\n",

@@ -96,3 +96,15 @@ def test_a_damaged_source_chunk_is_one_line_naming_it_and_verify(tmp_path, src, 
     assert r.exit_code == 1
     _one_error_line(r.output, f"chunk 2 of {chunk}", needle, f"featcache verify {src}")
     assert [s.status for s in list_stores(tmp_path / "b")] == ["incomplete"]
+
+
+def test_a_store_given_as_src_or_dst_is_refused_naming_the_cache(tmp_path, src):
+    r = _run_sync(src, tmp_path / "b")
+    assert r.exit_code == 1
+    _one_error_line(r.output, f"SRC {src} is a store", f"featcache sync {tmp_path / 'a'} DST --dataset ds --stores s")
+    other = make_store(tmp_path / "b" / "ds" / "t.zarr", {"train": (X_OLD, Y)}, name="t")
+    for dst in (other, other / "sub"):
+        r = _run_sync(tmp_path / "a", dst)
+        assert r.exit_code == 1
+        _one_error_line(r.output, f"DST {dst} is a store", f"(such as {tmp_path / 'b'})")
+    assert [p.name for p in other.iterdir()] and not (other / "ds").exists()  # nothing written inside it

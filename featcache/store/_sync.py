@@ -71,7 +71,7 @@ def sync_stores(
         One :class:`SyncResult` per store considered, in listing order.
 
     Raises:
-        ConfigError: nothing under ``src`` matches, or ``src`` and ``dst`` are the same cache.
+        ConfigError: nothing under ``src`` matches, ``src`` and ``dst`` are the same cache, or either is a store.
         StoreError: a source chunk does not match its checksum, or a copy read back differently.
         StoreMismatchError: the destination holds a store of that name made otherwise.
         StoreLockedError: a live writer holds the destination store.
@@ -79,6 +79,8 @@ def sync_stores(
     src_root, dst_root = location(src, "SRC"), location(dst, "DST")
     if str(src_root).rstrip("/") == str(dst_root).rstrip("/"):
         raise ConfigError(f"sync: SRC and DST are the same cache ({src_root}); name another DST")
+    for what, root in (("SRC", src_root), ("DST", dst_root)):
+        _refuse_store_root(what, root)
     found = [
         s for s in list_stores(src_root, dataset) if not stores or any(fnmatch.fnmatch(s.store, p) for p in stores)
     ]
@@ -96,6 +98,19 @@ def sync_stores(
         chunks, nbytes, changed = _copy_store(location(s.path), target)
         out.append(SyncResult(**base, status="copied" if changed else "up to date", chunks=chunks, bytes=nbytes))
     return out
+
+
+def _refuse_store_root(what: str, root: Path | RemotePath) -> None:
+    """SRC and DST are caches (``<cache>/<dataset>/<store>.zarr``): a store there would be searched for stores, or
+    get stores written inside it."""
+    store = next((p for p in (root, *root.parents) if p.name.endswith(".zarr")), None)
+    if store is None and (root / "zarr.json").exists():
+        store = root
+    if store is not None:
+        cache, dataset, name = store.parent.parent, store.parent.name, store.stem
+        fix = (f"`featcache sync {cache} DST --dataset {dataset} --stores {name}` copies that store" if what == "SRC"
+               else f"name the cache to copy into (such as {cache})")  # fmt: skip
+        raise ConfigError(f"sync: {what} {root} is a store (or inside one), not a cache; {fix}")
 
 
 def _files(root: Path | RemotePath) -> list[str]:
