@@ -108,3 +108,17 @@ def test_a_store_given_as_src_or_dst_is_refused_naming_the_cache(tmp_path, src):
         assert r.exit_code == 1
         _one_error_line(r.output, f"DST {dst} is a store", f"(such as {tmp_path / 'b'})")
     assert [p.name for p in other.iterdir()] and not (other / "ds").exists()  # nothing written inside it
+
+
+def test_a_destination_being_written_by_a_live_shard_is_refused_untouched(tmp_path, src):
+    from featcache.store._format import Layout
+    from featcache.store._lock import StoreLock
+
+    dst = make_store(tmp_path / "b" / "ds" / "s.zarr", {"train": (X_OLD, Y), "test": (X_OLD[:20], Y[:20])},
+                     name="s", chunk_rows=4)  # fmt: skip
+    before = _objects(dst)
+    with StoreLock(Layout(dst).shard_lock(0, 2), "shard 0/2"):  # shards hold their own lock only
+        r = _run_sync(tmp_path / "a", tmp_path / "b")
+    assert r.exit_code == 1
+    _one_error_line(r.output, f"store {dst} is being written by shard-0-of-2", "wait for the shards")
+    assert {k: v for k, v in _objects(dst).items() if "lock-shard" not in k} == before

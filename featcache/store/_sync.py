@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, StoreError, StoreMismatchError
+from ..errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from ..locations import RemotePath, location
 from ._catalog import list_stores
 from ._format import Layout, disk_errors, read_chunk_bytes, read_marker, rmtree
-from ._lock import lock_for
+from ._lock import describe_lock, lock_for
 from ._reader import Store
 from ._schema import ChunkMarker, Provenance, identity_diff, parse
 
@@ -74,7 +74,7 @@ def sync_stores(
         ConfigError: nothing under ``src`` matches, ``src`` and ``dst`` are the same cache, or either is a store.
         StoreError: a source chunk does not match its checksum, or a copy read back differently.
         StoreMismatchError: the destination holds a store of that name made otherwise.
-        StoreLockedError: a live writer holds the destination store.
+        StoreLockedError: a live writer (or shard) holds the destination store.
     """
     src_root, dst_root = location(src, "SRC"), location(dst, "DST")
     if str(src_root).rstrip("/") == str(dst_root).rstrip("/"):
@@ -156,9 +156,21 @@ def _copy_store(src_path: Path | RemotePath, dst: Path | RemotePath) -> tuple[in
         lock.acquire()
     try:
         with disk_errors(dst):
+            _refuse_live_shards(layout, dst)
             return _copy_locked(src, readers, dst, lock)
     finally:
         lock.release()
+
+
+def _refuse_live_shards(layout: Layout, dst: Path | RemotePath) -> None:
+    # shards write their chunks under their own locks, not the store's: one alive means the store is being written
+    for path in layout.shard_locks():
+        holder = describe_lock(path)
+        if holder is not None and not holder["stale"]:
+            raise StoreLockedError(
+                f"sync: store {dst} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); wait "
+                "for the shards to finish, then rerun the sync"
+            )
 
 
 def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tuple[int, int, bool]:
