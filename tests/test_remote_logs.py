@@ -78,3 +78,13 @@ def test_trailing_and_doubled_slashes_name_the_same_prefix(s3):
     plain = location(s3.url("cache", "x"))
     for typed in (s3.url("cache", "x") + "/", f"s3://{s3.bucket}//cache//x", f"s3://{s3.bucket}/cache/./x/"):
         assert location(typed) == plain
+
+
+def test_a_missing_store_given_by_url_points_at_ls_not_at_extracting_the_url(s3):
+    url = s3.url("cache", "cifar10", "nothere.zarr")
+    r = CliRunner().invoke(main, ["verify", url])
+    assert r.exit_code == 1
+    assert f"no store {url}; check the path (`featcache ls --cache-dir {s3.url('cache')}`" in r.output, r.output
+    assert "--ckpt s3://" not in r.output
+    r = CliRunner().invoke(main, ["probe", "--stores", url])
+    _one_error_line(r.output, f"no store {url}; check the path")
