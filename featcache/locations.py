@@ -56,7 +56,7 @@ def location(value: str | os.PathLike | RemotePath, what: str = "path") -> Path 
     ``file://`` URLs are local paths. ``what`` names the option in errors (e.g. ``--cache-dir``).
 
     Raises:
-        ConfigError: a URL without a bucket, or of a protocol fsspec does not know.
+        ConfigError: a URL without a bucket, with a '..' part, or of a protocol fsspec does not know.
         RemoteError: the protocol's package is not installed (the extra to install is named).
     """
     if isinstance(value, RemotePath | Path):
@@ -70,6 +70,8 @@ def location(value: str | os.PathLike | RemotePath, what: str = "path") -> Path 
         return Path("/" + rest if text.startswith("file:///") else rest)
     if not rest:
         raise ConfigError(f"{what} '{text}' names no bucket; write it as {protocol}://BUCKET/PREFIX")
+    if ".." in rest.split("/"):  # an object store keeps '..' as a literal key part: not the parent a user means
+        raise ConfigError(f"{what} '{text}': '..' in an object-store URL is not a parent folder; write the prefix out")
     return RemotePath(_filesystem(protocol, what, text), protocol, rest)
 
 

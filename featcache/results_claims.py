@@ -26,8 +26,11 @@ __all__ = ["claim", "claims_dir", "holder"]
 
 
 def claims_dir(where: str | os.PathLike) -> Path | RemotePath:
-    """The folder of the claims on the log at ``where``: ``<log>.claims`` next to it."""
+    """The folder of the claims on the log at ``where``: ``<log>.claims`` next to it; ``_claims`` inside a remote log
+    that is a whole bucket (a bucket has nothing next to it; readers of the log skip nested objects)."""
     path = resolve_log(where)
+    if isinstance(path, RemotePath) and len(path.parts) == 1:
+        return path / "_claims"
     return path.with_name(path.name + ".claims")
 
 

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from .errors import FeatcacheError
-from .locations import RemotePath, location
+from .locations import RemoteError, RemotePath, location
 from .records import RecordError
 from .results_record import SCHEMA, EvaluationRecord, ProbeRecord
 
@@ -92,6 +92,7 @@ def append_record(where: str | os.PathLike | RemotePath, record: ProbeRecord | E
 
 
 def _append_remote(prefix: RemotePath, line: bytes) -> RemotePath:
+    _refuse_object(prefix)
     # One new object per record: a name no other writer makes (time, host, pid, random), created only if absent.
     t = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}"
@@ -107,7 +108,11 @@ def _read_remote(prefix: RemotePath) -> list[tuple[str, bytes]]:
     """(object name, bytes) of every record object under ``prefix``, oldest first (names start with the time)."""
     try:
         names = [k for k in prefix.find() if k.endswith(".json") and "/" not in k]
+        if not names:
+            _refuse_object(prefix)
         blobs = prefix.fs.cat([(prefix / k).key for k in names], on_error="return") if names else {}
+    except (RemoteError, ResultsError):
+        raise  # one line already, naming the URL
     except OSError as e:
         raise ResultsError(f"cannot read the results log {prefix}: {e.strerror or e}") from None
     out = []
@@ -117,6 +122,17 @@ def _read_remote(prefix: RemotePath) -> list[tuple[str, bytes]]:
             continue
         out.append((k, b"" if isinstance(blob, BaseException) else blob))
     return out
+
+
+def _refuse_object(prefix: RemotePath) -> None:
+    """A remote log is a prefix; one object there (a ``results.jsonl`` uploaded) would otherwise read as no records
+    and have records written below its name."""
+    if prefix.is_file():
+        raise ResultsError(
+            f"--results {prefix} is an object, not a prefix: a results log on object storage is a prefix holding one "
+            f"object per record; name a prefix (e.g. {prefix.with_name(prefix.stem + '-log')}), or copy the file to a "
+            "local path to read it there"
+        )
 
 
 def write_error(path: Path | RemotePath, e: OSError) -> ResultsError:

@@ -527,6 +527,24 @@ BUGS = {
         'return self.results or self.cache / "results.jsonl"',
         ["tests/test_remote.py"],
     ),
+    "130 sync changes a store that another extraction completed while its splits are still listed": (
+        "featcache/store/_sync.py",
+        'self.listed = have is not None and bool(json.loads(have)["attributes"]["featcache"].get("splits"))',
+        "self.listed = False",
+        ["tests/test_sync.py"],
+    ),
+    "131 sync keeps the replaced extraction's chunks and markers that the source lacks": (
+        "featcache/store/_sync.py",
+        "        for key in _files(dst):\n",
+        "        for key in _files(src.path):\n",
+        ["tests/test_sync.py"],
+    ),
+    "132 a remote log that is a whole bucket keeps its claims next to the bucket (another bucket)": (
+        "featcache/results_claims.py",
+        "    if isinstance(path, RemotePath) and len(path.parts) == 1:\n",
+        "    if isinstance(path, RemotePath) and len(path.parts) == 0:\n",
+        ["tests/test_remote_logs.py"],
+    ),
     "61 a packed probe reads its stores' columns in the union's order, not its own": (
         "featcache/packed.py",
         "offsets[at[s.path] + 1]) for s in data.stores])\n",

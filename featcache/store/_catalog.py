@@ -137,7 +137,8 @@ def resolve_stores(
             continue
         names = list(sets[token]) if token in (sets or {}) else [token]
         for name in names:
-            if name.endswith(".zarr") or os.sep in name:
+            by_path = name.endswith(".zarr") or os.sep in name
+            if by_path:
                 path = location(name, "--stores")
             elif dataset is None:
                 raise ConfigError(f"--stores '{name}' is a store name: pass --dataset to say whose, or give its path")
@@ -146,8 +147,11 @@ def resolve_stores(
             if not (path / "zarr.json").exists():
                 if isinstance(path, RemotePath):
                     path.check_bucket()
-                hint = f"featcache extract --ckpt {name} --dataset {dataset}" if dataset else "featcache extract"
-                raise StoreError(f"no store {path}; create it with `{hint}`")
+                if by_path:  # not a checkpoint's name: extracting "--ckpt <path>" would be no fix
+                    fix = f"check the path (`featcache ls --cache-dir {path.parent.parent}` lists the stores there)"
+                else:
+                    fix = f"create it with `featcache extract --ckpt {name} --dataset {dataset}`"
+                raise StoreError(f"no store {path}; {fix}")
             key = path.resolve()
             how = name if name == token else f"{name} (in set {token})"
             if key in given:

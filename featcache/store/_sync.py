@@ -6,7 +6,11 @@ the arrays' metadata, ids, labels and bookkeeping groups; then each chunk, whose
 source's marker before they are written and read back after, then its marker; a split's ``zarr.json`` (which holds
 ``complete``) after all of its chunks; the source's root ``zarr.json``, which lists the splits, last. A destination
 split whose ``zarr.json`` already has the source's bytes is skipped, and so is a chunk whose marker and object already
-match, so a rerun copies only what is missing. Locks, temp files and ``verify`` verdicts are not copied.
+match, so a rerun copies only what is missing. A destination that holds another extraction of the store (same
+identity, other chunking or bytes) is replaced: before its first change its root is rewritten listing no split, and
+the files of its splits to copy that the source lacks are removed, so it is listed incomplete until the copy is whole.
+A source chunk that is missing, short, unmarked or off its checksum stops the sync naming it and ``verify``. Locks,
+temp files and ``verify`` verdicts are not copied.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, StoreError, StoreMismatchError
+from ..errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from ..locations import RemotePath, location
 from ._catalog import list_stores
 from ._format import Layout, disk_errors, read_chunk_bytes, read_marker, rmtree
-from ._lock import lock_for
+from ._lock import describe_lock, lock_for
 from ._reader import Store
 from ._schema import ChunkMarker, Provenance, identity_diff, parse
 
@@ -67,14 +71,16 @@ def sync_stores(
         One :class:`SyncResult` per store considered, in listing order.
 
     Raises:
-        ConfigError: nothing under ``src`` matches, or ``src`` and ``dst`` are the same cache.
+        ConfigError: nothing under ``src`` matches, ``src`` and ``dst`` are the same cache, or either is a store.
         StoreError: a source chunk does not match its checksum, or a copy read back differently.
         StoreMismatchError: the destination holds a store of that name made otherwise.
-        StoreLockedError: a live writer holds the destination store.
+        StoreLockedError: a live writer (or shard) holds the destination store.
     """
     src_root, dst_root = location(src, "SRC"), location(dst, "DST")
     if str(src_root).rstrip("/") == str(dst_root).rstrip("/"):
         raise ConfigError(f"sync: SRC and DST are the same cache ({src_root}); name another DST")
+    for what, root in (("SRC", src_root), ("DST", dst_root)):
+        _refuse_store_root(what, root)
     found = [
         s for s in list_stores(src_root, dataset) if not stores or any(fnmatch.fnmatch(s.store, p) for p in stores)
     ]
@@ -92,6 +98,19 @@ def sync_stores(
         chunks, nbytes, changed = _copy_store(location(s.path), target)
         out.append(SyncResult(**base, status="copied" if changed else "up to date", chunks=chunks, bytes=nbytes))
     return out
+
+
+def _refuse_store_root(what: str, root: Path | RemotePath) -> None:
+    """SRC and DST are caches (``<cache>/<dataset>/<store>.zarr``): a store there would be searched for stores, or
+    get stores written inside it."""
+    store = next((p for p in (root, *root.parents) if p.name.endswith(".zarr")), None)
+    if store is None and (root / "zarr.json").exists():
+        store = root
+    if store is not None:
+        cache, dataset, name = store.parent.parent, store.parent.name, store.stem
+        fix = (f"`featcache sync {cache} DST --dataset {dataset} --stores {name}` copies that store" if what == "SRC"
+               else f"name the cache to copy into (such as {cache})")  # fmt: skip
+        raise ConfigError(f"sync: {what} {root} is a store (or inside one), not a cache; {fix}")
 
 
 def _files(root: Path | RemotePath) -> list[str]:
@@ -137,14 +156,25 @@ def _copy_store(src_path: Path | RemotePath, dst: Path | RemotePath) -> tuple[in
         lock.acquire()
     try:
         with disk_errors(dst):
+            _refuse_live_shards(layout, dst)
             return _copy_locked(src, readers, dst, lock)
     finally:
         lock.release()
 
 
+def _refuse_live_shards(layout: Layout, dst: Path | RemotePath) -> None:
+    # shards write their chunks under their own locks, not the store's: one alive means the store is being written
+    for path in layout.shard_locks():
+        holder = describe_lock(path)
+        if holder is not None and not holder["stale"]:
+            raise StoreLockedError(
+                f"sync: store {dst} is being written by {path.name.removeprefix('lock-')} ({holder['text']}); wait "
+                "for the shards to finish, then rerun the sync"
+            )
+
+
 def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tuple[int, int, bool]:
-    root_doc = src.path / "zarr.json"
-    root_bytes = root_doc.read_bytes()
+    root_bytes = (src.path / "zarr.json").read_bytes()
     have = _read(dst / "zarr.json")
     if have is None:
         for child in dst.iterdir():  # debris of a killed sync or create: anything but the lock
@@ -153,6 +183,7 @@ def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tup
         _write(dst / "zarr.json", _listing_no_split(root_bytes))  # the splits are listed last
     else:
         _refuse_other_store(src, dst, have)
+    target = _Target(dst, root_bytes, have)
     chunk_keys, marker_keys, split_docs = {}, set(), {f"{r.name}/zarr.json" for r in readers}
     for reader in readers:
         for array in reader.arrays():
@@ -161,33 +192,62 @@ def _copy_locked(src: Store, readers: list, dst: Path | RemotePath, lock) -> tup
                 marker_keys.add(_rel(src.path, array.marker(i)))
     files = _files(src.path)
     done = {r.name for r in readers if _read(dst / r.name / "zarr.json") == _read(src.path / r.name / "zarr.json")}
-    copied = nbytes = 0
+    todo = [r.name for r in readers if r.name not in done]
+    if have is not None and todo:  # files of another extraction (other chunking) the copy would not overwrite
+        keep, under = set(files), tuple(p for name in todo for p in (f"{name}/", f"_featcache/{name}/"))
+        for key in _files(dst):
+            if key.startswith(under) and key not in keep:
+                target.remove(key)
+    copied = 0
     for key in files:  # metadata, ids, labels, bookkeeping groups: before any chunk and marker
         if key == "zarr.json" or key in split_docs or key in chunk_keys or key in marker_keys:
             continue
         data = (src.path / key).read_bytes()
         if _read(dst / key) != data:
-            _write(dst / key, data)
-            nbytes += len(data)
+            target.write(key, data)
     for reader in readers:
         if reader.name in done:
             continue
         for key, (array, i) in chunk_keys.items():
-            if array.split != reader.name:
-                continue
-            c, b = _copy_chunk(src, array, i, dst, key, lock)
-            copied, nbytes = copied + c, nbytes + b
+            if array.split == reader.name:
+                copied += _copy_chunk(src, array, i, target, key, lock)
         doc = (src.path / reader.name / "zarr.json").read_bytes()
         lock.check()
-        _write(dst / reader.name / "zarr.json", doc)  # complete: last
-        nbytes += len(doc)
-    if have != root_bytes:
+        target.write(f"{reader.name}/zarr.json", doc)  # complete: last
+    if have != root_bytes or target.hidden:
         _write(dst / "zarr.json", root_bytes)
-    changed = have is None or bool(nbytes)
+    changed = have is None or target.changed
     verdict = Layout(dst).verdict()
     if changed and _read(verdict) is not None:  # it judged what the destination held before
         rmtree(verdict.parent)
-    return copied, nbytes, changed
+    return copied, target.nbytes, changed
+
+
+class _Target:
+    """The destination store's writes. The first change to a store that lists splits (one that another sync or an
+    extraction completed) first rewrites its root listing no split, so that a kill from then on leaves it listed
+    incomplete, never complete while it holds parts of two stores; the source's root, written last, lists them."""
+
+    def __init__(self, path: Path | RemotePath, root_bytes: bytes, have: bytes | None):
+        self.path, self.root_bytes = path, root_bytes
+        self.listed = have is not None and bool(json.loads(have)["attributes"]["featcache"].get("splits"))
+        self.hidden = self.changed = False
+        self.nbytes = 0
+
+    def _hide(self) -> None:
+        if self.listed:
+            _write(self.path / "zarr.json", _listing_no_split(self.root_bytes))
+            self.listed, self.hidden = False, True
+        self.changed = True
+
+    def write(self, key: str, data: bytes) -> None:
+        self._hide()
+        _write(self.path / key, data)
+        self.nbytes += len(data)
+
+    def remove(self, key: str) -> None:
+        self._hide()
+        (self.path / key).unlink(missing_ok=True)
 
 
 def _listing_no_split(root_doc: bytes) -> bytes:
@@ -214,33 +274,48 @@ def _refuse_other_store(src: Store, dst: Path | RemotePath, have: bytes) -> None
         )
 
 
-def _copy_chunk(src: Store, array, i: int, dst: Path | RemotePath, key: str, lock) -> tuple[int, int]:
-    """Copy chunk ``i`` of ``array`` and then its marker, unless both are there already; (copied, bytes)."""
-    src_marker = array.marker(i)
-    marker_key = _rel(src.path, src_marker)
-    marker = src_marker.read_bytes()
-    target = dst / key
+def _copy_chunk(src: Store, array, i: int, target: _Target, key: str, lock) -> int:
+    """Copy chunk ``i`` of ``array`` and then its marker, unless both are there already; 1 if copied, else 0."""
+    marker_key = _rel(src.path, array.marker(i))
+    marker = _source(src, array, i, array.marker(i), "has no marker (it was never completely written)")
+    dst = target.path / key
     size = array.chunk_rows * array.dim * array.dtype.itemsize
-    if _read(dst / marker_key) == marker and _size(target) == (size if array.mmap else _size(array.chunk_file(i))):
-        return 0, 0
-    data = array.chunk_file(i).read_bytes()
+    if _read(target.path / marker_key) == marker and _size(dst) == (size if array.mmap else _size(array.chunk_file(i))):
+        return 0
+    data = _source(src, array, i, array.chunk_file(i), "is missing")
+    if array.mmap and len(data) != size:
+        raise _damaged(src, array, i, f"has {len(data)} bytes, want {size}")
     a, b = array.bounds(i)
     if array.mmap:
         block = np.frombuffer(data, dtype=array.dtype, count=(b - a) * array.dim)
     else:
-        block = np.ascontiguousarray(array._chunk(i))
+        try:
+            block = np.ascontiguousarray(array._chunk(i))
+        except (ValueError, RuntimeError, TypeError) as e:  # zarr's codecs raise these on damaged bytes
+            raise _damaged(src, array, i, f"cannot be decoded ({type(e).__name__})") from None
     if hashlib.sha256(block.tobytes()).hexdigest() != _marker_of(src, array, i).sha256:
-        raise StoreError(
-            f"sync: chunk {i} of {array.chunk_file(i)} does not match its checksum; run `featcache verify "
-            f"{src.path}` and repair the source first"
-        )
-    _write(target, data)
-    back = read_chunk_bytes(target, np.dtype(np.uint8), len(data))
+        raise _damaged(src, array, i, "does not match its checksum")
+    target.write(key, data)
+    back = read_chunk_bytes(dst, np.dtype(np.uint8), len(data))
     if hashlib.sha256(back.tobytes()).hexdigest() != hashlib.sha256(data).hexdigest():
-        raise StoreError(f"sync: {target} read back differently from what was written; check the destination")
+        raise StoreError(f"sync: {dst} read back differently from what was written; check the destination")
     lock.check()  # a sync that lost its lock must not mark chunks
-    _write(dst / marker_key, marker)
-    return 1, len(data) + len(marker)
+    target.write(marker_key, marker)
+    return 1
+
+
+def _source(src: Store, array, i: int, path: Path | RemotePath, missing: str) -> bytes:
+    """A source chunk's file or marker; a missing one is a damaged source, not an unwritable destination."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _damaged(src, array, i, missing) from None
+
+
+def _damaged(src: Store, array, i: int, why: str) -> StoreError:
+    return StoreError(
+        f"sync: chunk {i} of {array.chunk_file(i)} {why}; run `featcache verify {src.path}` and repair the source first"
+    )
 
 
 def _marker_of(src: Store, array, i: int) -> ChunkMarker:

@@ -46,6 +46,7 @@ class LocalS3:
         not share this interpreter's lock with the client being measured) and create the bucket."""
         import boto3
 
+        _forget_clients()
         if self.server is not None:
             self.server.start()
             host, port = self.server.get_host_and_port()
@@ -74,6 +75,7 @@ class LocalS3:
         return "/".join([f"s3://{self.bucket}", *parts])
 
     def stop(self) -> None:
+        _forget_clients()
         if self.server is not None:
             self.server.stop()
         if self.proc is not None:
@@ -85,6 +87,19 @@ class LocalS3:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _forget_clients() -> None:
+    """Drop the S3 filesystems made so far: each was made for the endpoint of its time (an earlier server's, in a
+    test session that starts several)."""
+    from ..locations import _filesystem_cached
+
+    _filesystem_cached.cache_clear()
+    try:
+        import s3fs
+    except ImportError:  # nothing made without it
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _credentials(env: dict[str, str]) -> dict[str, str]:
