@@ -22,6 +22,7 @@ from .store import Store, resolve_stores, store_path
 __all__ = ["EvalTarget", "EvaluateConfig", "Resolved", "config_from", "eval_targets", "resolve_target", "target_for"]
 
 SPLIT_SEP = "@"  # --eval DATASET@SPLIT (a colon is part of imagefolder:<path> names)
+SHIFT_FORMAT = "imagenet-shift"  # featcache.datasets.shifted, whose class_subset means the classes it holds
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ def target_for(
     else:
         store_paths = tuple(Path(p) for p in stores)
     subset = spec.options.get("class_subset") if spec is not None else None
+    if spec is not None and spec.format == SHIFT_FORMAT:
+        # there the option names the classes the set must hold (featcache.class_subsets), checked at extraction,
+        # not a head class per label: its stores record each label's wnid, so labels are matched by name
+        subset = None
     if subset is not None and (isinstance(subset, str) or not isinstance(subset, Sequence)):
         raise ConfigError(f"dataset '{dataset}': options.class_subset must be a list (a class of the head per label "
                           f"of the dataset), got {subset!r}")  # fmt: skip

@@ -4,9 +4,10 @@ A head's *feature layout* is its stores in order, each a :class:`FeatureBlock`: 
 layer and pooling, the block's width, and how the features were made (transform, dtype, precision), as the store
 records them (:mod:`featcache.store`). Stores fit a head when checkpoint, layer, pool and width agree block for
 block; features made otherwise (another preprocessing, dtype or precision) fit only on purpose
-(``allow_transform_mix``). A dataset's classes fit a head when each is one of the head's classes, by name, or when
-the dataset's ``class_subset`` option says which head class each of its labels means (the research ``targetmask``:
-ImageNet-R and -A score a 1000-way head on their 200 classes).
+(``allow_transform_mix``). A dataset's classes fit a head when each is one of the head's classes, by name (so
+ImageNet-R and -A score a 1000-way head on their 200 classes, the research ``targetmask``), or when the dataset's
+``class_subset`` option says which head class each of its numbered labels means (not for the shifted ImageNet sets,
+whose ``class_subset`` names the classes they hold).
 
 A saved head is a safetensors file; its JSON header carries this metadata (:func:`read_header` reads it without
 torch).
