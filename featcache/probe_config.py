@@ -251,6 +251,8 @@ def config_from(
         ConfigError: unknown names (preset, set, store names without a dataset), bad values (the option is named).
         StoreError, StoreMismatchError: a store that does not exist or was extracted from an older checkpoint file.
     """
+    if dataset is not None and dataset.startswith("imagefolder:"):  # named as extract names it: its absolute path
+        dataset = reg.dataset(dataset).name
     if isinstance(stores, str):
         store_paths = resolve_stores(stores, dataset, paths.cache, reg.sets)
     else:

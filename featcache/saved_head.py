@@ -131,6 +131,9 @@ def read_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> Sa
         if key not in t or tuple(t[key].shape) != shape:
             got = tuple(t[key].shape) if key in t else "missing"
             raise ConfigError(f"--head {path}: tensor {key} is {got}, its header says {shape}; save the head again")
+        if not t[key].is_floating_point() or not torch.isfinite(t[key]).all():  # a probe never saves such a head
+            raise ConfigError(f"--head {path}: tensor {key} holds NaN, Inf or non-float values; save the head again")
+        t[key] = t[key].to(torch.float32)  # as written; a file converted to another precision scores in float32
     mean, scale = (t[k] for k in stats) if stats else (None, None)
     head = LinearHead(t["weight"], t["bias"], header.norm, mean, scale, header.eval_rows)
     return SavedHead(head, t["block_bias"], header).to(device)
