@@ -9,6 +9,9 @@ columns are not in the set's label order, so scoring every column, the first col
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +26,11 @@ from featcache.errors import ConfigError
 from featcache.evaluate import run_evaluate
 from featcache.evaluate_config import config_from
 from featcache.head_layout import FORMAT, FeatureBlock, HeadHeader
+from featcache.heads import HeadConfig
 from featcache.linear_head import LinearHead
+from featcache.probe_config import ProbeConfig
 from featcache.probe_config import config_from as probe_config_from
-from featcache.saved_head import SavedHead, write_head
+from featcache.saved_head import SavedHead, read_head, write_head
 from featcache.store import Store, store_path
 
 R = CLASS_SUBSETS["imagenet-r"]
@@ -215,3 +220,34 @@ def test_a_head_converted_to_half_precision_scores_in_float32(small_head):
     assert module.weight.dtype == torch.float32
     assert torch.equal(module(torch.from_numpy(X)), torch.from_numpy(X) @ module.weight.T + module.bias)
     assert torch.allclose(module(torch.from_numpy(X)), original(torch.from_numpy(X)), atol=1e-2)
+
+
+def test_a_head_path_that_cannot_take_a_file_is_refused_before_training(small_head, tmp_path):
+    """A pipe or device was replaced by the head's rename (--save-head /dev/null, run as root, replaced /dev/null);
+    a path under a file gave a traceback after the training."""
+    head, _, _ = small_head
+    pipe, afile = tmp_path / "pipe", tmp_path / "afile"
+    os.mkfifo(pipe)
+    afile.write_text("not a directory")
+    store = (Path(tmp_path / "cache" / "three" / "net.zarr"),)
+    cases = {pipe: r" exists and is not a regular file", afile / "h.safetensors": r"afile is a file, not a dir",
+             afile / "a" / "h.safetensors": r"afile is a file, not a dir", tmp_path: r"is a directory"}  # fmt: skip
+    for path, match in cases.items():
+        with pytest.raises(ConfigError, match=rf"--save-head {path}.*{match}"):
+            ProbeConfig(store, HeadConfig(), save_head=path)
+        with pytest.raises(ConfigError, match=match):
+            write_head(read_head(head), path)
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and afile.read_text() == "not a directory"
+    assert write_head(read_head(head), tmp_path / "new" / "dir" / "h.safetensors").is_file()
+
+
+def test_load_head_takes_the_commands_device_names(small_head):
+    """fc.load_head(path, 'auto') raised torch's 'Expected one of cpu, cuda, ...'; 'cuda' on a machine without one
+    raised torch's driver error."""
+    head, _, _ = small_head
+    assert fc.load_head(head, "auto").weight.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match=r"--device 'bogus' is not a device; use auto, cpu or cuda"):
+        fc.load_head(head, "bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"--device cuda: no CUDA device is visible"):
+            fc.load_head(head, "cuda")
