@@ -164,8 +164,8 @@ def small_head(paths):
     weight, classes = _weights(7), IMAGENET1K_WNIDS[:3]
     y = np.arange(60) % 3
     X = (weight.numpy()[:3][y] + np.random.default_rng(1).normal(size=(60, DIM))).astype(np.float32)
-    store = make_store(paths.cache / "three" / "net.zarr", {"test": (X, y)}, name="net",
-                       classes={"test": list(classes)}, dataset={"name": "three"})  # fmt: skip
+    store = make_store(paths.cache / "three" / "net.zarr", {"train": (X, y), "test": (X, y)}, name="net",
+                       classes={"train": list(classes), "test": list(classes)}, dataset={"name": "three"})  # fmt: skip
     head, _, _ = _imagenet_head(paths.cache / "three.safetensors", Store(store), weight[:3], classes, "three", 0.0)
     return head, paths.cache / "edited.safetensors", X
 
@@ -251,3 +251,11 @@ def test_load_head_takes_the_commands_device_names(small_head):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"--device cuda: no CUDA device is visible"):
             fc.load_head(head, "cuda")
+
+
+def test_scoring_the_heads_own_training_split_is_noted(small_head, paths, registry):
+    head, _, _ = small_head
+    train = run_evaluate(config_from(registry, paths, head=head, split="train", device="cpu"))
+    test = run_evaluate(config_from(registry, paths, head=head, device="cpu"))
+    assert train.notes == ("split 'train' is the split the head was trained on: this number is not a test",)
+    assert test.split == "test" and test.notes == ()
