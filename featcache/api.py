@@ -191,8 +191,10 @@ def load_head(path: PathLike, device: str = "cpu"):
     those of store k's block alone. ``head.classes`` names the logits; ``head.probe`` is the probe record it comes
     from (id, key, dataset, splits, selection, test numbers).
 
+    ``device``: ``cpu``, ``cuda[:N]``, or ``auto`` (CUDA when visible).
+
     Raises:
-        ConfigError: not a featcache head, of a newer head format, or damaged.
+        ConfigError: not a featcache head, of a newer head format, or damaged; ``cuda`` where none is visible.
     """
     from .saved_head import load_head as _load  # torch: only when a head is loaded
 

@@ -74,10 +74,14 @@ def evaluate_head(
     blocks = tuple(BlockScore(s.name, t1, t5 if top5 else None)
                    for s, (t1, t5) in zip(r.stores, scores.blocks, strict=False))  # fmt: skip
     probe = header.probe
+    dataset = r.stores[0].provenance.dataset.name
+    notes = r.notes
+    if (dataset, r.split) == (probe.get("dataset"), probe.get("train_split")):  # as probe's --allow-same-split says
+        notes += (f"split '{r.split}' is the split the head was trained on: this number is not a test",)
     return EvaluationRecord(
         id=uuid.uuid4().hex[:12],
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        dataset=r.stores[0].provenance.dataset.name,
+        dataset=dataset,
         split=r.split,
         stores=tuple(StoreUsed.of(s.name, s.path, s.provenance, d) for s, d in zip(r.stores, view.dims, strict=True)),
         rows=len(rows),
@@ -93,7 +97,7 @@ def evaluate_head(
         class_map=r.class_map,
         per_model=blocks,
         tag=tag,
-        notes=r.notes,
+        notes=notes,
         device=str(device),
         timings={"total_s": time.perf_counter() - t0},
         versions={"featcache": __version__, "torch": torch.__version__},

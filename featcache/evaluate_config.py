@@ -22,6 +22,7 @@ from .store import Store, resolve_stores, store_path
 __all__ = ["EvalTarget", "EvaluateConfig", "Resolved", "config_from", "eval_targets", "resolve_target", "target_for"]
 
 SPLIT_SEP = "@"  # --eval DATASET@SPLIT (a colon is part of imagefolder:<path> names)
+SHIFT_FORMAT = "imagenet-shift"  # featcache.datasets.shifted, whose class_subset means the classes it holds
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def target_for(
         if stores is None and not store_path(paths.cache, dataset, "x").parent.is_dir():
             raise
         spec = None
+    dataset = spec.name if spec is not None else dataset  # imagefolder:<path> as extract names it: its absolute path
     if stores is None:  # a missing store is named when the target is resolved, with the command that makes it
         store_paths = tuple(store_path(paths.cache, dataset, name) for name in store_names)
     elif isinstance(stores, str):
@@ -88,6 +90,10 @@ def target_for(
     else:
         store_paths = tuple(Path(p) for p in stores)
     subset = spec.options.get("class_subset") if spec is not None else None
+    if spec is not None and spec.format == SHIFT_FORMAT:
+        # there the option names the classes the set must hold (featcache.class_subsets), checked at extraction,
+        # not a head class per label: its stores record each label's wnid, so labels are matched by name
+        subset = None
     if subset is not None and (isinstance(subset, str) or not isinstance(subset, Sequence)):
         raise ConfigError(f"dataset '{dataset}': options.class_subset must be a list (a class of the head per label "
                           f"of the dataset), got {subset!r}")  # fmt: skip
@@ -193,7 +199,8 @@ def config_from(
 
     Args:
         head: a head written by ``--save-head``.
-        dataset: the dataset to score it on (default: the one it was trained on).
+        dataset: the dataset to score it on (default: the one the given ``stores`` hold, else the one it was trained
+            on).
         split: the split (default: the dataset's test split).
         stores: stores instead of the head's store names under ``<cache>/<dataset>/``, in the head's order.
         per_model: also score each store's block of the features alone.
@@ -203,8 +210,25 @@ def config_from(
             :func:`resolve_target`.
     """
     header = read_header(head)
-    dataset = dataset or header.probe.get("dataset", "")
+    trained_on, given = str(header.probe.get("dataset", "")), dataset is not None
+    if dataset is None and stores is not None:  # the stores say which dataset they hold
+        dataset = _dataset_of(reg, paths, stores, trained_on)
+    dataset = dataset or trained_on
     target = target_for(reg, paths, dataset, store_names=[b.store for b in header.layout], split=split,
                         stores=stores, per_model=per_model, allow_transform_mix=allow_transform_mix)  # fmt: skip
     resolved = resolve_target(target, header.layout, header.classes)
+    held = resolved.stores[0].provenance.dataset.name
+    if given and held != target.dataset:  # another dataset's test split and class_subset would score these stores
+        raise ConfigError(f"store {resolved.stores[0].path} holds dataset '{held}', not '{dataset}'; pass --dataset "
+                          f"{held}, or leave --dataset out with --stores")  # fmt: skip
     return EvaluateConfig(Path(head), target, device, tag, resolved)
+
+
+def _dataset_of(reg: Registry, paths: Paths, stores: str | Sequence[str | os.PathLike], trained_on: str) -> str:
+    """The dataset the first of ``stores`` holds (store names are the head's dataset's); ``trained_on`` when it
+    cannot be read (the missing store is named when the target is resolved)."""
+    first = resolve_stores(stores, trained_on, paths.cache, reg.sets)[0] if isinstance(stores, str) else stores[0]
+    try:
+        return Store(first).provenance.dataset.name
+    except (StoreError, OSError):
+        return trained_on

@@ -4,9 +4,10 @@ A head's *feature layout* is its stores in order, each a :class:`FeatureBlock`: 
 layer and pooling, the block's width, and how the features were made (transform, dtype, precision), as the store
 records them (:mod:`featcache.store`). Stores fit a head when checkpoint, layer, pool and width agree block for
 block; features made otherwise (another preprocessing, dtype or precision) fit only on purpose
-(``allow_transform_mix``). A dataset's classes fit a head when each is one of the head's classes, by name, or when
-the dataset's ``class_subset`` option says which head class each of its labels means (the research ``targetmask``:
-ImageNet-R and -A score a 1000-way head on their 200 classes).
+(``allow_transform_mix``). A dataset's classes fit a head when each is one of the head's classes, by name (so
+ImageNet-R and -A score a 1000-way head on their 200 classes, the research ``targetmask``), or when the dataset's
+``class_subset`` option says which head class each of its numbered labels means (not for the shifted ImageNet sets,
+whose ``class_subset`` names the classes they hold).
 
 A saved head is a safetensors file; its JSON header carries this metadata (:func:`read_header` reads it without
 torch).
@@ -25,13 +26,14 @@ from .errors import ConfigError, StoreMismatchError
 from .records import Record, RecordError
 from .store import Provenance
 
-__all__ = ["FORMAT", "META_KEY", "FeatureBlock", "HeadHeader", "check_layout", "class_mask", "layout_problem",
+__all__ = ["FORMAT", "META_KEY", "NORMS", "FeatureBlock", "HeadHeader", "check_layout", "class_mask", "layout_problem",
            "read_header"]  # fmt: skip
 
 FORMAT = 1  # the saved head's format version
 META_KEY = "featcache_head"  # the safetensors metadata key holding the JSON document
 MUST_MATCH = ("sha256", "layer", "pool", "dim")  # what the head's weights mean
 MADE_BY = ("transform", "dtype", "precision")  # how the features were made: another only on purpose
+NORMS = ("batchnorm", "none", "standardise")  # how a head normalises its features (featcache.linear_head)
 _SHOWN = 10
 
 
@@ -104,13 +106,36 @@ def read_header(path: str | Path) -> HeadHeader:
         raw = json.loads(meta)
         version = raw.get("format") if isinstance(raw, dict) else None
         header = HeadHeader.from_dict(raw, str(path)) if not (isinstance(version, int) and version > FORMAT) else None
+        problem = _header_problem(header) if header is not None else ""
     except (RecordError, ValueError, TypeError) as e:
-        raise ConfigError(f"--head {path}: its featcache metadata is damaged ({e}); save the head again") from None
+        problem = str(e)
+    if problem:
+        raise ConfigError(f"--head {path}: its featcache metadata is damaged ({problem}); save the head again")
     if header is None:
         raise ConfigError(
             f"--head {path} is of head format {version}; this featcache reads {FORMAT}: upgrade featcache"
         )
     return header
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _header_problem(h: HeadHeader) -> str:
+    """What in a header no featcache writes (a file edited or damaged), as a phrase; "" if none."""
+    classes = list(h.classes) if isinstance(h.classes, (list, tuple)) else None
+    problems = {
+        f"format {h.format!r} is not a head format (1 to {FORMAT})": not (_count(h.format) and h.format <= FORMAT),
+        f"norm {h.norm!r} is not one of {', '.join(NORMS)}": h.norm not in NORMS,
+        f"eval_rows {h.eval_rows!r} is not a count > 0": not _count(h.eval_rows),
+        "classes are not distinct names": not classes or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) < len(classes),
+        "the layout lists no store": not h.layout,
+        "a store's dim is not a count > 0": not all(_count(b.dim) for b in h.layout),
+        "probe is not a mapping": not isinstance(h.probe, dict),
+    }  # fmt: skip
+    return next((what for what, bad in problems.items() if bad), "")
 
 
 def layout_problem(head: Sequence[FeatureBlock], stores: Sequence[FeatureBlock], allow_transform_mix: bool) -> str:

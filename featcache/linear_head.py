@@ -26,13 +26,13 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from .feed_batches import BatchBuffer, eval_batches
+from .head_layout import NORMS
 from .rows import Features, StandardisedBlocks
 
 __all__ = ["BN_EPS", "NORMS", "LBFGS_EVAL_ROWS", "SGD_EVAL_ROWS", "LinearHead", "Scores", "bn_normalise_", "count_hits",
            "fold", "split_heads"]  # fmt: skip
 
 BN_EPS = 1e-5  # torch.nn.BatchNorm1d's default
-NORMS = ("batchnorm", "none", "standardise")
 SGD_EVAL_ROWS = 1024  # rows per block the SGD heads score in (featcache.heads)
 LBFGS_EVAL_ROWS = 4096  # rows per block L-BFGS scores in (featcache.logreg)
 

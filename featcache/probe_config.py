@@ -29,6 +29,7 @@ from .logreg import LogRegConfig
 from .lowshot import TrainFraction, describe
 from .records import document_keys
 from .results import StoreUsed, ViewsUsed, record_key
+from .saved_head import check_head_path
 from .solvers import SolverConfig
 from .store import Store, resolve_stores
 
@@ -96,8 +97,8 @@ class ProbeConfig:
             option = "--save-head" if self.save_head is not None else "--eval"
             raise ConfigError(f"{option}: k-NN has no head (it votes with the train features themselves); use "
                               "--solver sgd or lbfgs to save or evaluate a head")  # fmt: skip
-        if self.save_head is not None and Path(self.save_head).is_dir():
-            raise ConfigError(f"--save-head {self.save_head} is a directory; give a file path, e.g. head.safetensors")
+        if self.save_head is not None:
+            check_head_path(self.save_head)  # refused now, not after the training
         if self.opened is not None and [s.path for s in self.opened] != [location(p) for p in self.stores]:
             raise ValueError("ProbeConfig.opened must be the stores of ProbeConfig.stores, in order")
 
@@ -251,6 +252,8 @@ def config_from(
         ConfigError: unknown names (preset, set, store names without a dataset), bad values (the option is named).
         StoreError, StoreMismatchError: a store that does not exist or was extracted from an older checkpoint file.
     """
+    if dataset is not None and dataset.startswith("imagefolder:"):  # named as extract names it: its absolute path
+        dataset = reg.dataset(dataset).name
     if isinstance(stores, str):
         store_paths = resolve_stores(stores, dataset, paths.cache, reg.sets)
     else:

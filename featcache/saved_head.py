@@ -15,6 +15,7 @@ A head is written to a temporary file, fsynced and renamed onto ``PATH``: a read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from typing import Any
 import torch
 
 from . import __version__
+from .devices import resolve_device
 from .errors import ConfigError
 from .head_layout import FORMAT, META_KEY, FeatureBlock, HeadHeader, read_header
 from .linear_head import BN_EPS, LinearHead, Scores
 from .results_record import ProbeRecord
 
-__all__ = ["HeadModule", "SavedHead", "load_head", "read_head", "write_head"]
+__all__ = ["HeadModule", "SavedHead", "check_head_path", "load_head", "read_head", "write_head"]
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,33 @@ def _bounds(layout) -> list[tuple[int, int]]:
     return list(zip(ends[:-1], ends[1:], strict=True))
 
 
+def check_head_path(path: str | os.PathLike) -> None:
+    """Refuse a ``--save-head`` path that cannot take a head file, before any training.
+
+    Raises:
+        ConfigError: ``path`` is a directory, exists as something other than a regular file (a device or a pipe,
+            which the head's rename would replace), or lies under a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--save-head {path} is a directory; give a file path, e.g. head.safetensors")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"--save-head {path} exists and is not a regular file (the head would replace it); give a "
+                          "file path, e.g. head.safetensors")  # fmt: skip
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"--save-head {path}: {above} is a file, not a directory; give a path in a directory")
+
+
 def write_head(saved: SavedHead, path: str | os.PathLike) -> Path:
     """Write ``saved`` to ``path`` (parents created), atomically.
 
     Raises:
-        ConfigError: ``path`` cannot be written (the message names it and why).
+        ConfigError: ``path`` cannot be written (the message names it and why; see :func:`check_head_path`).
     """
     from safetensors.torch import save_file
 
+    check_head_path(path)
     path = Path(path)
     h = saved.head
     tensors = {"weight": h.weight, "bias": h.bias, "block_bias": saved.block_bias}
@@ -104,7 +125,8 @@ def write_head(saved: SavedHead, path: str | os.PathLike) -> Path:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the error that matters is the one above
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the head to {path}: {e.strerror or e}; free space or pass another "
                           "--save-head path") from None  # fmt: skip
     return path
@@ -131,6 +153,9 @@ def read_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> Sa
         if key not in t or tuple(t[key].shape) != shape:
             got = tuple(t[key].shape) if key in t else "missing"
             raise ConfigError(f"--head {path}: tensor {key} is {got}, its header says {shape}; save the head again")
+        if not t[key].is_floating_point() or not torch.isfinite(t[key]).all():  # a probe never saves such a head
+            raise ConfigError(f"--head {path}: tensor {key} holds NaN, Inf or non-float values; save the head again")
+        t[key] = t[key].to(torch.float32)  # as written; a file converted to another precision scores in float32
     mean, scale = (t[k] for k in stats) if stats else (None, None)
     head = LinearHead(t["weight"], t["bias"], header.norm, mean, scale, header.eval_rows)
     return SavedHead(head, t["block_bias"], header).to(device)
@@ -185,9 +210,12 @@ class HeadModule(torch.nn.Module):
 
 
 def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> HeadModule:
-    """The saved head at ``path`` as a ``torch.nn.Module`` (see :class:`HeadModule`).
+    """The saved head at ``path`` as a ``torch.nn.Module`` (see :class:`HeadModule`), on ``device`` (``auto``: CUDA
+    when visible, else the CPU).
 
     Raises:
-        ConfigError: not a featcache head, of a newer format, or damaged.
+        ConfigError: not a featcache head, of a newer format, or damaged; a device that is not one, or CUDA asked
+            for where none is visible.
     """
+    device = resolve_device(device) if isinstance(device, str) else device
     return HeadModule(read_head(path, device)).eval()

@@ -19,7 +19,9 @@ from ._params import field_default, format_option
     type=click.Path(dir_okay=False, path_type=Path),
     help="A head written by `featcache probe --save-head` (safetensors).",
 )
-@click.option("--dataset", help="Dataset to score it on (default: the one it was trained on).")
+@click.option(
+    "--dataset", help="Dataset to score it on (default: the one the --stores hold, else the one it was trained on)."
+)
 @click.option("--split", help="Split to score (default: the dataset's test split, else the stores' test or val).")
 @click.option(
     "--stores",
