@@ -6,6 +6,8 @@ pickle what they return through a pipe: on the 2-core CPU, 2 worker processes ha
 93 KB a second, the process reading the same files itself 19,000-24,000.) Each file's header is parsed where it
 is read: a complete JPEG of 1 or 3 components goes to the device decoder with its size; any other file (PNG,
 CMYK, truncated, not an image) is decoded by PIL in the reader thread (Pillow releases the GIL while it decodes).
+So is a JPEG larger than Pillow's ``Image.MAX_IMAGE_PIXELS``: Pillow warns about it or refuses it as a decompression
+bomb, as the ``pil`` backend does, where the device decoder would allocate whatever its header claims.
 The augmented views' crop parameters are drawn there too, from the header's size, off the decoding thread.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .augment import CropParams, ViewMaker
 from .datasets import FileDataset
@@ -91,13 +94,20 @@ def read_batches(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _not_huge(height: int, width: int) -> bool:
+    """Whether Pillow would open an image of this size without a decompression bomb warning (read at each call: a
+    user may change the limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is None or height * width <= limit
+
+
 def _read_batch(dataset: FileDataset, rows: list[int], maker: ViewMaker | None, views: Sequence[int]) -> Files:
     files = Files(rows[0], len(rows))
     for k, i in enumerate(rows):
         try:
             data = dataset.read_bytes(i)
             header = jpeg_header(data)
-            if header is not None and header[0] in (1, 3) and header[1] and header[2]:
+            if header is not None and header[0] in (1, 3) and header[1] and header[2] and _not_huge(*header[1:]):
                 # a writable buffer (torch refuses to wrap bytes without a warning): one copy, in this thread
                 files.jpegs[k] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 files.sizes[k] = header[1:]

@@ -689,6 +689,12 @@ BUGS = {
         "    if False:\n",
         ["tests/test_head_review.py"],
     ),
+    "150 a JPEG over Pillow's pixel limit handed to the device decoder, not refused as a decompression bomb": (
+        "featcache/readers.py",
+        " and header[1] and header[2] and _not_huge(*header[1:]):",
+        " and header[1] and header[2]:",
+        ["tests/test_loaders_device.py"],
+    ),
 }
 
 

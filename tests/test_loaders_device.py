@@ -120,3 +120,19 @@ def test_jpeg_header_reads_components_and_size():
     assert jpeg_header(jpeg_bytes(img.convert("L"))) == (1, 37, 53)
     assert jpeg_header(jpeg_bytes(img.convert("CMYK")))[0] == 4
     assert readers.jpeg_header(b"\xff\xd8\xff\xd9") is None
+
+
+def test_a_jpeg_over_pillows_pixel_limit_is_refused_as_the_pil_backend_refuses_it(registry, photos, monkeypatch):
+    """A decompression bomb (a JPEG whose header claims more pixels than Pillow allows) was handed to the device
+    decoder, which allocates what the header says: it is Pillow's bad image, in its row, as with ``pil``."""
+    img = Image.fromarray(smooth_images(np.random.default_rng(3), 1, 800, 1000)[0])
+    (photos / "val" / "class02" / "img_000005x.jpg").write_bytes(jpeg_bytes(img))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 800 * 1000 // 2 - 1)  # over twice the limit: an error
+    ds = build_dataset(registry.dataset("imagefolder:photos"), "val")
+    big = [p.name for p in ds.paths].index("img_000005x.jpg")
+    assert 0 < big % 5 < 4  # inside a batch, good files on both sides
+    dev, _ = _all(registry, "device", 2, [1])
+    pil, _ = _all(registry, "pil", 0, [1])
+    assert [e.row for b in dev for e in b.bad] == [e.row for b in pil for e in b.bad] == [big]
+    assert "DecompressionBombError" in str(dev[big // 5].bad[0])
+    assert torch.equal(torch.cat([b.x for b in dev]), torch.cat([b.x for b in pil]))
