@@ -88,13 +88,16 @@ def open_probe(cfg: ProbeInputs) -> ProbeData:
         train, subset = _low_shot(train, stores[0], cfg.train_fraction)
     n_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     fit_rows, val_rows = val_split(train.labels, train.valid_rows, cfg.val_fraction, cfg.heads.seed)
-    notes = _class_notes(train, test, fit_rows, val_rows, n_classes)
+    # a low-shot subset too small is fixed by a larger fraction; --limit only makes the stores smaller
+    more = (f"a larger --train-fraction than {cfg.train_fraction.percent:g}%" if subset is not None
+            else "extract more of the split (a larger --limit)")  # fmt: skip
+    notes = _class_notes(train, test, fit_rows, val_rows, n_classes, more)
     for what, n, need in (("fit rows", len(fit_rows), 2), ("val rows", len(val_rows), 1),
                           (f"rows of '{test.split}'", len(test.valid_rows), 1)):  # fmt: skip
         if n < need:
             raise ProbeError(
                 f"{len(train.valid_rows)} usable rows of '{train.split}' leave {n} {what} (a class needs 2 rows "
-                "to give one to val); a probe needs more samples: extract a larger split or --limit"
+                f"to give one to val); a probe needs more samples: {more}"
             )
     return ProbeData(stores, train, test, n_classes, fit_rows, val_rows, _views_used(train, cfg), notes, subset)
 
@@ -207,8 +210,9 @@ def _open(cfg: ProbeInputs) -> tuple[list[Store], ConcatView, ConcatView]:
     return stores, train, test
 
 
-def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_classes: int) -> list[str]:
-    """Refuse a train split with fewer than 2 classes; name the classes a split lacks (a skewed probe)."""
+def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_classes: int, more: str) -> list[str]:
+    """Refuse a train split with fewer than 2 classes (``more``: what gives it more samples); name the classes a
+    split lacks (a skewed probe)."""
     names = train.classes or [str(c) for c in range(n_classes)]
 
     def present(labels) -> set[int]:
@@ -219,7 +223,7 @@ def _class_notes(train: ConcatView, test: ConcatView, fit_rows, val_rows, n_clas
     if len(tr) < 2:
         raise ProbeError(
             f"split '{train.split}' holds {len(tr)} class(es) ({', '.join(names[c] for c in sorted(tr))}); "
-            "a probe needs at least 2: extract more samples (a larger --limit) or another split"
+            f"a probe needs at least 2: {more}, or another split"
         )
     notes = []
     for what, missing in (

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from store_factory import provenance
 
 from featcache.cli import main
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, ProbeError
 from featcache.lowshot import TrainFraction, cifar_permutation, subset_rows
 from featcache.probe import config_from, probe_key_for, run_probe
 from featcache.probe_splits import open_probe
@@ -152,3 +152,12 @@ def test_stores_the_research_indices_do_not_fit_are_refused(tmp_path, registry, 
         subset_rows(TrainFraction.parse("1%@3"), "cifar10", 50_000, limit=None, where="s")
     with pytest.raises(ConfigError, match="leaves none"):
         subset_rows(TrainFraction.parse("0.001%"), "cifar10", 50_000, limit=None, where="s")
+
+
+def test_a_fraction_too_small_to_hold_out_val_asks_for_a_larger_fraction(tmp_path, registry, paths):
+    """0.5% of 400 rows is 2 rows: too few to give every class a val row. The fix is a larger --train-fraction, not
+    --limit (which only shrinks the stores)."""
+    path = store(tmp_path, 400, "imagefolder")
+    with pytest.raises(ProbeError, match=r"a larger --train-fraction than 0\.5%") as e:
+        open_probe(probe_cfg(registry, paths, path, "0.5%"))
+    assert "--limit" not in str(e.value)
