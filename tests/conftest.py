@@ -91,3 +91,43 @@ def save_checkpoint(
 @pytest.fixture
 def ckpt(paths):
     return save_checkpoint(paths, "net0", seed=0)
+
+
+def one_error_line(output: str, *needles: str) -> str:
+    """The command's output is exactly one ``Error:`` line holding every needle; returns it."""
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server for a module; the environment points every client (and forked extract processes) at it."""
+    try:
+        from featcache.testing.s3 import LocalS3
+
+        server = LocalS3().start()
+    except Exception as e:  # ImportError without the dev extra, OSError without a loopback port
+        pytest.skip(f"moto's S3 server cannot start here ({type(e).__name__}: {e}); pip install -e '.[dev]'")
+    from featcache.testing import crash as kr
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in server.env.items():
+            mp.setenv(k, v)
+            mp.setitem(kr.ENV, k, v)  # the fork server's environment
+        yield server
+    server.stop()
+
+
+def store_files(root) -> dict[str, bytes]:
+    """Every file of a store (a local path or a RemotePath) by relative key, without locks and verify verdicts."""
+    from featcache.locations import RemotePath
+
+    if isinstance(root, RemotePath):
+        keys = root.find()
+    else:
+        keys = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    keep = [k for k in keys if not k.startswith(("_featcache/lock", "_featcache/verify"))]
+    return {k: (root / k).read_bytes() for k in sorted(keep)}

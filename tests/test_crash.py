@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from conftest import REPO, refuse_writes_under
+from conftest import REPO, one_error_line, refuse_writes_under
 from store_factory import make_store, provenance
 
 from featcache.cli import main
@@ -52,14 +52,6 @@ def setup(tmp_path_factory, launcher):
 
 def _cli(setup, store, *extra):
     return CliRunner().invoke(main, [*setup.argv(store), *extra], catch_exceptions=False)
-
-
-def _one_error_line(output: str, *needles: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _incomplete(path) -> bool:
@@ -126,7 +118,7 @@ def test_second_extract_refused_while_the_first_lives_then_takes_over(setup, lau
         time.sleep(0.01)
     second = launcher.start(setup.argv(store), logs / "second.log")
     assert second.wait() == 1
-    _one_error_line(second.output(), f"pid {first.pid} on host {socket.gethostname()}", "is being written")
+    one_error_line(second.output(), f"pid {first.pid} on host {socket.gethostname()}", "is being written")
     first.kill()
     first.wait()
     third = launcher.start(setup.argv(store), logs / "third.log")
@@ -222,7 +214,7 @@ def test_disk_full_on_a_real_filesystem_then_resume(setup, small_tmpfs):
     s = dataclasses.replace(setup, cache_dir=small_tmpfs)
     r = _cli(s, "full")
     assert r.exit_code == 1
-    _one_error_line(r.output, str(s.path("full")), "No space left on device", "free space and rerun the same command")
+    one_error_line(r.output, str(s.path("full")), "No space left on device", "free space and rerun the same command")
     assert _incomplete(s.path("full"))
     subprocess.run(["mount", "-o", "remount,size=4m", str(small_tmpfs)], check=True)
     r = _cli(s, "full")
@@ -248,7 +240,7 @@ def test_disk_full_injected_then_resume(setup, monkeypatch, owner, target, at):
     name = f"full-{target.strip('_')}"  # a plain store name: no leading or trailing underscore
     r = _cli(setup, name)
     assert r.exit_code == 1
-    _one_error_line(r.output, f"cannot write store {setup.path(name)}: No space left on device (ENOSPC)",
+    one_error_line(r.output, f"cannot write store {setup.path(name)}: No space left on device (ENOSPC)",
                     "free space and rerun the same command to resume")  # fmt: skip
     assert _incomplete(setup.path(name))
     monkeypatch.setattr(owner, target, orig)
@@ -262,7 +254,7 @@ def test_cache_dir_under_a_file(setup, tmp_path):
     s = dataclasses.replace(setup, cache_dir=blocker / "sub")
     r = _cli(s, "x")
     assert r.exit_code == 1
-    _one_error_line(r.output, "cannot write store", "Not a directory", "--cache-dir is a writable directory")
+    one_error_line(r.output, "cannot write store", "Not a directory", "--cache-dir is a writable directory")
 
 
 def test_cache_dir_without_write_permission(setup, tmp_path, monkeypatch):
@@ -271,7 +263,7 @@ def test_cache_dir_without_write_permission(setup, tmp_path, monkeypatch):
     refuse_writes_under(monkeypatch, ro, errno.EACCES)  # what the mode does, for root too
     r = _cli(dataclasses.replace(setup, cache_dir=ro), "x")
     assert r.exit_code == 1
-    _one_error_line(r.output, "Permission denied", "--cache-dir is a writable directory")
+    one_error_line(r.output, "Permission denied", "--cache-dir is a writable directory")
 
 
 # --- verify --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, one_error_line, store_files
 
 from featcache.cli import main
 from featcache.config import Paths
@@ -28,23 +28,6 @@ from featcache.store import list_stores, open_store
 from featcache.store._lease import RemoteLease
 from featcache.testing import crash as kr
 from featcache.testing.stores import make_store
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server for this module; the environment points every client (and the extract processes) at it."""
-    try:
-        from featcache.testing.s3 import LocalS3
-
-        server = LocalS3().start()
-    except Exception as e:  # ImportError without the dev extra, OSError without a loopback port
-        pytest.skip(f"moto's S3 server cannot start here ({type(e).__name__}: {e}); pip install -e '.[dev]'")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in server.env.items():
-            mp.setenv(k, v)
-            mp.setitem(kr.ENV, k, v)  # the fork server's environment
-        yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +59,6 @@ def _remote(setup, s3, prefix: str) -> kr.Setup:
     return kr.Setup(setup.root, setup.chunk_rows, setup.batch_size, cache_dir=location(s3.url(prefix)))
 
 
-def _objects(root) -> dict[str, bytes]:
-    """Every file of a store (local or remote) by relative key, without locks and verify verdicts."""
-    if isinstance(root, RemotePath):
-        keys = root.find()
-    else:
-        keys = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    keep = [k for k in keys if not k.startswith(("_featcache/lock", "_featcache/verify"))]
-    return {k: (root / k).read_bytes() for k in sorted(keep)}
-
-
-def _one_error_line(output: str, *needles: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 def _run(*argv, env=None) -> subprocess.CompletedProcess:
     script = [sys.executable, "-c", "from featcache.cli import main; main()"]
     return subprocess.run([*script, *argv], capture_output=True, text=True, env=env or kr.ENV, cwd=REPO, timeout=120)
@@ -105,8 +70,8 @@ def _run(*argv, env=None) -> subprocess.CompletedProcess:
 def test_extract_to_s3_writes_the_local_store_byte_for_byte(setup, s3, remote):
     local, got = setup.path("reference"), remote.path("reference")
     assert isinstance(got, RemotePath) and str(got).startswith("s3://")
-    want = _objects(local)
-    have = _objects(got)
+    want = store_files(local)
+    have = store_files(got)
     # the same files; only the root's created_at and each split's completed_at (times) may differ
     assert sorted(have) == sorted(want)
     chunks = [k for k in want if "/c/" in k]
@@ -193,7 +158,7 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lease_is_taken_over(setup
         time.sleep(0.05)
     second = launcher.start(remote.argv("reference"), logs / "w2.log")
     assert second.wait() == 1
-    _one_error_line(second.output(), f"pid {first.pid} on host {socket.gethostname()}", "is being written")
+    one_error_line(second.output(), f"pid {first.pid} on host {socket.gethostname()}", "is being written")
     first.kill()
     first.wait()
     third = launcher.start(remote.argv("reference"), logs / "w3.log")
@@ -254,19 +219,19 @@ def test_sync_copies_complete_stores_both_ways_verified(s3, remote, tmp_path):
     assert pull.exit_code == 0, pull.output
     assert "copied" in pull.output
     pulled = laptop / "cifar10" / "reference.zarr"
-    assert _objects(pulled) == _objects(remote.path("reference"))
+    assert store_files(pulled) == store_files(remote.path("reference"))
     assert open_store(pulled).verify() == []
     again = CliRunner().invoke(main, ["sync", s3.url("plain"), str(laptop)])
     assert again.exit_code == 0 and "up to date" in again.output, again.output
     push = CliRunner().invoke(main, ["sync", str(laptop), s3.url("pushed")])
     assert push.exit_code == 0, push.output
-    assert _objects(location(s3.url("pushed", "cifar10", "reference.zarr"))) == _objects(pulled)
+    assert store_files(location(s3.url("pushed", "cifar10", "reference.zarr"))) == store_files(pulled)
     # a source chunk that does not match its checksum is never copied
     spoiled = open_store(pulled).split("test").chunk_file(0)
     spoiled.write_bytes(bytes(len(spoiled.read_bytes())))
     bad = CliRunner().invoke(main, ["sync", str(laptop), s3.url("spoiled")])
     assert bad.exit_code == 1
-    _one_error_line(bad.output, "chunk 0 of", "does not match its checksum", "featcache verify")
+    one_error_line(bad.output, "chunk 0 of", "does not match its checksum", "featcache verify")
 
 
 def test_an_interrupted_sync_leaves_a_store_readers_refuse_and_a_rerun_finishes(tmp_path, monkeypatch):
@@ -286,14 +251,14 @@ def test_an_interrupted_sync_leaves_a_store_readers_refuse_and_a_rerun_finishes(
     monkeypatch.setattr(_sync, "_copy_chunk", dying)
     r = CliRunner().invoke(main, ["sync", str(tmp_path / "a"), str(tmp_path / "b")])
     assert r.exit_code == 1
-    _one_error_line(r.output, "No space left on device", "free space and rerun")
+    one_error_line(r.output, "No space left on device", "free space and rerun")
     dst = tmp_path / "b" / "ds" / "s.zarr"
     assert open_store(dst).splits == []  # nothing to read until the copy is whole
     assert [s.status for s in list_stores(tmp_path / "b")] == ["incomplete"]
     monkeypatch.setattr(_sync, "_copy_chunk", real)
     again = CliRunner().invoke(main, ["sync", str(tmp_path / "a"), str(tmp_path / "b")])
     assert again.exit_code == 0 and "copied" in again.output, again.output
-    assert _objects(dst) == _objects(src) and open_store(dst).verify() == []
+    assert store_files(dst) == store_files(src) and open_store(dst).verify() == []
 
 
 def test_a_remote_results_log_is_one_object_per_record_read_oldest_first(setup, s3, tmp_path):
@@ -338,12 +303,12 @@ def test_a_bad_url_missing_credentials_and_a_missing_bucket_are_one_line_errors(
     ):
         r = CliRunner().invoke(main, argv)
         assert r.exit_code == 1, (argv, r.output)
-        _one_error_line(r.output, needle)
+        one_error_line(r.output, needle)
     # credentials are read once per process: a fresh one without any
     bare = {k: v for k, v in kr.ENV.items() if not k.startswith("AWS_") or k == "AWS_ENDPOINT_URL_S3"}
     bare.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
                 AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
     r = _run("--cache-dir", s3.url("cache"), "ls", env=bare)
     assert r.returncode == 1
-    line = _one_error_line(r.stderr, "no credentials found for s3://", "AWS_PROFILE")
+    line = one_error_line(r.stderr, "no credentials found for s3://", "AWS_PROFILE")
     assert "testing" not in line  # credentials are never echoed

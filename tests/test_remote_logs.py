@@ -7,33 +7,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import one_error_line
 
 from featcache.cli import main
 from featcache.locations import RemotePath, location
 from featcache.results import ResultsError, claim, claims_dir, holder, load_records
-
-
-@pytest.fixture(scope="module")
-def s3():
-    try:
-        from featcache.testing.s3 import LocalS3
-
-        server = LocalS3().start()
-    except Exception as e:  # ImportError without the dev extra, OSError without a loopback port
-        pytest.skip(f"moto's S3 server cannot start here ({type(e).__name__}: {e}); pip install -e '.[dev]'")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in server.env.items():
-            mp.setenv(k, v)
-        yield server
-    server.stop()
-
-
-def _one_error_line(output: str, *needles: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_a_remote_results_url_naming_an_object_is_refused_not_read_as_empty(s3):
@@ -42,7 +20,7 @@ def test_a_remote_results_url_naming_an_object_is_refused_not_read_as_empty(s3):
     location(log).write_bytes(json.dumps({"schema": 2, "id": "x"}).encode() + b"\n")
     r = CliRunner().invoke(main, ["--results", log, "results"])
     assert r.exit_code == 1
-    _one_error_line(r.output, f"--results {log} is an object, not a prefix", "copy the file to a local path")
+    one_error_line(r.output, f"--results {log} is an object, not a prefix", "copy the file to a local path")
     with pytest.raises(ResultsError, match="is an object, not a prefix"):
         load_records(log)
     assert load_records(s3.url("uploaded")) == []  # its folder is a prefix like any other: no record objects
@@ -51,7 +29,7 @@ def test_a_remote_results_url_naming_an_object_is_refused_not_read_as_empty(s3):
 def test_a_missing_bucket_for_a_remote_log_names_the_url_once(s3):
     r = CliRunner().invoke(main, ["--results", "s3://no-such-bucket/log", "results"])
     assert r.exit_code == 1
-    line = _one_error_line(r.output, "bucket 'no-such-bucket' does not exist")
+    line = one_error_line(r.output, "bucket 'no-such-bucket' does not exist")
     assert line.count("s3://no-such-bucket/log") == 1, line
 
 
@@ -71,7 +49,7 @@ def test_a_url_with_dotdot_is_refused_as_not_a_parent(s3, url):
     url = url.format(b=s3.bucket)
     r = CliRunner().invoke(main, ["--cache-dir", url, "ls"])
     assert r.exit_code == 1
-    _one_error_line(r.output, f"--cache-dir '{url}'", "'..' in an object-store URL")
+    one_error_line(r.output, f"--cache-dir '{url}'", "'..' in an object-store URL")
 
 
 def test_trailing_and_doubled_slashes_name_the_same_prefix(s3):
@@ -87,4 +65,4 @@ def test_a_missing_store_given_by_url_points_at_ls_not_at_extracting_the_url(s3)
     assert f"no store {url}; check the path (`featcache ls --cache-dir {s3.url('cache')}`" in r.output, r.output
     assert "--ckpt s3://" not in r.output
     r = CliRunner().invoke(main, ["probe", "--stores", url])
-    _one_error_line(r.output, f"no store {url}; check the path")
+    one_error_line(r.output, f"no store {url}; check the path")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import one_error_line, store_files
 
 from featcache.cli import main
 from featcache.store import list_stores, open_store
@@ -16,20 +17,6 @@ RNG = np.random.default_rng(7)
 X_SRC = RNG.normal(size=(60, 4)).astype(np.float32)
 X_OLD = RNG.normal(size=(60, 4)).astype(np.float32)
 Y = np.arange(60) % 3
-
-
-def _objects(root) -> dict[str, bytes]:
-    keys = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    keep = [k for k in keys if not k.startswith(("_featcache/lock", "_featcache/verify"))]
-    return {k: (root / k).read_bytes() for k in sorted(keep)}
-
-
-def _one_error_line(output: str, *needles: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _run_sync(*argv: str):
@@ -68,7 +55,7 @@ def test_an_interrupted_sync_over_another_extraction_leaves_it_incomplete_and_a_
     again = _run_sync(tmp_path / "a", tmp_path / "b")
     assert again.exit_code == 0 and "copied" in again.output, again.output
     # the copy is the source, file for file: no chunk or marker of the old chunking is left behind
-    assert _objects(dst) == _objects(src) and open_store(dst).verify() == []
+    assert store_files(dst) == store_files(src) and open_store(dst).verify() == []
     np.testing.assert_array_equal(open_store(dst).split("train").read(), X_SRC)
 
 
@@ -94,19 +81,19 @@ def test_a_damaged_source_chunk_is_one_line_naming_it_and_verify(tmp_path, src, 
         chunk.write_bytes(bytes(len(chunk.read_bytes())))
     r = _run_sync(tmp_path / "a", tmp_path / "b")
     assert r.exit_code == 1
-    _one_error_line(r.output, f"chunk 2 of {chunk}", needle, f"featcache verify {src}")
+    one_error_line(r.output, f"chunk 2 of {chunk}", needle, f"featcache verify {src}")
     assert [s.status for s in list_stores(tmp_path / "b")] == ["incomplete"]
 
 
 def test_a_store_given_as_src_or_dst_is_refused_naming_the_cache(tmp_path, src):
     r = _run_sync(src, tmp_path / "b")
     assert r.exit_code == 1
-    _one_error_line(r.output, f"SRC {src} is a store", f"featcache sync {tmp_path / 'a'} DST --dataset ds --stores s")
+    one_error_line(r.output, f"SRC {src} is a store", f"featcache sync {tmp_path / 'a'} DST --dataset ds --stores s")
     other = make_store(tmp_path / "b" / "ds" / "t.zarr", {"train": (X_OLD, Y)}, name="t")
     for dst in (other, other / "sub"):
         r = _run_sync(tmp_path / "a", dst)
         assert r.exit_code == 1
-        _one_error_line(r.output, f"DST {dst} is a store", f"(such as {tmp_path / 'b'})")
+        one_error_line(r.output, f"DST {dst} is a store", f"(such as {tmp_path / 'b'})")
     assert [p.name for p in other.iterdir()] and not (other / "ds").exists()  # nothing written inside it
 
 
@@ -116,9 +103,9 @@ def test_a_destination_being_written_by_a_live_shard_is_refused_untouched(tmp_pa
 
     dst = make_store(tmp_path / "b" / "ds" / "s.zarr", {"train": (X_OLD, Y), "test": (X_OLD[:20], Y[:20])},
                      name="s", chunk_rows=4)  # fmt: skip
-    before = _objects(dst)
+    before = store_files(dst)
     with StoreLock(Layout(dst).shard_lock(0, 2), "shard 0/2"):  # shards hold their own lock only
         r = _run_sync(tmp_path / "a", tmp_path / "b")
     assert r.exit_code == 1
-    _one_error_line(r.output, f"store {dst} is being written by shard-0-of-2", "wait for the shards")
-    assert {k: v for k, v in _objects(dst).items() if "lock-shard" not in k} == before
+    one_error_line(r.output, f"store {dst} is being written by shard-0-of-2", "wait for the shards")
+    assert {k: v for k, v in store_files(dst).items() if "lock-shard" not in k} == before
