@@ -173,17 +173,21 @@ def solver_config(
     return None
 
 
+# Each strength is a fit of its own on the path: CLIP swept 96, so a few hundred is a typo (1000000), not a grid.
+MAX_RANGE = 200
+
+
 def strength_range(low: float, high: float, count: int) -> tuple[float, ...]:
     """``count`` L2 strengths spaced evenly on a log scale from ``high`` down to ``low``, both included
     (``--lbfgs-range MIN MAX N``; CLIP swept its C over 1e-6 .. 1e6 in 96 steps, and lambda = 1 / (C n)).
 
     Raises:
-        ConfigError: not 0 < low < high (finite) with count >= 2.
+        ConfigError: not 0 < low < high (finite) with 2 <= count <= :data:`MAX_RANGE`.
     """
-    if not (isinstance(count, int) and count >= 2 and 0 < low < high < math.inf):
+    if not (isinstance(count, int) and 2 <= count <= MAX_RANGE and 0 < low < high < math.inf):
         raise ConfigError(
             f"--lbfgs-range {low:g} {high:g} {count}: give MIN MAX N with 0 < MIN < MAX and N >= 2 log-spaced "
-            "strengths, e.g. --lbfgs-range 1e-6 1 13 (one strength: --lbfgs-strengths)"
+            f"strengths (at most {MAX_RANGE}), e.g. --lbfgs-range 1e-6 1 13 (one strength: --lbfgs-strengths)"
         )
     step = math.log(low / high) / (count - 1)
     return tuple(high * math.exp(k * step) for k in range(count - 1)) + (float(low),)

@@ -24,7 +24,7 @@ def test_the_range_is_log_spaced_from_max_down_to_min_with_both_ends():
     assert got == pytest.approx([10 ** (-k / 2) for k in range(13)], rel=1e-12)  # two per decade
     ratios = [b / a for a, b in zip(got, got[1:], strict=False)]
     assert ratios == pytest.approx([10**-0.5] * 12, rel=1e-12)
-    for bad in ((1.0, 1e-6, 13), (0.0, 1.0, 5), (1e-3, 1.0, 1), (1e-3, math.inf, 4)):
+    for bad in ((1.0, 1e-6, 13), (0.0, 1.0, 5), (1e-3, 1.0, 1), (1e-3, math.inf, 4), (1e-6, 1.0, 1_000_000)):
         with pytest.raises(ConfigError, match=r"--lbfgs-range .*: give MIN MAX N with 0 < MIN < MAX and N >= 2"):
             strength_range(*bad)
 
