@@ -34,8 +34,8 @@ import torch
 from featcache.errors import ConfigError, FeatcacheError, unknown_name
 from featcache.feed_batches import Feed, as_feed
 from featcache.heads_graph import cuda_capture
-from featcache.heads_step import EVAL_ROWS, HeadTrainer
-from featcache.linear_head import LinearHead, split_heads
+from featcache.heads_step import HeadTrainer
+from featcache.linear_head import LinearHead
 from featcache.rows import EpochFeatures, Features, RowSource, check_labels
 
 # RowSource, Features and EpochFeatures live in featcache.rows; named here too, where they were first defined.
@@ -202,11 +202,11 @@ class MultiHeadProbe:
         self.num_batches_tracked_ = trainer.steps
 
     def scoring_heads(self, blocks: bool = False) -> list[LinearHead]:
-        """Each head as it scores, in fresh memory (:func:`featcache.linear_head.split_heads`; ``blocks``: with what
-        per-model scores need): a head saved from these scores the same bits. Raises RuntimeError unless fitted."""
+        """Each head as it scores, in fresh memory (:meth:`featcache.heads_step.HeadTrainer.scoring_heads`;
+        ``blocks``: with what per-model scores need): a head saved from these scores the same bits. Raises
+        RuntimeError unless fitted."""
         self._check_fitted()
-        bn = (self.gamma_, self.beta_, self.running_mean_, self.running_var_)
-        return split_heads(self.weight_, self.bias_, *bn, eval_rows=EVAL_ROWS, blocks=blocks)
+        return self._trainer.scoring_heads(0, blocks=blocks)
 
     @torch.no_grad()
     def predict_logits(self, X: Features) -> torch.Tensor:

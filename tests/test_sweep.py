@@ -194,18 +194,26 @@ def test_a_packed_sweep_interrupted_keeps_what_was_logged_then_finishes(world, t
     assert _keys(paths) == Counter(p.key for p in first.plan.probes)  # all six, once each
 
 
+def _another_sweep_holding(paths, key: str, record):
+    """(held, release, target): a thread target that claims ``key`` as another sweep would, sets ``held``, waits
+    for ``release`` and then logs ``record``."""
+    held, release = threading.Event(), threading.Event()
+
+    def other_sweep():
+        with claim(paths.results_log, key, wait=False) as mine:
+            assert mine
+            held.set()
+            release.wait(60)
+            append_record(paths.results_log, record)
+
+    return held, release, other_sweep
+
+
 def test_a_packed_sweep_leaves_a_probe_another_sweep_holds_for_later(world, tmp_path, monkeypatch):
     paths, reg, sweep, first, _ = world
     paths = dataclasses.replace(paths, results=tmp_path / "results.jsonl")
     other = first.plan.probes[1]  # cat1 d1, held by "another sweep" until this one's pack is done
-    held, release = threading.Event(), threading.Event()
-
-    def other_sweep():
-        with claim(paths.results_log, other.key, wait=False) as mine:
-            assert mine
-            held.set()
-            release.wait(60)
-            append_record(paths.results_log, first.plan.done[other.key])
+    held, release, other_sweep = _another_sweep_holding(paths, other.key, first.plan.done[other.key])
 
     packs = []
     real = sweep_probes.run_packed
@@ -576,14 +584,7 @@ def test_a_probe_claimed_by_another_sweep_is_left_for_later_then_waited_for(worl
     paths, reg, sweep, first, _ = world
     paths = dataclasses.replace(paths, results=tmp_path / "results.jsonl")
     other = first.plan.probes[1]  # cat1 d1, held by "another sweep" that logs it after a while
-    held, release = threading.Event(), threading.Event()
-
-    def other_sweep():
-        with claim(paths.results_log, other.key, wait=False) as mine:
-            assert mine
-            held.set()
-            release.wait(60)
-            append_record(paths.results_log, first.plan.done[other.key])
+    held, release, other_sweep = _another_sweep_holding(paths, other.key, first.plan.done[other.key])
 
     ran = []
 
